@@ -1,0 +1,130 @@
+"""The FastAPI application factory. Nothing global: every app owns its engine and pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.engines.base import Engine
+from service.errors import BestOfKError, InvalidRequestError
+from service.jobs import JobFactory
+from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.pipeline import Pipeline
+from service.routes import native
+from service.runtime import Runtime
+from service.settings import Settings
+from verifiers.base import VerifierResources
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine the settings ask for: remote backends if any are given, else in-process."""
+    if settings.engine == "openai":
+        from service.engines.openai_remote import OpenAIEngine, RemoteOptions
+
+        return OpenAIEngine(
+            RemoteOptions(
+                urls=settings.backends,
+                model=settings.backend_model,
+                api_key=settings.backend_api_key,
+                supports_n=settings.backend_supports_n,
+            )
+        )
+    from service.engines.vllm_local import VllmEngine, VllmOptions
+
+    v = settings.vllm
+    return VllmEngine(
+        VllmOptions(
+            model=settings.model,
+            served_model_name=settings.served_model_name,
+            max_model_len=v.max_model_len,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            enforce_eager=v.enforce_eager,
+            dtype=v.dtype,
+            seed=v.seed,
+            extra=v.engine_args,
+        )
+    )
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    message = str(err.get("msg", "invalid request"))
+    if err.get("type") == "json_invalid":
+        message = f"the body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
+        param = None
+    elif param:
+        message = f"{param}: {message}"
+    return _error_response(InvalidRequestError(message, param=param))
+
+
+def _error_response(exc: BestOfKError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+
+def _bestofk_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BestOfKError)
+    return _error_response(exc)
+
+
+def create_app(
+    settings: Settings, engine: Engine | None = None, exit_on_engine_failure: bool = False
+) -> FastAPI:
+    """An app serving ``settings``; ``engine`` overrides the one the settings would build.
+
+    ``exit_on_engine_failure``: a server process stops (SIGTERM to itself) when the engine
+    cannot start, rather than answering 503 forever.
+    """
+    engine = engine or build_engine(settings)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        pipeline=Pipeline(engine, VerifierResources()),
+        jobs=JobFactory(settings, engine),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The engine loads in the background so /health can say "loading" meanwhile.
+        loading = asyncio.create_task(engine.start())
+        loading.add_done_callback(
+            functools.partial(_on_engine_started, exit_on_failure=exit_on_engine_failure)
+        )
+        app.state.runtime = runtime
+        app.state.engine_loading = loading
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            await engine.close()
+
+    app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(BestOfKError, _bestofk_error)
+    app.include_router(native.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware)
+    return app
+
+
+def _on_engine_started(task: asyncio.Task[None], exit_on_failure: bool) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("engine failed to start: %s", task.exception())
+    if exit_on_failure:
+        os.kill(os.getpid(), signal.SIGTERM)

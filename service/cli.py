@@ -1,0 +1,172 @@
+"""The ``bestofk`` command line. Each command is a thin call into the library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
+console = Console()
+
+
+def _settings(**overrides: Any) -> Any:
+    from service.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v not in (None, [], ())})
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Model path or name (in-process vLLM).")] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="OpenAI-compatible backend URL (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
+    record_dir: Annotated[Path | None, typer.Option(help="Record verdicts here.")] = None,
+) -> None:
+    """Run the server. Without --model or --backend it serves the bundled demo model."""
+    import uvicorn
+
+    from service.app import create_app
+
+    if config is not None:
+        os.environ["BESTOFK_CONFIG"] = str(config)
+    settings = _settings(
+        model=model, backends=backend, host=host, port=port, record_dir=record_dir, config=config
+    )
+    _engine_env()
+    uvicorn.run(
+        create_app(settings, exit_on_engine_failure=True),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _engine_env() -> None:
+    # vLLM's CPU build sizes its KV cache from this (GiB); a small default fits small machines.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def parse_verifier(text: str) -> dict[str, Any]:
+    """A verifier spec from JSON, or the shorthand ``type`` / ``type:key=value;key=value``."""
+    if text.lstrip().startswith("{"):
+        spec = json.loads(text)
+        if not isinstance(spec, dict):
+            raise typer.BadParameter("a JSON verifier spec must be an object")
+        return spec
+    type_name, _, rest = text.partition(":")
+    spec = {"type": type_name}
+    for part in filter(None, rest.split(";")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value in {part!r}")
+        try:
+            spec[key] = json.loads(value)
+        except ValueError:
+            spec[key] = value
+    return spec
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    k: Annotated[int, typer.Option(help="Candidates to sample.")] = 8,
+    verifier: Annotated[
+        list[str] | None,
+        typer.Option(help='Spec as JSON or shorthand, e.g. "exact:reference=120" (repeatable).'),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="A running bestofk server.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for an in-process engine.")] = None,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    max_tokens: Annotated[int, typer.Option()] = 128,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """One request; prints every candidate with its verdicts and marks the winner."""
+    body = {
+        "prompt": prompt,
+        "k": k,
+        "verifiers": [parse_verifier(v) for v in verifier or []],
+        "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
+    }
+    response = _post(url, "/generate", body) if url else asyncio.run(_in_process(body, model))
+    _print(response)
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    reply = httpx.post(url.rstrip("/") + path, json=body, timeout=600)
+    if reply.status_code >= 400:
+        console.print(f"[red]{reply.status_code}[/red] {reply.text}")
+        raise typer.Exit(1)
+    data: dict[str, Any] = reply.json()
+    return data
+
+
+async def _in_process(body: dict[str, Any], model: str | None) -> dict[str, Any]:
+    import httpx
+
+    from service.app import create_app
+
+    _engine_env()
+    app = create_app(_settings(model=model))
+    async with app.router.lifespan_context(app):
+        with console.status("loading the model…"):
+            await app.state.engine_loading
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bestofk") as client:
+            reply = await client.post("/generate", json=body, timeout=600)
+    if reply.status_code >= 400:
+        console.print(f"[red]{reply.status_code}[/red] {reply.text}")
+        raise typer.Exit(1)
+    data: dict[str, Any] = reply.json()
+    return data
+
+
+def _print(response: dict[str, Any]) -> None:
+    table = Table(title=f"{response['stats']['k']} candidates", show_lines=True)
+    for column in ("#", "text", "score", "passed", "verdicts", "tokens"):
+        table.add_column(column)
+    for c in response.get("candidates") or []:
+        winner = c["index"] == response["index"]
+        verdicts = "\n".join(
+            f"{v['verifier']}: {v['score']:.2f} {v['error'] or v['detail']}"[:80]
+            for v in c["verdicts"]
+        )
+        table.add_row(
+            ("★ " if winner else "") + str(c["index"]),
+            c["text"][:200],
+            f"{c['score']:.3f}",
+            "yes" if c["passed"] else "no",
+            verdicts,
+            str(c["tokens"]),
+            style="bold green" if winner else None,
+        )
+    console.print(table)
+    t = response["timing"]
+    console.print(
+        f"winner #{response['index']} score {response['score']:.3f} "
+        f"passed={response['passed']}  total {t['total_ms']:.0f} ms "
+        f"(generate {t['generate_ms']:.0f}, verify {t['verify_ms']:.0f})"
+    )
+    console.print(f"[bold]{response['text']}[/bold]")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

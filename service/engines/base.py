@@ -1,0 +1,128 @@
+"""The engine seam. The pipeline depends on this module and nothing else of the engines.
+
+An engine turns one prompt into K sampled completions, handing each on the moment it finishes.
+Closing the stream early (early exit, client gone, deadline) must abort the rest in the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """Exactly one of a raw ``text`` prompt or chat ``messages``."""
+
+    text: str | None = None
+    messages: Sequence[Mapping[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("a prompt is either text or messages, not both or neither")
+
+    @property
+    def as_text(self) -> str:
+        """The text a verifier should see: the raw prompt, or the last user turn of a chat."""
+        if self.text is not None:
+            return self.text
+        assert self.messages is not None
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return _content_text(message.get("content"))
+        return _content_text(self.messages[-1].get("content")) if self.messages else ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingConfig:
+    """Sampling settings shared by all K candidates of a request."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] | None = None
+    top_logprobs: int | None = None
+    """Per-token logprobs for the response: None for none, else this many alternatives."""
+    json_schema: Mapping[str, Any] | None = None
+    """Constrain decoding to this schema where the engine supports structured outputs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its logprob and, if asked, the top alternatives."""
+
+    token: str
+    logprob: float
+    top: Sequence[tuple[str, float]] = ()
+
+
+@dataclass(slots=True)
+class Sample:
+    """One finished candidate."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    tokens: int
+    cumulative_logprob: float | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean token logprob, the tie-breaker between equally scored candidates."""
+        if self.cumulative_logprob is None or self.tokens == 0:
+            return None
+        return self.cumulative_logprob / self.tokens
+
+
+class SampleStream(Protocol):
+    """K candidates in the order they finish. ``aclose`` aborts whatever is unfinished."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    """Tokens generated so far over all K, finished or not (aborted work counts too)."""
+
+    def __aiter__(self) -> AsyncIterator[Sample]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Engine(Protocol):
+    """A source of K samples per prompt."""
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use for the served model."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True once the engine can take requests (and, for remotes, a backend is healthy)."""
+        ...
+
+    async def start(self) -> None:
+        """Load or connect; returns when ``ready`` (or raises)."""
+        ...
+
+    async def close(self) -> None:
+        """Release processes and connections."""
+        ...
+
+    def sample(
+        self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
+    ) -> SampleStream:
+        """Start generating K candidates for ``prompt`` in one shared-prefix request."""
+        ...

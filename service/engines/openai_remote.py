@@ -1,0 +1,397 @@
+"""Remote OpenAI-compatible backends (``vllm serve``, SGLang, llama.cpp server…) over httpx.
+
+All K candidates of a request go to one backend, in one streamed ``n=K`` call, so the backend
+prefills the prompt once. A backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
+(remembered per backend). Several backends are health-checked in the background and each
+request goes to the healthy one with the fewest requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from service.engines.base import Prompt, Sample, SamplingConfig, TokenLogprob
+from service.errors import (
+    BackendError,
+    BestOfKError,
+    DeadlineExceededError,
+    EngineNotReadyError,
+    InvalidRequestError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """Where the backends are and how to talk to them."""
+
+    urls: Sequence[str]
+    model: str | None = None
+    """Model name to send; None takes the first one the backend lists."""
+    api_key: str | None = None
+    supports_n: bool | None = None
+    """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
+    health_interval_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 600.0
+
+
+@dataclass(slots=True)
+class Backend:
+    """One base URL and what we know of it."""
+
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    supports_n: bool | None = None
+    models: list[str] = field(default_factory=list)
+
+
+def _normalise(url: str) -> str:
+    url = url.rstrip("/")
+    return url.removesuffix("/v1")
+
+
+@dataclass(slots=True)
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    logprob: float = 0.0
+    has_logprobs: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class RemoteStream:
+    """K candidates from one backend, in the order they finish."""
+
+    def __init__(
+        self,
+        engine: OpenAIEngine,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+    ) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._gen = self._run(engine, prompt, k, sampling, request_id)
+
+    def __aiter__(self) -> AsyncIterator[Sample]:
+        return self._gen
+
+    async def aclose(self) -> None:
+        """Closing the HTTP stream makes the backend abort the unfinished candidates."""
+        await self._gen.aclose()
+
+    async def _run(
+        self,
+        engine: OpenAIEngine,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+    ) -> AsyncGenerator[Sample, None]:
+        backend = engine.pick()
+        backend.in_flight += 1
+        try:
+            if backend.supports_n is not False and k > 1:
+                try:
+                    async for sample in self._call(engine, backend, prompt, k, 0, sampling):
+                        yield sample
+                    backend.supports_n = True
+                    return
+                except _NRefusedError:
+                    log.warning("backend %s refuses n>1; using %d calls of n=1", backend.url, k)
+                    backend.supports_n = False
+            async for sample in self._fan_out(engine, backend, prompt, k, sampling):
+                yield sample
+        finally:
+            backend.in_flight -= 1
+
+    async def _fan_out(
+        self,
+        engine: OpenAIEngine,
+        backend: Backend,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+    ) -> AsyncIterator[Sample]:
+        queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
+
+        async def one(index: int) -> None:
+            try:
+                async for sample in self._call(engine, backend, prompt, 1, index, sampling):
+                    await queue.put(sample)
+            except BaseException as exc:
+                await queue.put(exc)
+                raise
+
+        tasks = [asyncio.create_task(one(i)) for i in range(k)]
+        try:
+            for _ in range(k):
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _call(
+        self,
+        engine: OpenAIEngine,
+        backend: Backend,
+        prompt: Prompt,
+        n: int,
+        index_offset: int,
+        sampling: SamplingConfig,
+    ) -> AsyncIterator[Sample]:
+        chat = prompt.messages is not None
+        path, body = _request_body(engine.model_for(backend), prompt, n, sampling)
+        choices: dict[int, _Choice] = {}
+        try:
+            async with engine.client.stream(
+                "POST", backend.url + path, json=body, headers=engine.headers
+            ) as response:
+                if response.status_code >= 400:
+                    await _raise_for_status(response, n)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    for sample in self._consume(_parse_chunk(data), choices, chat):
+                        yield Sample(
+                            index=sample.index + index_offset,
+                            text=sample.text,
+                            finish_reason=sample.finish_reason,
+                            tokens=sample.tokens,
+                            cumulative_logprob=sample.cumulative_logprob,
+                            logprobs=sample.logprobs,
+                        )
+        except httpx.TimeoutException as exc:
+            raise DeadlineExceededError(f"backend {backend.url} timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            backend.healthy = False
+            raise BackendError(f"backend {backend.url} is unreachable: {exc!r}") from exc
+
+    def _consume(
+        self, chunk: dict[str, Any], choices: dict[int, _Choice], chat: bool
+    ) -> list[Sample]:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
+        finished: list[Sample] = []
+        for raw in chunk.get("choices") or ():
+            index = int(raw.get("index", 0))
+            acc = choices.setdefault(index, _Choice())
+            text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
+            if text:
+                acc.text.append(text)
+            new_tokens = _add_logprobs(acc, raw.get("logprobs"), chat)
+            self.completion_tokens += new_tokens
+            if raw.get("finish_reason") is not None:
+                finished.append(
+                    Sample(
+                        index=index,
+                        text="".join(acc.text),
+                        finish_reason=raw["finish_reason"],
+                        tokens=acc.tokens,
+                        cumulative_logprob=acc.logprob if acc.has_logprobs else None,
+                        logprobs=acc.logprobs,
+                    )
+                )
+        return finished
+
+
+class _NRefusedError(Exception):
+    """The backend answered 400 to ``n > 1``."""
+
+
+def _request_body(
+    model: str, prompt: Prompt, n: int, sampling: SamplingConfig
+) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any] = {
+        "model": model,
+        "n": n,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+    }
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.logit_bias:
+        body["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+    if sampling.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": dict(sampling.json_schema)},
+        }
+    top = sampling.top_logprobs or 0
+    if prompt.messages is not None:
+        body["messages"] = [dict(m) for m in prompt.messages]
+        body["logprobs"] = True
+        body["top_logprobs"] = top
+        return "/v1/chat/completions", body
+    body["prompt"] = prompt.text
+    body["logprobs"] = top
+    return "/v1/completions", body
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise BackendError(f"backend sent a malformed stream chunk: {data[:200]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise BackendError(f"backend sent a malformed stream chunk: {data[:200]!r}")
+    if "error" in chunk:
+        raise BackendError(f"backend error mid-stream: {chunk['error']}")
+    return chunk
+
+
+def _add_logprobs(acc: _Choice, raw: Any, chat: bool) -> int:
+    """Accumulate one chunk's logprobs; returns how many tokens it carried."""
+    if not isinstance(raw, dict):
+        return 0
+    if chat:
+        entries = raw.get("content") or []
+        pairs = [(e.get("token", ""), e.get("logprob"), e.get("top_logprobs")) for e in entries]
+        tops = [[(t.get("token", ""), t.get("logprob")) for t in (p[2] or [])] for p in pairs]
+    else:
+        tokens = raw.get("tokens") or []
+        lps = raw.get("token_logprobs") or []
+        top_dicts = raw.get("top_logprobs") or [None] * len(tokens)
+        pairs = list(zip(tokens, lps, top_dicts, strict=False))
+        tops = [list((d or {}).items()) for d in top_dicts]
+    for (token, logprob, _), top in zip(pairs, tops, strict=False):
+        acc.tokens += 1
+        if logprob is None:
+            continue
+        acc.has_logprobs = True
+        acc.logprob += float(logprob)
+        acc.logprobs.append(
+            TokenLogprob(token, float(logprob), tuple((t, float(v)) for t, v in top if t != token))
+        )
+    return len(pairs)
+
+
+async def _raise_for_status(response: httpx.Response, n: int) -> None:
+    raw = (await response.aread()).decode("utf-8", "replace")
+    try:
+        message = json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = raw[:500]
+    status = response.status_code
+    if status == 400 and n > 1 and "n" in str(message).lower().split("'"):
+        raise _NRefusedError(message)
+    if status in (400, 422):
+        raise InvalidRequestError(f"the backend rejected the request: {message}")
+    raise BackendError(f"backend answered {status}: {message}")
+
+
+class OpenAIEngine:
+    """Routes each request to the least busy healthy backend."""
+
+    def __init__(self, options: RemoteOptions) -> None:
+        if not options.urls:
+            raise ValueError("the openai engine needs at least one backend URL")
+        self.options = options
+        self.backends = [
+            Backend(_normalise(u), supports_n=options.supports_n) for u in options.urls
+        ]
+        self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        self._health_task: asyncio.Task[None] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The configured model, else the first one a backend lists."""
+        if self.options.model:
+            return self.options.model
+        for backend in self.backends:
+            if backend.models:
+                return backend.models[0]
+        return "unknown"
+
+    @property
+    def ready(self) -> bool:
+        """True while at least one backend is healthy."""
+        return any(b.healthy for b in self.backends)
+
+    def model_for(self, backend: Backend) -> str:
+        """The model name to send to ``backend``."""
+        return self.options.model or (backend.models[0] if backend.models else self.model_name)
+
+    async def start(self) -> None:
+        """Check every backend once, then keep checking in the background."""
+        await self.check_health()
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def close(self) -> None:
+        """Stop health checks and close connections."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self.client.aclose()
+
+    async def check_health(self) -> None:
+        """Probe ``/v1/models`` on every backend (it also tells the served model names)."""
+        await asyncio.gather(*(self._probe(b) for b in self.backends))
+
+    async def _probe(self, backend: Backend) -> None:
+        try:
+            response = await self.client.get(
+                backend.url + "/v1/models", headers=self.headers, timeout=5.0
+            )
+            response.raise_for_status()
+            backend.models = [m["id"] for m in response.json().get("data", [])]
+            backend.healthy = True
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            if backend.healthy:
+                log.warning("backend %s is unhealthy: %r", backend.url, exc)
+            backend.healthy = False
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.health_interval_s)
+            await self.check_health()
+
+    def pick(self) -> Backend:
+        """The healthy backend with the fewest requests in flight."""
+        healthy = [b for b in self.backends if b.healthy]
+        if not healthy:
+            raise EngineNotReadyError(
+                "no healthy backend", retry_after_s=self.options.health_interval_s
+            )
+        return min(healthy, key=lambda b: b.in_flight)
+
+    def sample(
+        self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
+    ) -> RemoteStream:
+        """Start K candidates on one backend."""
+        return RemoteStream(self, prompt, k, sampling, request_id)
+
+
+__all__ = ["BestOfKError", "OpenAIEngine", "RemoteOptions"]

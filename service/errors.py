@@ -1,0 +1,115 @@
+"""Every error a client can meet, each mapped to one HTTP status and one OpenAI error type.
+
+    BestOfKError                    500 internal_error
+    ├── InvalidRequestError         400 invalid_request_error   (carries ``param``)
+    │   └── PayloadTooLargeError    413 invalid_request_error
+    ├── AuthenticationError         401 authentication_error
+    ├── NotFoundError               404 not_found_error         (unknown model or profile)
+    ├── OverloadedError             503 overloaded_error        (carries ``retry_after_s``)
+    │   ├── RateLimitedError        429 rate_limit_error
+    │   └── EngineNotReadyError     503 overloaded_error
+    ├── BackendError                502 backend_error           (a remote engine failed)
+    └── DeadlineExceededError       504 timeout_error           (nothing verified in time)
+
+Native and OpenAI routes render them the same way: ``{"error": {message, type, param, code}}``
+with the status above, plus ``Retry-After`` for the overload family.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BestOfKError(Exception):
+    """Base of every error that is rendered to a client."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs."""
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        """The error envelope, shaped as OpenAI's so its client raises the right exception."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else self.status_code,
+            }
+        }
+
+
+class InvalidRequestError(BestOfKError):
+    """The request is malformed or asks for something out of bounds."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The body, prompt or a list in it is larger than the configured limit."""
+
+    status_code = 413
+
+
+class AuthenticationError(BestOfKError):
+    """Missing or unknown API key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class NotFoundError(BestOfKError):
+    """Unknown model or profile."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class OverloadedError(BestOfKError):
+    """The service cannot take this request now; the client should retry later."""
+
+    status_code = 503
+    error_type = "overloaded_error"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After in whole seconds, at least one."""
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class RateLimitedError(OverloadedError):
+    """Too many requests in flight; OpenAI clients expect 429 for this."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class EngineNotReadyError(OverloadedError):
+    """The engine is still loading, or no backend is healthy."""
+
+
+class BackendError(BestOfKError):
+    """A remote engine failed or answered something unusable."""
+
+    status_code = 502
+    error_type = "backend_error"
+
+
+class DeadlineExceededError(BestOfKError):
+    """The request's deadline passed before any candidate was verified."""
+
+    status_code = 504
+    error_type = "timeout_error"

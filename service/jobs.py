@@ -1,0 +1,193 @@
+"""From parsed request fields to a :class:`RerankJob`: profiles, defaults and limits applied.
+
+Both APIs come through here, so a limit or a profile rule is enforced in one place.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.engines.base import Engine, Prompt, SamplingConfig
+from service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from service.pipeline import RerankJob
+from service.selection import SelectionConfig
+from service.settings import Profile, Settings
+from verifiers.base import VerifierSpec
+from verifiers.registry import InvalidVerifierSpecError, parse_spec
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """The API-neutral fields of a request, before defaults and limits."""
+
+    prompt: Prompt | None
+    model: str | None = None
+    k: int | None = None
+    sampling: Mapping[str, Any] | None = None
+    verifiers: Sequence[VerifierSpec] = ()
+    profile: str | None = None
+    selection: Mapping[str, Any] | None = None
+    early_exit_min_score: float | None = None
+    given: Sequence[str] | None = None
+    timeout_s: float | None = None
+    arrived: float | None = None
+    """``time.perf_counter()`` when the request arrived, so queue time is counted."""
+
+
+def new_request_id(prefix: str) -> str:
+    """A fresh id such as ``gen-3f2a…``."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class JobFactory:
+    """Holds settings and the parsed profiles."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self._engine = engine
+        self.profile_specs = {
+            name: _parse_profile(name, profile) for name, profile in settings.profiles.items()
+        }
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name (a remote engine learns it from its backends)."""
+        return self._engine.model_name
+
+    def split_model(self, model: str | None) -> tuple[str | None, str | None]:
+        """``NAME@PROFILE`` → (NAME, PROFILE); checks the name is the served model."""
+        if not model:
+            return None, None
+        name, _, profile = model.partition("@")
+        if name and name != self.model_name:
+            raise NotFoundError(
+                f"model {name!r} is not served here; the model is {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return name or None, profile or None
+
+    def build(self, request_id: str, req: JobRequest) -> RerankJob:
+        """Resolve the profile, apply defaults and enforce every limit."""
+        limits = self.settings.limits
+        _, model_profile = self.split_model(req.model)
+        profile_name = req.profile or model_profile
+        profile = self._profile(profile_name)
+        specs = [*self.profile_specs.get(profile_name or "", []), *req.verifiers]
+        if len(specs) > limits.max_verifiers:
+            raise InvalidRequestError(
+                f"{len(specs)} verifiers exceed the limit of {limits.max_verifiers}",
+                param="verifiers",
+            )
+        prompt = req.prompt or Prompt(text="")
+        self._check_prompt(prompt)
+        k = req.k or (profile.k if profile else None) or self.settings.default_k
+        if req.given is not None:
+            self._check_given(req.given)
+        elif k > limits.max_k:
+            raise InvalidRequestError(f"k={k} exceeds the limit of {limits.max_k}", param="k")
+        timeout = min(req.timeout_s or limits.request_timeout_s, limits.request_timeout_s)
+        min_score = req.early_exit_min_score
+        if min_score is None and profile is not None:
+            min_score = profile.early_exit_min_score
+        return RerankJob(
+            request_id=request_id,
+            prompt=prompt,
+            k=k,
+            sampling=self._sampling(req.sampling or {}),
+            specs=specs,
+            selection=self._selection(req.selection, profile),
+            early_exit_min_score=min_score,
+            given=req.given,
+            timeout_s=timeout,
+            arrived=req.arrived if req.arrived is not None else time.perf_counter(),
+        )
+
+    def _profile(self, name: str | None) -> Profile | None:
+        if name is None:
+            return None
+        profile = self.settings.profiles.get(name)
+        if profile is None:
+            known = ", ".join(sorted(self.settings.profiles)) or "none configured"
+            raise NotFoundError(
+                f"unknown profile {name!r} (known: {known})",
+                param="profile",
+                code="profile_not_found",
+            )
+        return profile
+
+    def _check_prompt(self, prompt: Prompt) -> None:
+        limits = self.settings.limits
+        if prompt.messages is not None:
+            if len(prompt.messages) > limits.max_messages:
+                raise PayloadTooLargeError(
+                    f"{len(prompt.messages)} messages exceed the limit of {limits.max_messages}",
+                    param="messages",
+                )
+            size = sum(len(str(m.get("content") or "")) for m in prompt.messages)
+            param = "messages"
+        else:
+            size, param = len(prompt.text or ""), "prompt"
+        if size > limits.max_prompt_chars:
+            raise PayloadTooLargeError(
+                f"the prompt has {size} characters; the limit is {limits.max_prompt_chars}",
+                param=param,
+            )
+
+    def _check_given(self, given: Sequence[str]) -> None:
+        limits = self.settings.limits
+        if len(given) > limits.max_candidates:
+            raise InvalidRequestError(
+                f"{len(given)} candidates exceed the limit of {limits.max_candidates}",
+                param="candidates",
+            )
+        for i, text in enumerate(given):
+            if len(text) > limits.max_candidate_chars:
+                raise PayloadTooLargeError(
+                    f"candidate {i} has {len(text)} characters; "
+                    f"the limit is {limits.max_candidate_chars}",
+                    param=f"candidates.{i}",
+                )
+
+    def _sampling(self, raw: Mapping[str, Any]) -> SamplingConfig:
+        fields = {k: v for k, v in raw.items() if v is not None}
+        max_tokens = fields.pop("max_tokens", None) or self.settings.default_max_tokens
+        if max_tokens > self.settings.limits.max_tokens:
+            raise InvalidRequestError(
+                f"max_tokens={max_tokens} exceeds the limit of {self.settings.limits.max_tokens}",
+                param="max_tokens",
+            )
+        stop = fields.pop("stop", ())
+        return SamplingConfig(
+            max_tokens=max_tokens,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            **fields,
+        )
+
+    def _selection(self, raw: Mapping[str, Any] | None, profile: Profile | None) -> SelectionConfig:
+        if raw is not None:
+            config = SelectionConfig(**raw)
+        elif profile is not None and profile.selection is not None:
+            config = SelectionConfig(policy=profile.selection.policy, beta=profile.selection.beta)
+        else:
+            config = SelectionConfig()
+        if config.extract is not None:
+            try:
+                parse_spec({"type": "regex", "pattern": config.extract}, ("selection",))
+            except InvalidVerifierSpecError as exc:
+                raise InvalidRequestError(str(exc), param="selection.extract") from None
+        return config
+
+
+def _parse_profile(name: str, profile: Profile) -> list[VerifierSpec]:
+    try:
+        return [
+            parse_spec(raw, ("profiles", name, "verifiers", i))
+            for i, raw in enumerate(profile.verifiers)
+        ]
+    except InvalidVerifierSpecError as exc:
+        raise ValueError(f"invalid profile {name!r}: {exc}") from None

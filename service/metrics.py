@@ -1,0 +1,138 @@
+"""Every bestofk metric, defined once, and the functions that record them.
+
+Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. With
+several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
+multiprocess mode; gauges then sum over live workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from service.pipeline import RerankResult
+
+# From 5 ms to 10 minutes: a regex check and a best-of-64 on a long prompt in one histogram.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+VERIFIER_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+K_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+REQUESTS = Counter(
+    "bestofk_requests_total",
+    "Requests answered, by endpoint and HTTP status.",
+    ["endpoint", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "bestofk_request_duration_seconds",
+    "Wall time from request arrival to response, by endpoint.",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_DURATION = Histogram(
+    "bestofk_stage_duration_seconds",
+    "Wall time of each pipeline stage (queue, generate, verify, total).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+GENERATION_DURATION = Histogram(
+    "bestofk_generation_duration_seconds",
+    "Engine time to produce all K candidates of a request.",
+    buckets=LATENCY_BUCKETS,
+)
+VERIFICATION_DURATION = Histogram(
+    "bestofk_verification_duration_seconds",
+    "Time one verifier took on one candidate.",
+    ["verifier"],
+    buckets=VERIFIER_BUCKETS,
+)
+CANDIDATES = Counter("bestofk_candidates_total", "Candidates generated or given for verification.")
+VERDICTS = Counter(
+    "bestofk_verdicts_total", "Verdicts by verifier and outcome (pass/fail/error).",
+    ["verifier", "outcome"],
+)  # fmt: skip
+SELECTED_SCORE = Histogram(
+    "bestofk_selected_score",
+    "Combined score of the chosen candidate.",
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
+)
+K = Histogram("bestofk_k", "Candidates requested per request (K).", buckets=K_BUCKETS)
+WITH_PASSING = Counter(
+    "bestofk_requests_with_passing_candidate_total",
+    "Requests where at least one candidate passed every verifier (pass@K).",
+)
+FIRST_PASSED = Counter(
+    "bestofk_first_candidate_passed_total",
+    "Requests whose first sample (index 0) passed every verifier (pass@1).",
+)
+RERANKED = Counter(
+    "bestofk_reranked_requests_total", "Requests that ran the rerank pipeline with verifiers."
+)
+EARLY_EXITS = Counter(
+    "bestofk_early_exits_total", "Requests whose generation was cut short by early exit."
+)
+INFLIGHT = Gauge(
+    "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
+)
+SANDBOX_RUNS = Counter(
+    "bestofk_sandbox_runs_total",
+    "Sandboxed code runs by outcome (ok/fail/timeout/memory/killed/error).",
+    ["outcome"],
+)
+PROMPT_TOKENS = Counter("bestofk_prompt_tokens_total", "Prompt tokens sent to the engine.")
+GENERATED_TOKENS = Counter(
+    "bestofk_generated_tokens_total", "Tokens generated over all candidates, aborted ones too."
+)
+
+
+def observe(result: RerankResult) -> None:
+    """Record everything one finished request says about candidates, verifiers and tokens."""
+    timing = result.timing
+    STAGE_DURATION.labels("queue").observe(timing.queue_ms / 1000)
+    STAGE_DURATION.labels("generate").observe(timing.generate_ms / 1000)
+    STAGE_DURATION.labels("verify").observe(timing.verify_ms / 1000)
+    STAGE_DURATION.labels("total").observe(timing.total_ms / 1000)
+    if timing.generate_ms:
+        GENERATION_DURATION.observe(timing.generate_ms / 1000)
+    K.observe(result.k)
+    CANDIDATES.inc(len(result.candidates))
+    for scored in result.candidates:
+        for verdict in scored.verdicts:
+            outcome = "error" if verdict.error else ("pass" if verdict.passed else "fail")
+            VERDICTS.labels(verdict.verifier, outcome).inc()
+            VERIFICATION_DURATION.labels(verdict.verifier).observe(verdict.latency_ms / 1000)
+    if any(s.verdicts for s in result.candidates):
+        RERANKED.inc()
+        if result.passing:
+            WITH_PASSING.inc()
+        if result.first_sample_passed:
+            FIRST_PASSED.inc()
+    SELECTED_SCORE.observe(result.chosen.score)
+    if result.early_exit:
+        EARLY_EXITS.inc()
+    PROMPT_TOKENS.inc(result.prompt_tokens)
+    GENERATED_TOKENS.inc(result.completion_tokens)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics, aggregated over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,276 @@
+"""The rerank pipeline: sample K → verify each as it finishes → set-level verifiers → select.
+
+Both APIs (native and OpenAI) build a :class:`RerankJob` and call :meth:`Pipeline.run`; they
+differ only in how they parse and render. Everything here is plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
+from service.errors import DeadlineExceededError, EngineNotReadyError
+from service.selection import Scored, SelectionConfig, combine, ranked, select
+from verifiers import registry
+from verifiers.base import (
+    Candidate,
+    RequestContext,
+    SetVerifier,
+    Verdict,
+    Verifier,
+    VerifierResources,
+    VerifierSpec,
+    timed,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RerankJob:
+    """One request, validated and resolved (profile applied, limits checked)."""
+
+    request_id: str
+    prompt: Prompt
+    k: int
+    sampling: SamplingConfig
+    specs: Sequence[VerifierSpec]
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    early_exit_min_score: float | None = None
+    given: Sequence[str] | None = None
+    """Candidates to rank instead of generating (``/verify``)."""
+    timeout_s: float = 300.0
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Milliseconds from arrival: queue wait, first candidate, generation, verification."""
+
+    queue_ms: float = 0.0
+    first_candidate_ms: float | None = None
+    generate_ms: float = 0.0
+    verify_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class RerankResult:
+    """Everything behind the choice."""
+
+    request_id: str
+    model: str
+    chosen: Scored
+    candidates: list[Scored]
+    """In index order."""
+    k: int
+    early_exit: bool
+    partial: bool
+    """The deadline passed: the choice is the best of what was verified in time."""
+    prompt_tokens: int
+    completion_tokens: int
+    verifier_tokens: int
+    timing: Timing
+
+    @property
+    def passing(self) -> int:
+        """Candidates that passed every verifier."""
+        return sum(s.passed for s in self.candidates)
+
+    @property
+    def first_sample_passed(self) -> bool:
+        """Whether sample 0, an unbiased single draw, passed: pass@1's numerator."""
+        return any(s.passed for s in self.candidates if s.candidate.index == 0)
+
+    def top(self, n: int) -> list[Scored]:
+        """The best ``n`` candidates with distinct texts, the chosen one first."""
+        seen = {self.chosen.candidate.text}
+        out = [self.chosen]
+        for s in ranked(self.candidates):
+            if len(out) >= n:
+                break
+            if s.candidate.text not in seen:
+                seen.add(s.candidate.text)
+                out.append(s)
+        return out
+
+
+def _candidate(sample: Sample) -> Candidate:
+    return Candidate(
+        index=sample.index,
+        text=sample.text,
+        finish_reason=sample.finish_reason,
+        tokens=sample.tokens,
+        mean_logprob=sample.mean_logprob,
+    )
+
+
+class _Run:
+    """The state of one job while it runs."""
+
+    def __init__(self, pipeline: Pipeline, job: RerankJob) -> None:
+        self.job = job
+        self.start = time.perf_counter()
+        built = registry.build(job.specs, pipeline.resources)
+        self.pointwise = [v for v in built if isinstance(v, Verifier)]
+        self.set_level = [v for v in built if not isinstance(v, Verifier)]
+        # Verdicts are stored in this order, so specs line up with them for combining.
+        self.specs = [v.spec for v in self.pointwise] + [v.spec for v in self.set_level]
+        self.ctx = RequestContext(
+            prompt=job.prompt.as_text, messages=job.prompt.messages, request_id=job.request_id
+        )
+        self.scored: dict[int, Scored] = {}
+        self.samples: dict[int, Sample] = {}
+        self.first_candidate: float | None = None
+        self.generated_at: float | None = None
+        self.verify_start: float | None = None
+        self.verify_end: float | None = None
+        self.early_exit = False
+
+    def ms(self, at: float | None) -> float:
+        return 0.0 if at is None else (at - self.job.arrived) * 1000
+
+    async def verify(self, candidate: Candidate) -> Scored:
+        now = time.perf_counter()
+        self.verify_start = min(self.verify_start or now, now)
+        verdicts = await asyncio.gather(*(self._check(v, candidate) for v in self.pointwise))
+        scored = Scored(candidate, list(verdicts))
+        combine(scored, self.specs[: len(self.pointwise)])
+        self.scored[candidate.index] = scored
+        self.verify_end = time.perf_counter()
+        return scored
+
+    async def _check(self, verifier: Verifier, candidate: Candidate) -> Verdict:
+        return await timed(verifier.spec.type, lambda: verifier.verify(self.ctx, candidate))
+
+    async def set_verify(self) -> None:
+        if not self.set_level or not self.scored:
+            return
+        ordered = [self.scored[i] for i in sorted(self.scored)]
+        candidates = [s.candidate for s in ordered]
+        for verifier in self.set_level:
+            assert isinstance(verifier, SetVerifier)
+            verdicts = await _verify_set(verifier, self.ctx, candidates)
+            for s, verdict in zip(ordered, verdicts, strict=True):
+                s.verdicts.append(verdict)
+        for s in ordered:
+            combine(s, self.specs)
+        self.verify_end = time.perf_counter()
+
+
+async def _verify_set(
+    verifier: SetVerifier, ctx: RequestContext, candidates: list[Candidate]
+) -> list[Verdict]:
+    start = time.perf_counter()
+    try:
+        verdicts = await verifier.verify_all(ctx, candidates)
+        if len(verdicts) != len(candidates):
+            raise ValueError(f"returned {len(verdicts)} verdicts for {len(candidates)} candidates")
+    except Exception as exc:  # a verifier bug must never fail the request
+        elapsed = (time.perf_counter() - start) * 1000
+        error = f"{type(exc).__name__}: {exc}"
+        return [Verdict.failure(verifier.spec.type, error, elapsed) for _ in candidates]
+    return verdicts
+
+
+class Pipeline:
+    """Runs jobs against one engine with one set of verifier resources."""
+
+    def __init__(self, engine: Engine, resources: VerifierResources) -> None:
+        self.engine = engine
+        self.resources = resources
+
+    async def run(self, job: RerankJob) -> RerankResult:
+        """Generate (or take) the candidates, verify them, and choose one."""
+        if job.given is None and not self.engine.ready:
+            raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
+        run = _Run(self, job)
+        stream: SampleStream | None = None
+        timed_out = False
+        try:
+            async with asyncio.timeout(job.timeout_s - (run.start - job.arrived)):
+                if job.given is not None:
+                    await asyncio.gather(
+                        *(run.verify(Candidate(i, t)) for i, t in enumerate(job.given))
+                    )
+                else:
+                    stream = self.engine.sample(job.prompt, job.k, job.sampling, job.request_id)
+                    await self._generate_and_verify(run, stream)
+                await run.set_verify()
+        except TimeoutError:
+            timed_out = True
+            if not run.scored:
+                raise DeadlineExceededError(
+                    f"no candidate was verified within the {job.timeout_s:g}s deadline"
+                ) from None
+            for s in run.scored.values():
+                combine(s, run.specs[: len(s.verdicts)])
+        return self._result(run, stream, timed_out)
+
+    async def _generate_and_verify(self, run: _Run, stream: SampleStream) -> None:
+        min_score = run.job.early_exit_min_score
+        try:
+            await self._generate_and_verify_in(run, stream, min_score)
+        except BaseExceptionGroup as group:
+            # One failure cancels the rest; surface it as itself, not wrapped in a group.
+            raise group.exceptions[0] from None
+
+    async def _generate_and_verify_in(
+        self, run: _Run, stream: SampleStream, min_score: float | None
+    ) -> None:
+        async with asyncio.TaskGroup() as tasks:
+
+            async def check(candidate: Candidate) -> None:
+                scored = await run.verify(candidate)
+                if (
+                    min_score is not None
+                    and not run.early_exit
+                    and scored.required_ok
+                    and scored.score >= min_score
+                    and len(run.samples) < run.job.k
+                ):
+                    run.early_exit = True
+                    producer.cancel()
+
+            async def produce() -> None:
+                try:
+                    async for sample in stream:
+                        run.first_candidate = run.first_candidate or time.perf_counter()
+                        run.samples[sample.index] = sample
+                        tasks.create_task(check(_candidate(sample)))
+                finally:
+                    # Aborts the unfinished candidates in the engine (early exit, deadline,
+                    # client gone); a no-op once all K are in.
+                    await stream.aclose()
+                    run.generated_at = time.perf_counter()
+
+            producer = tasks.create_task(produce())
+
+    def _result(self, run: _Run, stream: SampleStream | None, timed_out: bool) -> RerankResult:
+        end = time.perf_counter()
+        candidates = [run.scored[i] for i in sorted(run.scored)]
+        job = run.job
+        timing = Timing(
+            queue_ms=(run.start - job.arrived) * 1000,
+            first_candidate_ms=run.ms(run.first_candidate) if run.first_candidate else None,
+            generate_ms=((run.generated_at or end) - run.start) * 1000 if stream else 0.0,
+            verify_ms=((run.verify_end or end) - (run.verify_start or end)) * 1000,
+            total_ms=(end - job.arrived) * 1000,
+        )
+        return RerankResult(
+            request_id=job.request_id,
+            model=self.engine.model_name,
+            chosen=select(candidates, job.selection),
+            candidates=candidates,
+            k=job.k if job.given is None else len(job.given),
+            early_exit=run.early_exit,
+            partial=timed_out,
+            prompt_tokens=stream.prompt_tokens if stream else 0,
+            completion_tokens=stream.completion_tokens if stream else 0,
+            verifier_tokens=sum(v.tokens for s in candidates for v in s.verdicts),
+            timing=timing,
+        )

@@ -1,0 +1,74 @@
+"""What a running server holds, and the one way a job is executed for an HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from service import metrics
+from service.engines.base import Engine
+from service.errors import BestOfKError
+from service.jobs import JobFactory
+from service.pipeline import Pipeline, RerankJob, RerankResult
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClientDisconnectedError(BestOfKError):
+    """The client went away; its work was cancelled (nobody reads this status)."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The engine, the pipeline over it, and the factory that turns requests into jobs."""
+
+    settings: Settings
+    engine: Engine
+    pipeline: Pipeline
+    jobs: JobFactory
+
+    async def execute(self, job: RerankJob, request: Request | None = None) -> RerankResult:
+        """Run ``job``; cancel it (aborting generation and sandbox runs) if the client leaves."""
+        metrics.INFLIGHT.inc()
+        try:
+            run = self.pipeline.run(job)
+            result = await (run if request is None else cancel_on_disconnect(run, request))
+        finally:
+            metrics.INFLIGHT.dec()
+        metrics.observe(result)
+        return result
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(work: Awaitable[T], request: Request) -> T:
+    """Await ``work``, cancelling it if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("client disconnected; request cancelled")
+            raise ClientDisconnectedError("client disconnected")
+    return task.result()

@@ -1,0 +1,173 @@
+"""Request and response bodies of the native API (``/generate``, ``/verify``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from verifiers.base import VerifierSpec
+from verifiers.registry import parse_spec
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+def _parse_specs(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value  # pydantic reports the type error with the field name
+    return [
+        parse_spec(raw, ("verifiers", i)) if isinstance(raw, dict) else raw
+        for i, raw in enumerate(value)
+    ]
+
+
+VerifierSpecs = Annotated[list[VerifierSpec], BeforeValidator(_parse_specs)]
+"""Each spec validated against its own type's fields; errors name the field."""
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently become a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(BaseModel):
+    """A chat message; extra OpenAI fields (``name``, ``tool_calls``…) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+
+
+class Sampling(Strict):
+    """Sampling settings shared by all K candidates."""
+
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+
+
+class Selection(Strict):
+    """How to choose among the scored candidates."""
+
+    policy: Literal["argmax", "sample", "vote"] = "argmax"
+    beta: float = Field(default=5.0, ge=0.0, le=1000.0)
+    seed: int | None = None
+    extract: str | None = Field(default=None, max_length=2000)
+
+
+class EarlyExit(Strict):
+    """Stop generating once a candidate scores at least ``min_score`` and passes the required."""
+
+    min_score: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class _Common(Strict):
+    prompt: str | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    model: str | None = None
+    verifiers: VerifierSpecs | None = None
+    profile: str | None = None
+    selection: Selection | None = None
+    return_candidates: bool = True
+    timeout_s: float | None = Field(default=None, gt=0.0)
+    """Lower the server's deadline for this request (never raises it)."""
+
+
+class GenerateRequest(_Common):
+    """Sample K candidates, verify, return the best. Exactly one of prompt/messages."""
+
+    k: int | None = Field(default=None, ge=1)
+    sampling: Sampling = Field(default_factory=Sampling)
+    early_exit: EarlyExit | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class VerifyRequest(_Common):
+    """Score and rank given completions; prompt/messages are optional context for verifiers."""
+
+    candidates: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _at_most_one_prompt(self) -> VerifyRequest:
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("give at most one of 'prompt' or 'messages'")
+        return self
+
+
+class VerdictOut(BaseModel):
+    """One verifier's judgement of one candidate."""
+
+    verifier: str
+    score: float
+    passed: bool
+    detail: str
+    latency_ms: float
+    error: str | None
+
+
+class CandidateOut(BaseModel):
+    """A candidate with its combined score and verdicts."""
+
+    index: int
+    text: str
+    score: float
+    passed: bool
+    finish_reason: str | None
+    tokens: int
+    mean_logprob: float | None
+    verdicts: list[VerdictOut]
+
+
+class Stats(BaseModel):
+    """What the K candidates looked like."""
+
+    k: int
+    generated: int
+    passing: int
+    first_sample_passed: bool
+    early_exit: bool
+    partial: bool
+
+
+class Usage(BaseModel):
+    """Tokens: prompt once, completions over all K, and what verifiers generated."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    verifier_tokens: int
+
+
+class TimingOut(BaseModel):
+    """Milliseconds since arrival."""
+
+    queue_ms: float
+    first_candidate_ms: float | None
+    generate_ms: float
+    verify_ms: float
+    total_ms: float
+
+
+class RerankResponse(BaseModel):
+    """The chosen completion and everything behind the choice."""
+
+    id: str
+    model: str
+    text: str
+    index: int
+    score: float
+    passed: bool
+    candidates: list[CandidateOut] | None
+    stats: Stats
+    usage: Usage
+    timing: TimingOut

@@ -1,0 +1,98 @@
+"""Combining verdicts into a score, ranking candidates and choosing one.
+
+Combined score = Σ wᵢ·sᵢ / Σ wᵢ. Candidates failing a required verifier rank below every
+candidate that passes all required ones. Ties: higher mean token logprob, then lower index.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from verifiers.answers import answer_key
+from verifiers.base import Candidate, Verdict, VerifierSpec
+
+Policy = Literal["argmax", "sample", "vote"]
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionConfig:
+    """``argmax``: best-of-K; ``sample``: draw ∝ exp(β·score); ``vote``: heaviest answer cluster."""
+
+    policy: Policy = "argmax"
+    beta: float = 5.0
+    seed: int | None = None
+    extract: str | None = None
+    """Answer-extraction regex for ``vote`` (default: boxed, last number, stripped text)."""
+
+
+@dataclass(slots=True)
+class Scored:
+    """A candidate with its verdicts and what they add up to."""
+
+    candidate: Candidate
+    verdicts: list[Verdict]
+    score: float = 0.0
+    passed: bool = False
+    """Every verifier passed (and there was at least one)."""
+    required_ok: bool = True
+    """Every required verifier passed."""
+
+
+def combine(scored: Scored, specs: Sequence[VerifierSpec]) -> None:
+    """Fill in ``score``, ``passed`` and ``required_ok`` from the verdicts, in place."""
+    total_weight = sum(spec.weight for spec in specs)
+    weighted = sum(
+        spec.weight * min(1.0, max(0.0, v.score))
+        for spec, v in zip(specs, scored.verdicts, strict=True)
+    )
+    scored.score = weighted / total_weight if total_weight > 0 else 0.0
+    scored.passed = bool(scored.verdicts) and all(v.passed for v in scored.verdicts)
+    scored.required_ok = all(
+        v.passed for spec, v in zip(specs, scored.verdicts, strict=True) if spec.required
+    )
+
+
+def rank_key(s: Scored) -> tuple[bool, float, float, int]:
+    """Sort key, best first when sorted descending."""
+    logprob = s.candidate.mean_logprob
+    return (
+        s.required_ok,
+        s.score,
+        logprob if logprob is not None else -math.inf,
+        -s.candidate.index,
+    )
+
+
+def ranked(scored: Sequence[Scored]) -> list[Scored]:
+    """Best first."""
+    return sorted(scored, key=rank_key, reverse=True)
+
+
+def select(scored: Sequence[Scored], config: SelectionConfig) -> Scored:
+    """The chosen candidate under ``config.policy``."""
+    if not scored:
+        raise ValueError("nothing to select from")
+    order = ranked(scored)
+    if config.policy == "argmax":
+        return order[0]
+    # Required verifiers gate the other policies too: draw only among those that pass them.
+    pool = [s for s in order if s.required_ok] or order
+    if config.policy == "sample":
+        rng = random.Random(config.seed)
+        top = max(s.score for s in pool)
+        weights = [math.exp(config.beta * (s.score - top)) for s in pool]
+        return rng.choices(pool, weights=weights, k=1)[0]
+    clusters: dict[str, list[Scored]] = defaultdict(list)
+    for s in pool:
+        clusters[answer_key(s.candidate.text, config.extract)].append(s)
+    # Cluster weight = sum of member scores; an all-zero field falls back to cluster size.
+    heaviest = max(
+        clusters.values(),
+        key=lambda members: (sum(m.score for m in members), len(members), rank_key(members[0])),
+    )
+    return heaviest[0]

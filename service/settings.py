@@ -1,0 +1,137 @@
+"""Server settings: defaults < YAML file (``BESTOFK_CONFIG``) < ``BESTOFK_*`` env < CLI flags.
+
+Nested fields use ``__`` in env names, e.g. ``BESTOFK_LIMITS__MAX_K=16``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from service.selection import Policy
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_k: int = Field(default=64, ge=1, le=1024)
+    max_candidates: int = Field(default=64, ge=1, le=1024)
+    """Most candidates one /verify request may rank."""
+    max_prompt_chars: int = Field(default=32_000, ge=1)
+    max_candidate_chars: int = Field(default=64_000, ge=1)
+    max_messages: int = Field(default=256, ge=1)
+    max_verifiers: int = Field(default=16, ge=1)
+    max_tokens: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    """The deadline for one request; a request may lower it, never raise it."""
+
+
+class SelectionDefaults(BaseModel):
+    """Selection used when a request (or profile) names none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Policy = "argmax"
+    beta: float = 5.0
+
+
+class Profile(BaseModel):
+    """A named server-side verifier pipeline, chosen by ``profile`` or ``model@profile``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verifiers: list[dict[str, Any]] = Field(default_factory=list)
+    k: int | None = Field(default=None, ge=1)
+    selection: SelectionDefaults | None = None
+    early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class VllmSettings(BaseModel):
+    """In-process engine options (CPU defaults; on GPU raise ``gpu_memory_utilization``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_model_len: int | None = None
+    """None: the model's own context length."""
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """On the CPU build this is the share of RAM; 0.9 is usual on a GPU."""
+    enforce_eager: bool = True
+    dtype: str = "auto"
+    seed: int = 0
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Any other vLLM ``AsyncEngineArgs`` field, passed through (e.g. tensor_parallel_size)."""
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BESTOFK_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model: str = str(DEMO_MODEL)
+    """Model path or name for the in-process engine (ignored with backends)."""
+    served_model_name: str | None = None
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """OpenAI-compatible backend URLs; any given switches to the ``openai`` engine."""
+    backend_model: str | None = None
+    backend_api_key: str | None = None
+    backend_supports_n: bool | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    config: Path | None = None
+    """The YAML file these settings were read from (also ``BESTOFK_CONFIG``)."""
+    record_dir: Path | None = None
+    default_k: int = Field(default=8, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    sandbox_slots: int = Field(default=2, ge=1, le=64)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("backends", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def engine(self) -> Literal["vllm", "openai"]:
+        """``openai`` when backends are configured, else the in-process ``vllm``."""
+        return "openai" if self.backends else "vllm"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Put the YAML file named by ``BESTOFK_CONFIG`` below env and init values."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("BESTOFK_CONFIG")
+        if config:
+            if not Path(config).is_file():
+                raise FileNotFoundError(f"BESTOFK_CONFIG points to {config!r}, which is no file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+        return tuple(sources)

@@ -1,0 +1,48 @@
+"""Final-answer extraction and normalisation, shared by the ``vote`` policy and verifier."""
+
+from __future__ import annotations
+
+from verifiers.exact import as_number
+from verifiers.regex import bounded_search, compile_pattern
+
+_BOXED = compile_pattern(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_LAST_NUMBER = compile_pattern(r"-?\d[\d,_]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def extract_answer(text: str, pattern: str | None = None) -> str:
+    """The final answer in ``text``.
+
+    With ``pattern``: its first group (or whole match) at the last match. Otherwise, in order:
+    the last ``\\boxed{…}``, the last number, the stripped text.
+    """
+    if pattern is not None:
+        compiled = compile_pattern(pattern)
+        matches = list(compiled.finditer(text, timeout=0.25))
+        if matches:
+            last = matches[-1]
+            return str(last.group(1) if compiled.groups else last.group(0))
+        return text.strip()
+    boxed = list(_BOXED.finditer(text, timeout=0.25))
+    if boxed:
+        return str(boxed[-1].group(1))
+    if bounded_search(_LAST_NUMBER, text) is not None:
+        numbers = list(_LAST_NUMBER.finditer(text, timeout=0.25))
+        return str(numbers[-1].group(0))
+    return text.strip()
+
+
+def normalise(answer: str) -> str:
+    """A canonical key: numbers by value (``120`` = ``120.0``), text by case and whitespace."""
+    number = as_number(answer.strip().rstrip("."))
+    if number is not None:
+        return (
+            format(number.normalize(), "f")
+            if number == number.to_integral()
+            else str(number.normalize())
+        )
+    return " ".join(answer.split()).casefold().rstrip(".")
+
+
+def answer_key(text: str, pattern: str | None = None) -> str:
+    """Extract then normalise: candidates with equal keys give the same answer."""
+    return normalise(extract_answer(text, pattern))

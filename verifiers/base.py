@@ -1,0 +1,124 @@
+"""The verifier seam: what a verifier receives, what it returns, and the protocols it implements.
+
+A verifier is built once per request from a validated spec (a pydantic model, since specs come
+from HTTP bodies and config files) and then called with plain dataclasses. Pointwise verifiers
+score one candidate at a time, as soon as it finishes; set-level verifiers score all K together
+once every candidate is in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from verifiers.sandbox.pool import SandboxPool
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One completion to be judged, as the engine (or a /verify client) produced it."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tokens: int = 0
+    mean_logprob: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a verifier may know about the request besides the candidate itself."""
+
+    prompt: str
+    """The prompt as the model saw it (a chat is rendered to its last user turn)."""
+    messages: Sequence[Mapping[str, Any]] | None = None
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One verifier's judgement of one candidate. ``score`` is in [0, 1]."""
+
+    verifier: str
+    score: float
+    passed: bool
+    detail: str = ""
+    latency_ms: float = 0.0
+    error: str | None = None
+    tokens: int = 0
+    """Tokens the verifier itself generated (an LLM judge); counted in usage.verifier_tokens."""
+
+    @classmethod
+    def failure(cls, verifier: str, error: str, latency_ms: float = 0.0) -> Verdict:
+        """The verdict of a verifier that could not reach a judgement: score 0, error set."""
+        return cls(verifier, 0.0, False, detail=error, latency_ms=latency_ms, error=error)
+
+
+class VerifierSpec(BaseModel):
+    """Fields every verifier spec carries. Each verifier type extends it with its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    required: bool = False
+
+
+@dataclass(slots=True)
+class VerifierResources:
+    """Shared, long-lived things a verifier may use; built once by the app."""
+
+    sandbox: SandboxPool | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Room for engine handles (judge, reward model) without a circular import."""
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores one candidate. Must not raise for a bad candidate: return a failing verdict."""
+
+    Spec: ClassVar[type[VerifierSpec]]
+    spec: VerifierSpec
+
+    async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict: ...
+
+
+@runtime_checkable
+class SetVerifier(Protocol):
+    """Scores all candidates of a request together (self-consistency, listwise judge)."""
+
+    Spec: ClassVar[type[VerifierSpec]]
+    spec: VerifierSpec
+
+    async def verify_all(
+        self, ctx: RequestContext, candidates: Sequence[Candidate]
+    ) -> list[Verdict]: ...
+
+
+VerifierFactory = Callable[[VerifierSpec, VerifierResources], "Verifier | SetVerifier"]
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """The one doorway for CPU-bound verifier work: run it in a worker thread, off the loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
+    """Run a check, stamp its latency, and turn any exception into an error verdict."""
+    start = time.perf_counter()
+    try:
+        verdict = await check()
+    except Exception as exc:  # a verifier bug must never fail the request
+        return Verdict.failure(
+            name, f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
+        )
+    verdict.latency_ms = (time.perf_counter() - start) * 1000
+    return verdict

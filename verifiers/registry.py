@@ -1,0 +1,94 @@
+"""Verifier types by name: the built-ins plus whatever installed packages register.
+
+Third-party packages add a verifier with an entry point in the ``bestofk.verifiers`` group whose
+value is a class with a ``Spec`` (a :class:`~verifiers.base.VerifierSpec` subclass) and a
+constructor ``(spec, resources)``, implementing :class:`~verifiers.base.Verifier` or
+:class:`~verifiers.base.SetVerifier`. The entry point's name is the ``type`` clients use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from verifiers.base import SetVerifier, Verifier, VerifierResources, VerifierSpec
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "bestofk.verifiers"
+
+_BUILTINS = {
+    "regex": "verifiers.regex:RegexVerifier",
+    "exact": "verifiers.exact:ExactVerifier",
+    "json_schema": "verifiers.json_schema:JsonSchemaVerifier",
+    "style": "verifiers.style:StyleVerifier",
+    "unit_tests": "verifiers.unit_tests:UnitTestsVerifier",
+}
+
+
+class UnknownVerifierError(ValueError):
+    """A spec names a verifier type that is neither built in nor installed."""
+
+
+class InvalidVerifierSpecError(ValueError):
+    """A spec's fields do not validate; ``loc`` says which field, for the client's error."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@cache
+def available() -> dict[str, str]:
+    """Every known verifier type mapped to its ``module:Class``; entry points may override."""
+    table = dict(_BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        table[ep.name] = ep.value
+    return table
+
+
+@cache
+def verifier_class(type_name: str) -> Any:
+    """The class implementing ``type_name``; raises UnknownVerifierError with the choices."""
+    target = available().get(type_name)
+    if target is None:
+        known = ", ".join(sorted(available()))
+        raise UnknownVerifierError(f"unknown verifier type {type_name!r}; known types: {known}")
+    return _load(target)
+
+
+def parse_spec(raw: Mapping[str, Any], loc: tuple[str | int, ...] = ()) -> VerifierSpec:
+    """Validate a raw spec dict against its type's Spec model."""
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        raise InvalidVerifierSpecError("verifier spec needs a string 'type'", (*loc, "type"))
+    try:
+        cls = verifier_class(type_name)
+    except UnknownVerifierError as exc:
+        raise InvalidVerifierSpecError(str(exc), (*loc, "type")) from None
+    try:
+        spec: VerifierSpec = cls.Spec.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_loc = (*loc, *err["loc"])
+        where = ".".join(str(p) for p in field_loc)
+        raise InvalidVerifierSpecError(f"{where}: {err['msg']}", field_loc) from None
+    return spec
+
+
+def build(
+    specs: Iterable[VerifierSpec], resources: VerifierResources
+) -> list[Verifier | SetVerifier]:
+    """Instantiate verifiers from validated specs."""
+    return [verifier_class(spec.type)(spec, resources) for spec in specs]
