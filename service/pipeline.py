@@ -242,6 +242,8 @@ class Pipeline:
                         run.first_candidate = run.first_candidate or time.perf_counter()
                         run.samples[sample.index] = sample
                         tasks.create_task(check(_candidate(sample)))
+                        # Let the check start now, even while the stream has more buffered.
+                        await asyncio.sleep(0)
                 finally:
                     # Aborts the unfinished candidates in the engine (early exit, deadline,
                     # client gone); a no-op once all K are in.

