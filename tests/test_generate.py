@@ -158,7 +158,7 @@ def test_runaway_regex_is_cut_off(server: Server) -> None:
     reply = post(
         server,
         "/verify",
-        {"candidates": ["a" * 40 + "!"], "verifiers": [{"type": "regex", "pattern": "^(a+)+$"}]},
+        {"candidates": ["a" * 40 + "!"], "verifiers": [{"type": "regex", "pattern": "^(a|a)*$"}]},
         timeout=30,
     )
     assert reply.status_code == 200, reply.text
