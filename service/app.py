@@ -14,12 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service import metrics
+from service.admission import Admission
 from service.engines.base import Engine
 from service.errors import BestOfKError, InvalidRequestError
 from service.jobs import JobFactory
-from service.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.pipeline import Pipeline
-from service.routes import native
+from service.routes import native, openai
 from service.runtime import Runtime
 from service.settings import Settings
 from verifiers.base import VerifierResources
@@ -94,6 +96,11 @@ def create_app(
         engine=engine,
         pipeline=Pipeline(engine, VerifierResources()),
         jobs=JobFactory(settings, engine),
+        admission=Admission(
+            settings.limits.max_inflight,
+            settings.limits.max_queued,
+            settings.limits.queue_timeout_s,
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -117,9 +124,22 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BestOfKError, _bestofk_error)
     app.include_router(native.router)
+    app.include_router(openai.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(RequestMetricsMiddleware)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory for ``--workers N``: each worker builds its app from ``BESTOFK_*``.
+
+    Worker processes are spawned, so they cannot be handed a ``Settings`` object; ``bestofk
+    serve`` exports its flags as their env twins before starting them.
+    """
+    metrics.init_worker()
+    return create_app(Settings(), exit_on_engine_failure=True)
 
 
 def _on_engine_started(task: asyncio.Task[None], exit_on_failure: bool) -> None:

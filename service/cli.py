@@ -32,6 +32,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file.")] = None,
     record_dir: Annotated[Path | None, typer.Option(help="Record verdicts here.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes; more than 1 needs --backend.")
+    ] = None,
 ) -> None:
     """Run the server. Without --model or --backend it serves the bundled demo model."""
     import uvicorn
@@ -41,9 +44,19 @@ def serve(
     if config is not None:
         os.environ["BESTOFK_CONFIG"] = str(config)
     settings = _settings(
-        model=model, backends=backend, host=host, port=port, record_dir=record_dir, config=config
+        model=model,
+        backends=backend,
+        host=host,
+        port=port,
+        record_dir=record_dir,
+        config=config,
+        workers=workers,
     )
     _engine_env()
+    if settings.workers > 1:
+        flags = {"MODEL": model, "HOST": host, "PORT": port, "RECORD_DIR": record_dir}
+        _serve_workers(settings, {**flags, "BACKENDS": ",".join(backend or []) or None})
+        return
     uvicorn.run(
         create_app(settings, exit_on_engine_failure=True),
         host=settings.host,
@@ -51,6 +64,45 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
+    """Several uvicorn workers over the remote engine, with metrics summed across them."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    if settings.engine != "openai":
+        raise typer.BadParameter(
+            "more than one worker needs --backend: each worker would load its own copy of "
+            "the model into memory",
+            param_hint="--workers",
+        )
+    # Workers are spawned and build their own Settings from the environment (app_from_env).
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"BESTOFK_{name}"] = str(value)
+    # Set before the workers start: prometheus-client picks its multiprocess mode at import.
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given or tempfile.mkdtemp(prefix="bestofk-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    from service import metrics
+
+    metrics.prepare_multiprocess_dir(path)
+    try:
+        uvicorn.run(
+            "service.app:app_from_env",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _engine_env() -> None:

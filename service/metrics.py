@@ -2,12 +2,21 @@
 
 Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. With
 several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
-multiprocess mode; gauges then sum over live workers.
+multiprocess mode; gauges then sum over live workers. That variable is read when
+prometheus-client is imported, so it must be set before a worker starts (``bestofk serve
+--workers N`` does it, see :func:`prepare_multiprocess_dir` and :func:`init_worker`).
+
+The Grafana dashboard (``deploy/grafana/generate.py``) and the alert rules
+(``deploy/prometheus/alerts.yml``) query these names; the tests check every query against a
+live scrape, so a rename here fails there.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -24,14 +33,23 @@ from prometheus_client import (
 if TYPE_CHECKING:
     from service.pipeline import RerankResult
 
-# From 5 ms to 10 minutes: a regex check and a best-of-64 on a long prompt in one histogram.
+# From 1 ms to 10 minutes: a queue wait, a /verify of regexes and a best-of-64 on a long prompt
+# (the default request deadline is 300 s) all land inside the buckets, not in +Inf.
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 )  # fmt: skip
+# One verifier on one candidate: a regex takes microseconds, a sandboxed test suite or an LLM
+# judge seconds; the verifier timeouts cap it near a minute.
 VERIFIER_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 )  # fmt: skip
-K_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# K is an integer a client picks, usually a power of two or a round number, up to max_k (64 by
+# default); a bucket at each common value keeps quantiles exact rather than interpolated.
+K_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+STAGES = ("queue", "generate", "verify", "total")
+SANDBOX_OUTCOMES = ("ok", "fail", "timeout", "memory", "killed", "error")
 
 REQUESTS = Counter(
     "bestofk_requests_total",
@@ -99,6 +117,13 @@ GENERATED_TOKENS = Counter(
     "bestofk_generated_tokens_total", "Tokens generated over all candidates, aborted ones too."
 )
 
+# Series with a known, closed label set exist from start-up at zero, so a rate() or an alert on
+# them has data (and a sandbox-timeout alert can fire on its first timeout, not its second).
+for _stage in STAGES:
+    STAGE_DURATION.labels(_stage)
+for _outcome in SANDBOX_OUTCOMES:
+    SANDBOX_RUNS.labels(_outcome)
+
 
 def observe(result: RerankResult) -> None:
     """Record everything one finished request says about candidates, verifiers and tokens."""
@@ -127,6 +152,41 @@ def observe(result: RerankResult) -> None:
         EARLY_EXITS.inc()
     PROMPT_TOKENS.inc(result.prompt_tokens)
     GENERATED_TOKENS.inc(result.completion_tokens)
+
+
+def record_sandbox_run(outcome: str) -> None:
+    """Count one sandboxed code run by its outcome (one of :data:`SANDBOX_OUTCOMES`)."""
+    SANDBOX_RUNS.labels(outcome if outcome in SANDBOX_OUTCOMES else "error").inc()
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """Empty (or create) the multiprocess directory before any worker starts.
+
+    Files left by an earlier run carry that run's counts and its dead workers' gauges, which
+    prometheus-client would otherwise add to this run's totals.
+    """
+    if path.exists():
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def init_worker() -> None:
+    """In multiprocess mode, drop this worker's live gauges from the totals when it exits.
+
+    ``livesum`` gauges (in-flight requests) are summed over live processes only; a worker that
+    exits (or is restarted by uvicorn) must say so, or its last value would linger.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        atexit.register(_mark_dead, os.getpid(), path)
+
+
+def _mark_dead(pid: int, path: str) -> None:
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def render() -> tuple[bytes, str]:

@@ -5,15 +5,29 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and disconnects pa
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.errors import PayloadTooLargeError
+from service.errors import AuthenticationError, BestOfKError, PayloadTooLargeError
 
 _UNMATCHED = "other"
+
+
+async def send_error(send: Send, error: BestOfKError) -> None:
+    """Answer with ``error`` in the API's envelope, from below the framework."""
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in error.headers().items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestMetricsMiddleware:
@@ -84,20 +98,32 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        error = PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes")
-        body = json.dumps(error.body()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status_code,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes"))
 
 
 class _TooLargeError(Exception):
     pass
+
+
+class ApiKeyMiddleware:
+    """Bearer-token auth on every route but the ones probes and scrapers need."""
+
+    OPEN_PATHS = frozenset({"/health", "/metrics"})
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, AuthenticationError("invalid or missing API key (Bearer token)"))
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        # Compare against every key so timing does not reveal which prefix matched.
+        return any([hmac.compare_digest(token.strip(), key) for key in self.keys])

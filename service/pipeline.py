@@ -255,6 +255,9 @@ class Pipeline:
     def _result(self, run: _Run, stream: SampleStream | None, timed_out: bool) -> RerankResult:
         end = time.perf_counter()
         candidates = [run.scored[i] for i in sorted(run.scored)]
+        for s in candidates:
+            if (sample := run.samples.get(s.candidate.index)) is not None:
+                s.logprobs = sample.logprobs
         job = run.job
         timing = Timing(
             queue_ms=(run.start - job.arrived) * 1000,

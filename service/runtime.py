@@ -12,6 +12,7 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from service import metrics
+from service.admission import Admission
 from service.engines.base import Engine
 from service.errors import BestOfKError
 from service.jobs import JobFactory
@@ -37,15 +38,20 @@ class Runtime:
     engine: Engine
     pipeline: Pipeline
     jobs: JobFactory
+    admission: Admission
 
-    async def execute(self, job: RerankJob, request: Request | None = None) -> RerankResult:
-        """Run ``job``; cancel it (aborting generation and sandbox runs) if the client leaves."""
-        metrics.INFLIGHT.inc()
-        try:
-            run = self.pipeline.run(job)
-            result = await (run if request is None else cancel_on_disconnect(run, request))
-        finally:
-            metrics.INFLIGHT.dec()
+    async def execute(
+        self, job: RerankJob, request: Request | None = None, openai: bool = False
+    ) -> RerankResult:
+        """Admit and run ``job``; cancel it (aborting generation and sandbox runs) if the
+        client leaves. ``openai``: refuse overload with 429, which OpenAI clients expect."""
+        async with self.admission.slot(rate_limit_status=openai):
+            metrics.INFLIGHT.inc()
+            try:
+                run = self.pipeline.run(job)
+                result = await (run if request is None else cancel_on_disconnect(run, request))
+            finally:
+                metrics.INFLIGHT.dec()
         metrics.observe(result)
         return result
 

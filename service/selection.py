@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from service.engines.base import TokenLogprob
 from verifiers.answers import answer_key
 from verifiers.base import Candidate, Verdict, VerifierSpec
 
@@ -41,6 +42,8 @@ class Scored:
     """Every verifier passed (and there was at least one)."""
     required_ok: bool = True
     """Every required verifier passed."""
+    logprobs: Sequence[TokenLogprob] = ()
+    """Per-token logprobs, when the request asked for them."""
 
 
 def combine(scored: Scored, specs: Sequence[VerifierSpec]) -> None:

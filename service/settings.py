@@ -39,6 +39,11 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=300.0, gt=0)
     """The deadline for one request; a request may lower it, never raise it."""
+    max_inflight: int = Field(default=64, ge=1)
+    """Requests processed at once; more wait in a bounded queue."""
+    max_queued: int = Field(default=256, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a request may wait for a slot before it is refused with Retry-After."""
 
 
 class SelectionDefaults(BaseModel):
@@ -94,6 +99,8 @@ class Settings(BaseSettings):
     backend_supports_n: bool | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    """uvicorn worker processes; more than one needs ``backends`` (each would load the model)."""
     config: Path | None = None
     """The YAML file these settings were read from (also ``BESTOFK_CONFIG``)."""
     record_dir: Path | None = None

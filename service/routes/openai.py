@@ -1,0 +1,326 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions`` and ``/v1/completions``.
+
+Same pipeline as the native API; only parsing and rendering differ. ``best_of`` is K, ``n`` the
+number of distinct top candidates returned; the native response rides along as ``bestofk``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.engines.base import Prompt, TokenLogprob
+from service.errors import BestOfKError, InvalidRequestError
+from service.jobs import JobRequest, new_request_id
+from service.pipeline import RerankJob, RerankResult
+from service.routes.native import render, runtime
+from service.runtime import Runtime
+from service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
+from service.selection import Scored
+from verifiers.base import VerifierSpec
+from verifiers.registry import parse_spec
+
+router = APIRouter(prefix="/v1")
+
+KEEPALIVE_S = 1.0
+"""How often a streaming response sends an SSE comment while candidates are verified."""
+
+
+def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
+    if not raw:
+        return None
+    try:
+        return {int(token): bias for token, bias in raw.items()}
+    except ValueError:
+        raise InvalidRequestError(
+            "logit_bias keys must be token ids (integers as strings)", param="logit_bias"
+        ) from None
+
+
+def _job(
+    rt: Runtime,
+    body: BestOfKFields,
+    prefix: str,
+    prompt: Prompt,
+    max_tokens: int | None,
+    top_logprobs: int | None,
+    json_schema: dict[str, Any] | None,
+    arrived: float,
+) -> RerankJob:
+    specs: list[VerifierSpec] = list(body.verifiers or ())
+    if json_schema is not None:
+        # The constraint is enforced twice: decoding where the engine can, and a required
+        # verifier that holds whatever the engine did.
+        specs.append(parse_spec({"type": "json_schema", "schema": json_schema, "required": True}))
+    sampling = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "max_tokens": max_tokens,
+        "stop": body.stop,
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logit_bias": _logit_bias(body.logit_bias),
+        "top_logprobs": top_logprobs,
+        "json_schema": json_schema,
+    }
+    k = body.best_of or (max(body.n, rt.settings.default_k) if body.n > 1 else None)
+    return rt.jobs.build(
+        new_request_id(prefix),
+        JobRequest(
+            prompt=prompt,
+            model=body.model,
+            k=k,
+            sampling=sampling,
+            verifiers=specs,
+            profile=body.profile,
+            selection=body.selection.model_dump() if body.selection else None,
+            early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+            arrived=arrived,
+        ),
+    )
+
+
+def _response_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    assert fmt.json_schema is not None
+    return fmt.json_schema.schema_
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    """Chat completion: the best of K candidates, rendered as a standard ChatCompletion."""
+    arrived = time.perf_counter()
+    rt = runtime(request)
+    top = body.top_logprobs or 0 if body.logprobs else None
+    job = _job(
+        rt,
+        body,
+        "chatcmpl",
+        Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages]),
+        body.max_completion_tokens or body.max_tokens,
+        top,
+        _response_schema(body),
+        arrived,
+    )
+    renderer = _ChatRenderer(body)
+    return await _respond(rt, job, body, renderer, request)
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, request: Request
+) -> JSONResponse | StreamingResponse:
+    """Text completion: the best of K candidates, rendered as a standard Completion."""
+    arrived = time.perf_counter()
+    rt = runtime(request)
+    job = _job(
+        rt, body, "cmpl", Prompt(text=body.prompt_text), body.max_tokens, body.logprobs, None,
+        arrived,
+    )  # fmt: skip
+    return await _respond(rt, job, body, _CompletionRenderer(body), request)
+
+
+class _Renderer:
+    """How one endpoint shapes choices, chunks and logprobs."""
+
+    object_name = ""
+    chunk_object_name = ""
+
+    def __init__(self, body: BestOfKFields) -> None:
+        self.body = body
+
+    def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def finish(self, position: int, scored: Scored) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ChatRenderer(_Renderer):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        super().__init__(body)
+        self.want_logprobs = body.logprobs
+
+    def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        return {
+            "index": position,
+            "message": {"role": "assistant", "content": scored.candidate.text},
+            "finish_reason": scored.candidate.finish_reason or "stop",
+            "logprobs": self._logprobs(scored),
+        }
+
+    def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
+        if not self.want_logprobs:
+            return None
+        return {"content": [_chat_token(t) for t in scored.logprobs]}
+
+    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": text}
+        if first:
+            delta["role"] = "assistant"
+        return {"index": position, "delta": delta, "finish_reason": None, "logprobs": None}
+
+    def finish(self, position: int, scored: Scored) -> dict[str, Any]:
+        return {
+            "index": position,
+            "delta": {},
+            "finish_reason": scored.candidate.finish_reason or "stop",
+            "logprobs": self._logprobs(scored),
+        }
+
+
+def _chat_token(t: TokenLogprob) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {**entry(t.token, t.logprob), "top_logprobs": [entry(tok, lp) for tok, lp in t.top]}
+
+
+class _CompletionRenderer(_Renderer):
+    object_name = "text_completion"
+    chunk_object_name = "text_completion"
+
+    def __init__(self, body: CompletionRequest) -> None:
+        super().__init__(body)
+        self.want_logprobs = body.logprobs is not None
+
+    def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        return {
+            "index": position,
+            "text": scored.candidate.text,
+            "finish_reason": scored.candidate.finish_reason or "stop",
+            "logprobs": self._logprobs(scored),
+        }
+
+    def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
+        if not self.want_logprobs:
+            return None
+        tokens = scored.logprobs
+        offsets, offset = [], 0
+        for t in tokens:
+            offsets.append(offset)
+            offset += len(t.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{t.token: t.logprob, **dict(t.top)} for t in tokens],
+            "text_offset": offsets,
+        }
+
+    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
+        return {"index": position, "text": text, "finish_reason": None, "logprobs": None}
+
+    def finish(self, position: int, scored: Scored) -> dict[str, Any]:
+        return {
+            "index": position,
+            "text": "",
+            "finish_reason": scored.candidate.finish_reason or "stop",
+            "logprobs": self._logprobs(scored),
+        }
+
+
+def _usage(result: RerankResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _envelope(job: RerankJob, renderer: _Renderer, model: str, chunk: bool) -> dict[str, Any]:
+    return {
+        "id": job.request_id,
+        "object": renderer.chunk_object_name if chunk else renderer.object_name,
+        "created": int(time.time()),
+        "model": model,
+    }
+
+
+async def _respond(
+    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer, request: Request
+) -> JSONResponse | StreamingResponse:
+    headers = {"X-Request-Id": job.request_id}
+    if body.stream:
+        return StreamingResponse(
+            _stream(rt, job, body, renderer, request),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
+        )
+    result = await rt.execute(job, request, openai=True)
+    out = _envelope(job, renderer, result.model, chunk=False)
+    out["choices"] = [renderer.choice(i, s) for i, s in enumerate(result.top(body.n))]
+    out["usage"] = _usage(result)
+    out["bestofk"] = render(result, body.return_candidates).model_dump()
+    return JSONResponse(out, headers=headers)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+async def _stream(
+    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer, request: Request
+) -> AsyncIterator[bytes]:
+    """SSE: comments while verifying, then the chosen completion as chunks, usage, [DONE]."""
+    # Starlette cancels this generator when the client goes, which cancels the work.
+    work = asyncio.ensure_future(rt.execute(job, openai=True))
+    try:
+        while not work.done():
+            done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
+            if not done:
+                # Comments keep proxies and clients from timing out; SSE parsers skip them.
+                yield b": verifying candidates\n\n"
+        result = work.result()
+    except BestOfKError as exc:
+        # The status line has gone out already; the error travels as an SSE event.
+        yield _sse(exc.body())
+        yield _sse("[DONE]")
+        return
+    finally:
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+    base = _envelope(job, renderer, result.model, chunk=True)
+    top = result.top(body.n)
+    for position, scored in enumerate(top):
+        for i, piece in enumerate(_pieces(scored)):
+            yield _sse({**base, "choices": [renderer.delta(position, piece, i == 0)]})
+        last = {**base, "choices": [renderer.finish(position, scored)]}
+        if position == len(top) - 1:
+            last["bestofk"] = render(result, body.return_candidates).model_dump()
+        yield _sse(last)
+    if body.stream_options is not None and body.stream_options.include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(result)})
+    yield _sse("[DONE]")
+
+
+def _pieces(scored: Scored) -> list[str]:
+    """The text as the tokens it was generated in when known, else as words."""
+    text = scored.candidate.text
+    tokens = [t.token for t in scored.logprobs]
+    if tokens and "".join(tokens) == text:
+        return tokens
+    pieces = [w for w in text.split(" ")]
+    return [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)] or [""]

@@ -1,0 +1,128 @@
+"""Request bodies of the OpenAI-compatible API, plus bestofk's extra fields.
+
+Every field the official client can send is declared, so it validates by type; fields we cannot
+honour are refused with a 400 naming them, rather than silently ignored. Unknown fields (a newer
+client) are accepted and ignored, as vLLM does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema")
+        return self
+
+
+class BestOfKFields(BaseModel):
+    """Sampling fields shared by both endpoints, and bestofk's extras (``extra_body``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # bestofk's own fields.
+    best_of: int | None = Field(default=None, ge=1)
+    verifiers: VerifierSpecs | None = None
+    profile: str | None = None
+    selection: Selection | None = None
+    early_exit: EarlyExit | None = None
+    return_candidates: bool = True
+
+    @model_validator(mode="after")
+    def _n_within_best_of(self) -> BestOfKFields:
+        if self.best_of is not None and self.n > self.best_of:
+            raise ValueError(f"n={self.n} must not exceed best_of={self.best_of}")
+        return self
+
+
+class ChatCompletionRequest(BestOfKFields):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    modalities: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.tools and self.tool_choice not in (None, "none"):
+            raise ValueError("tools are not supported by bestofk; leave 'tools' out")
+        if self.modalities and self.modalities != ["text"]:
+            raise ValueError("only the 'text' modality is supported")
+        return self
+
+
+class CompletionRequest(BestOfKFields):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: give one prompt per request (a string or a list of one)")
+        if self.echo:
+            raise ValueError("echo is not supported by bestofk")
+        if self.suffix:
+            raise ValueError("suffix is not supported by bestofk")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        """The single prompt."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
