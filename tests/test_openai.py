@@ -352,3 +352,15 @@ def test_backend_down_is_a_server_error(tmp_path: Path) -> None:
         assert "retry-after" in info.value.response.headers
     finally:
         server.stop()
+
+
+def test_vllm_serving_benchmark_has_no_failed_requests(server: Server) -> None:
+    from bench.vllm_serving import chat_args, run
+    from tests.conftest import model_path
+
+    result = run(
+        chat_args(server.url, model_path(), num_prompts=12, concurrency=4,
+                  extra_body={"best_of": 4})
+    )  # fmt: skip
+    assert result["completed"] == 12, result
+    assert result["failed"] == 0, result
