@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service import metrics
 from service.admission import Admission
 from service.engines.base import Engine
 from service.errors import BestOfKError, InvalidRequestError
@@ -138,7 +137,6 @@ def app_from_env() -> FastAPI:
     Worker processes are spawned, so they cannot be handed a ``Settings`` object; ``bestofk
     serve`` exports its flags as their env twins before starting them.
     """
-    metrics.init_worker()
     return create_app(Settings(), exit_on_engine_failure=True)
 
 

@@ -111,7 +111,9 @@ def _engine_env() -> None:
 
 
 def parse_verifier(text: str) -> dict[str, Any]:
-    """A verifier spec from JSON, or the shorthand ``type`` / ``type:key=value;key=value``."""
+    """A verifier spec from JSON, or the shorthand ``type`` / ``type:key=value;key=value``.
+
+    Shorthand values stay strings; the spec's own model converts them ("2" to 2, "true")."""
     if text.lstrip().startswith("{"):
         spec = json.loads(text)
         if not isinstance(spec, dict):
@@ -123,10 +125,7 @@ def parse_verifier(text: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep:
             raise typer.BadParameter(f"expected key=value in {part!r}")
-        try:
-            spec[key] = json.loads(value)
-        except ValueError:
-            spec[key] = value
+        spec[key] = value
     return spec
 
 

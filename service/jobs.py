@@ -161,6 +161,11 @@ class JobFactory:
                 f"max_tokens={max_tokens} exceeds the limit of {self.settings.limits.max_tokens}",
                 param="max_tokens",
             )
+        if fields.get("min_tokens", 0) > max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens={fields['min_tokens']} exceeds max_tokens={max_tokens}",
+                param="min_tokens",
+            )
         stop = fields.pop("stop", ())
         return SamplingConfig(
             max_tokens=max_tokens,

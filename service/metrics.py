@@ -4,7 +4,7 @@ Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total``
 several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
 multiprocess mode; gauges then sum over live workers. That variable is read when
 prometheus-client is imported, so it must be set before a worker starts (``bestofk serve
---workers N`` does it, see :func:`prepare_multiprocess_dir` and :func:`init_worker`).
+--workers N`` does it, see :func:`prepare_multiprocess_dir` and :func:`forget_dead_workers`).
 
 The Grafana dashboard (``deploy/grafana/generate.py``) and the alert rules
 (``deploy/prometheus/alerts.yml``) query these names; the tests check every query against a
@@ -13,7 +13,6 @@ live scrape, so a rename here fails there.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 from pathlib import Path
@@ -174,24 +173,36 @@ def prepare_multiprocess_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def init_worker() -> None:
-    """In multiprocess mode, drop this worker's live gauges from the totals when it exits.
+def forget_dead_workers(path: Path) -> None:
+    """``mark_process_dead`` for every worker that has exited, so live gauges drop its value.
 
-    ``livesum`` gauges (in-flight requests) are summed over live processes only; a worker that
-    exits (or is restarted by uvicorn) must say so, or its last value would linger.
+    ``livesum`` gauges (in-flight requests) are summed over live processes only, and a worker
+    cannot reliably say it is leaving: uvicorn re-raises SIGTERM after a graceful shutdown (so
+    ``atexit`` never runs), and SIGKILL or the OOM killer give no chance at all. So the reader
+    checks instead, at every scrape, before summing. Counters and histograms of dead workers
+    stay: their counts happened.
     """
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        atexit.register(_mark_dead, os.getpid(), path)
+    for file in path.glob("gauge_live*_*.db"):
+        pid = file.stem.rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(path))  # type: ignore[no-untyped-call]
 
 
-def _mark_dead(pid: int, path: str) -> None:
-    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, aggregated over workers in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        forget_dead_workers(Path(path))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

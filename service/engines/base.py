@@ -49,6 +49,8 @@ class SamplingConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 256
+    min_tokens: int = 0
+    """End-of-sequence is suppressed until this many tokens (vLLM's ``min_tokens``)."""
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float = 0.0

@@ -235,6 +235,8 @@ def _request_body(
         "presence_penalty": sampling.presence_penalty,
         "frequency_penalty": sampling.frequency_penalty,
     }
+    if sampling.min_tokens:
+        body["min_tokens"] = sampling.min_tokens  # a vLLM extension
     if sampling.stop:
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:

@@ -214,6 +214,7 @@ class VllmEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
+            min_tokens=sampling.min_tokens,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
             presence_penalty=sampling.presence_penalty,
