@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
+import httpx
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
+
+from service.selection import Policy
 
 app = typer.Typer(help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
 console = Console()
@@ -150,24 +156,26 @@ def generate(
         "verifiers": [parse_verifier(v) for v in verifier or []],
         "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
     }
-    response = _post(url, "/generate", body) if url else asyncio.run(_in_process(body, model))
+    response = asyncio.run(_generate_once(body, url, model))
     _print(response)
 
 
-def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
-    reply = httpx.post(url.rstrip("/") + path, json=body, timeout=600)
+async def _generate_once(body: dict[str, Any], url: str | None, model: str | None) -> Any:
+    async with _client(url, model) as client:
+        reply = await client.post("/generate", json=body, timeout=600)
     if reply.status_code >= 400:
         console.print(f"[red]{reply.status_code}[/red] {reply.text}")
         raise typer.Exit(1)
-    data: dict[str, Any] = reply.json()
-    return data
+    return reply.json()
 
 
-async def _in_process(body: dict[str, Any], model: str | None) -> dict[str, Any]:
-    import httpx
-
+@contextlib.asynccontextmanager
+async def _client(url: str | None, model: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for a running server at ``url``, or for an in-process one over ``model``."""
+    if url:
+        async with httpx.AsyncClient(base_url=url.rstrip("/")) as client:
+            yield client
+        return
     from service.app import create_app
 
     _engine_env()
@@ -177,12 +185,93 @@ async def _in_process(body: dict[str, Any], model: str | None) -> dict[str, Any]
             await app.state.engine_loading
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bestofk") as client:
-            reply = await client.post("/generate", json=body, timeout=600)
-    if reply.status_code >= 400:
-        console.print(f"[red]{reply.status_code}[/red] {reply.text}")
-        raise typer.Exit(1)
-    data: dict[str, Any] = reply.json()
-    return data
+            yield client
+
+
+@app.command("eval")
+def evaluate(
+    tasks: Annotated[Path, typer.Argument(help="Task set (JSONL), e.g. demo/tasks.jsonl.")],
+    k: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,2,4,8,16",
+    selection: Annotated[
+        str, typer.Option(help="Policies: argmax,sample,vote.")
+    ] = "argmax,sample,vote",
+    signals: Annotated[
+        str, typer.Option(help="What selection sees: verifiers,judge,none.")
+    ] = "verifiers,none",
+    family: Annotated[list[str] | None, typer.Option(help="Only these families.")] = None,
+    url: Annotated[str | None, typer.Option(help="A running bestofk server.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for an in-process engine.")] = None,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    max_tokens: Annotated[int, typer.Option()] = 160,
+    seed: Annotated[int, typer.Option(help="Seeds subset draws and sample selection.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+) -> None:
+    """pass@1, pass@k and best-of-k per policy, per task family and overall."""
+    from service import evaluation
+
+    ks = sorted({int(x) for x in k.split(",")})
+    policies: list[Policy] = []
+    for name in (p.strip() for p in selection.split(",")):
+        if name not in get_args(Policy):
+            raise typer.BadParameter(f"unknown policy {name!r}; choose from {get_args(Policy)}")
+        policies.append(name)  # type: ignore[arg-type]  # checked against the Literal above
+    signal_list = [s.strip() for s in signals.split(",")]
+    for name in signal_list:
+        if name not in evaluation.SIGNALS:
+            raise typer.BadParameter(f"unknown signal {name!r}; choose from {evaluation.SIGNALS}")
+    task_list = evaluation.load_tasks(tasks, family or ())
+    sampling = {"temperature": temperature, "max_tokens": max_tokens}
+    samples, skipped = asyncio.run(_collect(task_list, max(ks), signal_list, sampling, url, model))
+    report = evaluation.summarise(samples, ks, policies, signal_list, seed=seed)
+    report.skipped = skipped
+    _print_report(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2))
+    if plot_out is not None:
+        evaluation.plot(report, plot_out)
+
+
+async def _collect(
+    tasks: Any,
+    n: int,
+    signals: list[str],
+    sampling: dict[str, Any],
+    url: str | None,
+    model: str | None,
+) -> Any:
+    from service import evaluation
+
+    async with _client(url, model) as client:
+        with Progress(console=console) as progress:
+            bar = progress.add_task("sampling", total=len(tasks))
+            return await evaluation.collect(
+                client, tasks, n, signals, sampling, on_done=lambda: progress.advance(bar)
+            )
+
+
+def _print_report(report: Any) -> None:
+    table = Table(title="best-of-k accuracy (pass@k is the ceiling)")
+    table.add_column("family")
+    table.add_column("tasks")
+    table.add_column("pass@1")
+    table.add_column("metric")
+    for k in report.ks:
+        table.add_column(f"k={k}")
+    for family, row in report.rows.items():
+        table.add_row(
+            family, str(row["tasks"]), f"{row['pass@1']:.2f}", "pass@k (ceiling)",
+            *(f"{row['pass@k'][k]:.2f}" for k in report.ks),
+        )  # fmt: skip
+        for name, curve in row["best_of_k"].items():
+            table.add_row("", "", "", f"best-of-k {name}", *(f"{curve[k]:.2f}" for k in report.ks))
+        table.add_row(
+            "", "", "", "tokens/request",
+            *(f"{row['tokens_per_request'][k]:.0f}" for k in report.ks), end_section=True,
+        )  # fmt: skip
+    console.print(table)
+    for family, reason in report.skipped.items():
+        console.print(f"[yellow]skipped[/yellow] {family}: {reason}")
 
 
 def _print(response: dict[str, Any]) -> None:

@@ -1,0 +1,244 @@
+"""``bestofk eval``: pass@1, the pass@k ceiling, and what each selection policy recovers.
+
+For each task one ``/generate`` request samples N = max(K) candidates with the task's own
+verifiers (the ground truth: a candidate is correct when it passes all of them) plus any extra
+signal verifiers (the judge). Best-of-k is then measured offline on random size-k subsets of
+those N, with the server's own selection code, so every k and policy is compared on the same
+samples. pass@k uses the unbiased estimator of Chen et al. (2021).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.selection import Policy, Scored, SelectionConfig, select
+from verifiers.base import Candidate
+
+SIGNALS = ("verifiers", "judge", "none")
+"""What selection sees: the task's verifiers, only an LLM judge, or nothing (logprob only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One prompt with the verifiers that decide whether an answer is right."""
+
+    id: str
+    family: str
+    prompt: str
+    verifiers: list[dict[str, Any]]
+
+
+def load_tasks(path: Path, families: Sequence[str] = ()) -> list[Task]:
+    """Tasks from a JSONL file, optionally only some families."""
+    tasks = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            raw = json.loads(line)
+            tasks.append(Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"]))
+    return [t for t in tasks if not families or t.family in families]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+@dataclass(slots=True)
+class TaskSamples:
+    """The N scored candidates of one task, reduced to what evaluation needs."""
+
+    task: Task
+    texts: list[str]
+    correct: list[bool]
+    signal_scores: dict[str, list[float]]
+    required_ok: list[bool]
+    mean_logprobs: list[float | None]
+    tokens: list[int]
+    latency_ms: float
+
+    def pool(self, indices: Iterable[int], signal: str) -> list[Scored]:
+        """Candidates as the selection code sees them under ``signal``."""
+        out = []
+        for i in indices:
+            s = Scored(Candidate(i, self.texts[i], mean_logprob=self.mean_logprobs[i]), [])
+            s.score = self.signal_scores[signal][i]
+            s.required_ok = self.required_ok[i] if signal == "verifiers" else True
+            out.append(s)
+        return out
+
+
+def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> TaskSamples:
+    truth_types = {v["type"] for v in task.verifiers}
+    weights = {v["type"]: float(v.get("weight", 1.0)) for v in task.verifiers}
+    required = {v["type"] for v in task.verifiers if v.get("required")}
+    candidates = sorted(response["candidates"], key=lambda c: c["index"])
+    scores: dict[str, list[float]] = {s: [] for s in signals}
+    correct, required_ok = [], []
+    for c in candidates:
+        truth = [v for v in c["verdicts"] if v["verifier"] in truth_types]
+        correct.append(bool(truth) and all(v["passed"] for v in truth))
+        required_ok.append(all(v["passed"] for v in truth if v["verifier"] in required))
+        total = sum(weights[v["verifier"]] for v in truth) or 1.0
+        if "verifiers" in scores:
+            scores["verifiers"].append(
+                sum(weights[v["verifier"]] * v["score"] for v in truth) / total
+            )
+        if "judge" in scores:
+            judged = [v["score"] for v in c["verdicts"] if v["verifier"] == "judge"]
+            scores["judge"].append(statistics.fmean(judged) if judged else 0.0)
+        if "none" in scores:
+            scores["none"].append(0.0)
+    return TaskSamples(
+        task=task,
+        texts=[c["text"] for c in candidates],
+        correct=correct,
+        signal_scores=scores,
+        required_ok=required_ok,
+        mean_logprobs=[c["mean_logprob"] for c in candidates],
+        tokens=[c["tokens"] for c in candidates],
+        latency_ms=response["timing"]["total_ms"],
+    )
+
+
+def best_of_k(
+    samples: TaskSamples, k: int, policy: Policy, signal: str, draws: int, rng: random.Random
+) -> float:
+    """Share of random size-k subsets whose selected candidate is correct."""
+    n = len(samples.texts)
+    hits = 0
+    for draw in range(draws):
+        subset = rng.sample(range(n), k) if k < n else list(range(n))
+        config = SelectionConfig(policy=policy, seed=rng.randrange(2**31) + draw)
+        chosen = select(samples.pool(subset, signal), config)
+        hits += samples.correct[chosen.candidate.index]
+    return hits / draws
+
+
+@dataclass(slots=True)
+class Report:
+    """Per family (and "all"): pass@1, pass@k, best-of-k per signal and policy, price."""
+
+    ks: list[int]
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"ks": self.ks, "families": self.rows, "skipped": self.skipped}
+
+
+def summarise(
+    all_samples: Sequence[TaskSamples],
+    ks: Sequence[int],
+    policies: Sequence[Policy],
+    signals: Sequence[str],
+    draws: int = 32,
+    seed: int = 0,
+) -> Report:
+    """Aggregate per family and overall."""
+    report = Report(ks=list(ks))
+    by_family: dict[str, list[TaskSamples]] = defaultdict(list)
+    for s in all_samples:
+        by_family[s.task.family].append(s)
+    by_family["all"] = list(all_samples)  # inserted last, so it prints last
+    for family, group in by_family.items():
+        rng = random.Random(seed)
+        row: dict[str, Any] = {"tasks": len(group)}
+        row["pass@1"] = statistics.fmean(sum(s.correct) / len(s.correct) for s in group)
+        row["pass@k"] = {
+            k: statistics.fmean(pass_at_k(len(s.correct), sum(s.correct), k) for s in group)
+            for k in ks
+        }
+        row["best_of_k"] = {
+            f"{signal}/{policy}": {
+                k: statistics.fmean(best_of_k(s, k, policy, signal, draws, rng) for s in group)
+                for k in ks
+            }
+            for signal in signals
+            for policy in policies
+        }
+        tokens = statistics.fmean(statistics.fmean(s.tokens) for s in group)
+        row["tokens_per_request"] = {k: tokens * k for k in ks}
+        row["latency_ms_at_max_k"] = statistics.median(s.latency_ms for s in group)
+        report.rows[family] = row
+    return report
+
+
+async def collect(
+    client: httpx.AsyncClient,
+    tasks: Sequence[Task],
+    n: int,
+    signals: Sequence[str],
+    sampling: dict[str, Any],
+    concurrency: int = 4,
+    on_done: Callable[[], None] = lambda: None,
+) -> tuple[list[TaskSamples], dict[str, str]]:
+    """Sample N candidates per task through the API; families the server cannot verify are
+    skipped, by name, with the server's reason."""
+    gate = asyncio.Semaphore(concurrency)
+    skipped: dict[str, str] = {}
+    extra = [{"type": "judge", "weight": 0.0}] if "judge" in signals else []
+
+    async def one(task: Task) -> TaskSamples | None:
+        async with gate:
+            if task.family in skipped:
+                on_done()
+                return None
+            body = {
+                "prompt": task.prompt,
+                "k": n,
+                "sampling": sampling,
+                "verifiers": [*task.verifiers, *extra],
+            }
+            reply = await client.post("/generate", json=body, timeout=600)
+            on_done()
+            if reply.status_code == 400 and "unknown verifier type" in reply.text:
+                skipped[task.family] = reply.json()["error"]["message"]
+                return None
+            reply.raise_for_status()
+            return _reduce(task, reply.json(), signals)
+
+    results = await asyncio.gather(*(one(t) for t in tasks))
+    kept = [r for r in results if r is not None and r.task.family not in skipped]
+    return kept, skipped
+
+
+def plot(report: Report, path: Path) -> None:
+    """Accuracy vs K: a line per signal/policy, pass@k dashed as the ceiling, per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(report.rows)
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.8), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        row = report.rows[family]
+        ks = report.ks
+        ax.plot(ks, [row["pass@k"][k] for k in ks], "k--", label="pass@k (ceiling)")
+        ax.axhline(row["pass@1"], color="grey", linestyle=":", label="pass@1")
+        for name, curve in row["best_of_k"].items():
+            ax.plot(ks, [curve[k] for k in ks], marker="o", label=f"best-of-k {name}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{family} ({row['tasks']} tasks)")
+        ax.set_xlabel("K")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
