@@ -14,16 +14,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service import metrics
 from service.admission import Admission
 from service.engines.base import Engine
+from service.engines.completer import EngineCompleter
 from service.errors import BestOfKError, InvalidRequestError
 from service.jobs import JobFactory
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.pipeline import Pipeline
+from service.records.recorder import Recorder
 from service.routes import native, openai
 from service.runtime import Runtime
 from service.settings import Settings
 from verifiers.base import VerifierResources
+from verifiers.sandbox import SandboxPool
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +94,32 @@ def create_app(
     cannot start, rather than answering 503 forever.
     """
     engine = engine or build_engine(settings)
+    resources = VerifierResources(completer=EngineCompleter(engine))
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        pipeline=Pipeline(engine, VerifierResources()),
+        pipeline=Pipeline(engine, resources),
         jobs=JobFactory(settings, engine),
         admission=Admission(
             settings.limits.max_inflight,
             settings.limits.max_queued,
             settings.limits.queue_timeout_s,
         ),
+        recorder=Recorder.from_settings(settings) if settings.record_dir else None,
     )
+    recorder = runtime.recorder
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if recorder is not None:
+            recorder.start()  # an unwritable record directory fails the start, not a request
+        # Claims the slots' uids, so it belongs to the running server, not to the app object.
+        resources.sandbox = SandboxPool(
+            settings.sandbox_slots,
+            max_queue=settings.sandbox_max_queue,
+            queue_timeout_s=settings.sandbox_queue_timeout_s,
+            on_outcome=metrics.record_sandbox_run,
+        )
         # The engine loads in the background so /health can say "loading" meanwhile.
         loading = asyncio.create_task(engine.start())
         loading.add_done_callback(
@@ -118,6 +134,10 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
             await engine.close()
+            resources.sandbox.close()
+            if recorder is not None:
+                # Drains the queue and fsyncs; blocking file work, so off the event loop.
+                await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)

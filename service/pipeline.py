@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, EngineNotReadyError
+from service.errors import DeadlineExceededError, EngineNotReadyError, OverloadedError
 from service.selection import Scored, SelectionConfig, combine, ranked, select
 from verifiers import registry
 from verifiers.base import (
@@ -22,6 +22,7 @@ from verifiers.base import (
     SetVerifier,
     Verdict,
     Verifier,
+    VerifierCapacityError,
     VerifierResources,
     VerifierSpec,
     timed,
@@ -170,6 +171,8 @@ async def _verify_set(
         verdicts = await verifier.verify_all(ctx, candidates)
         if len(verdicts) != len(candidates):
             raise ValueError(f"returned {len(verdicts)} verdicts for {len(candidates)} candidates")
+    except VerifierCapacityError:
+        raise
     except Exception as exc:  # a verifier bug must never fail the request
         elapsed = (time.perf_counter() - start) * 1000
         error = f"{type(exc).__name__}: {exc}"
@@ -201,6 +204,8 @@ class Pipeline:
                     stream = self.engine.sample(job.prompt, job.k, job.sampling, job.request_id)
                     await self._generate_and_verify(run, stream)
                 await run.set_verify()
+        except VerifierCapacityError as exc:
+            raise OverloadedError(str(exc), retry_after_s=exc.retry_after_s) from None
         except TimeoutError:
             timed_out = True
             if not run.scored:

@@ -6,6 +6,7 @@ Nested fields use ``__`` in env names, e.g. ``BESTOFK_LIMITS__MAX_K=16``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -104,12 +105,23 @@ class Settings(BaseSettings):
     config: Path | None = None
     """The YAML file these settings were read from (also ``BESTOFK_CONFIG``)."""
     record_dir: Path | None = None
+    """Append every request's candidates, verdicts and choice here as JSONL (``bestofk export``)."""
+    record_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    """A record file is rotated before a line would take it past this size."""
+    record_queue_size: int = Field(default=10_000, ge=1)
+    """Records waiting for the writer; beyond this they are dropped and counted, never waited on."""
+    record_redact: list[str] = Field(default_factory=list)
+    """Regexes whose matches in prompts are recorded as ``[REDACTED]`` (env: a JSON list)."""
     default_k: int = Field(default=8, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     sandbox_slots: int = Field(default=2, ge=1, le=64)
+    """Candidate programs run at once, each in its own bwrap sandbox and uid."""
+    sandbox_max_queue: int = Field(default=64, ge=0)
+    sandbox_queue_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a run may wait for a slot before the request gets 503 + Retry-After."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -118,6 +130,16 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("record_redact")
+    @classmethod
+    def _compile_redactions(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"record_redact: {pattern!r} is no regex: {exc}") from None
         return value
 
     @property

@@ -72,11 +72,41 @@ class VerifierSpec(BaseModel):
     required: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One greedy completion from a judge model, with the top logprobs of each position."""
+
+    text: str
+    tokens: int
+    """Tokens generated (counted in usage.verifier_tokens)."""
+    top_logprobs: Sequence[Mapping[str, float]] = ()
+    """Per generated position: token text → logprob, the chosen token and its alternatives."""
+
+
+class Completer(Protocol):
+    """A model that completes raw text prompts: the serving engine, or a remote endpoint.
+
+    One call is one batch: every prompt goes out together so the model batches them.
+    """
+
+    async def complete(
+        self, prompts: Sequence[str], max_tokens: int, top_logprobs: int, request_id: str
+    ) -> list[Completion]:
+        """Greedy completions of ``prompts``, in order; raises on failure."""
+        ...
+
+
 @dataclass(slots=True)
 class VerifierResources:
     """Shared, long-lived things a verifier may use; built once by the app."""
 
     sandbox: SandboxPool | None = None
+    completer: Completer | None = None
+    """The serving engine as a judge model (``judge`` without an ``endpoint``)."""
+    allowed_models: frozenset[str] | None = None
+    """Model paths and endpoint URLs a spec may name (``judge.endpoint``, ``reward_model``);
+    None allows any, which suits trusted clients only: a spec could otherwise make the server
+    load a local model or call an internal URL."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Room for engine handles (judge, reward model) without a circular import."""
 
@@ -106,6 +136,15 @@ class SetVerifier(Protocol):
 VerifierFactory = Callable[[VerifierSpec, VerifierResources], "Verifier | SetVerifier"]
 
 
+class VerifierCapacityError(Exception):
+    """A shared verifier resource (the sandbox pool) stayed full: the request, not the
+    candidate, should fail, with a hint when to retry. The only exception ``timed`` lets out."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """The one doorway for CPU-bound verifier work: run it in a worker thread, off the loop."""
     return await anyio.to_thread.run_sync(fn, *args)
@@ -116,6 +155,8 @@ async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
     start = time.perf_counter()
     try:
         verdict = await check()
+    except VerifierCapacityError:
+        raise
     except Exception as exc:  # a verifier bug must never fail the request
         return Verdict.failure(
             name, f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
