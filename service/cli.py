@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
 import typer
@@ -45,8 +45,6 @@ def serve(
     """Run the server. Without --model or --backend it serves the bundled demo model."""
     import uvicorn
 
-    from service.app import create_app
-
     if config is not None:
         os.environ["BESTOFK_CONFIG"] = str(config)
     settings = _settings(
@@ -63,6 +61,9 @@ def serve(
         flags = {"MODEL": model, "HOST": host, "PORT": port, "RECORD_DIR": record_dir}
         _serve_workers(settings, {**flags, "BACKENDS": ",".join(backend or []) or None})
         return
+    _fresh_metrics_dir()
+    from service.app import create_app
+
     uvicorn.run(
         create_app(settings, exit_on_engine_failure=True),
         host=settings.host,
@@ -90,12 +91,9 @@ def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
         if value is not None:
             os.environ[f"BESTOFK_{name}"] = str(value)
     # Set before the workers start: prometheus-client picks its multiprocess mode at import.
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    path = Path(given or tempfile.mkdtemp(prefix="bestofk-metrics-"))
+    given = _fresh_metrics_dir()
+    path = given or Path(tempfile.mkdtemp(prefix="bestofk-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    from service import metrics
-
-    metrics.prepare_multiprocess_dir(path)
     try:
         uvicorn.run(
             "service.app:app_from_env",
@@ -109,6 +107,29 @@ def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
     finally:
         if not given:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _fresh_metrics_dir() -> Path | None:
+    """Empty ``PROMETHEUS_MULTIPROC_DIR``, if set, and return it.
+
+    An earlier run's files would add its counts, and its dead workers' gauges, to this run's.
+    Runs before ``service.metrics`` is imported in this process: its metrics map their files
+    there at import, and a file deleted under them would record nothing.
+    """
+    import shutil
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        return None
+    path = Path(given)
+    if path.is_dir():
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _engine_env() -> None:
@@ -301,6 +322,90 @@ def _print(response: dict[str, Any]) -> None:
         f"(generate {t['generate_ms']:.0f}, verify {t['verify_ms']:.0f})"
     )
     console.print(f"[bold]{response['text']}[/bold]")
+
+
+RecordsArg = Annotated[
+    Path, typer.Argument(help="A record file, or a --record-dir directory of them.")
+]
+
+
+@app.command()
+def export(
+    records: RecordsArg,
+    fmt: Annotated[
+        Literal["dpo", "rsft", "kto"],
+        typer.Option(
+            "--format",
+            help="dpo: {prompt, chosen, rejected}; rsft: {prompt, completion}; "
+            "kto: {prompt, completion, label}.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The JSONL file to write.")],
+    min_margin: Annotated[
+        float, typer.Option(help="dpo: least chosen score minus rejected score.")
+    ] = 0.0,
+    max_pairs: Annotated[int, typer.Option(min=1, help="dpo: most pairs per prompt.")] = 4,
+    max_per_prompt: Annotated[
+        int | None, typer.Option(min=1, help="rsft/kto: most completions per prompt (and label).")
+    ] = None,
+    only: Annotated[
+        Literal["text", "chat"] | None,
+        typer.Option(help="Only text prompts, or only chat prompts (a file holds one kind)."),
+    ] = None,
+) -> None:
+    """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
+    from service.records.export import ExportError, ExportOptions, write_jsonl
+    from service.records.export import export as export_records
+    from service.records.format import RecordFormatError
+    from service.records.reader import read_records
+
+    options = ExportOptions(
+        format=fmt,
+        min_margin=min_margin,
+        max_pairs=max_pairs,
+        max_per_prompt=max_per_prompt,
+        only=only,
+    )
+    try:
+        result = export_records(read_records(records), options)
+    except (ExportError, RecordFormatError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    rows = write_jsonl(result.rows, out)
+    console.print(
+        f"{rows} {fmt} rows for {result.prompts} prompts from {result.used} of "
+        f"{result.records} records → {out}"
+    )
+
+
+@app.command()
+def stats(
+    records: RecordsArg,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report here as JSON ('-': stdout).")
+    ] = None,
+    source: Annotated[
+        Literal["generate", "verify"] | None,
+        typer.Option(help="Only sampled requests (generate) or only given candidates (verify)."),
+    ] = None,
+) -> None:
+    """pass@1 vs pass@K per profile and verifier: would training on these verdicts pay?"""
+    from service.records import stats as record_stats
+    from service.records.format import RecordFormatError
+    from service.records.reader import read_records
+
+    try:
+        report = record_stats.compute(read_records(records), source=source)
+    except (RecordFormatError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    text = json.dumps(report.to_dict(), indent=2)
+    if json_out is not None and str(json_out) == "-":
+        print(text)  # only the JSON on stdout, for a pipe
+        return
+    console.print(record_stats.table(report))
+    if json_out is not None:
+        json_out.write_text(text + "\n")
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. With
 several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
-multiprocess mode; gauges then sum over live workers. That variable is read when
-prometheus-client is imported, so it must be set before a worker starts (``bestofk serve
---workers N`` does it, see :func:`prepare_multiprocess_dir` and :func:`forget_dead_workers`).
+multiprocess mode. That variable is read when prometheus-client is imported, so it must be set
+before a worker starts; ``bestofk serve --workers N`` sets it, and empties the directory first.
+Gauges then sum over live workers only (:func:`forget_dead_workers`).
 
 The Grafana dashboard (``deploy/grafana/generate.py``) and the alert rules
 (``deploy/prometheus/alerts.yml``) query these names; the tests check every query against a
@@ -14,7 +14,6 @@ live scrape, so a rename here fails there.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,21 +157,6 @@ def record_sandbox_run(outcome: str) -> None:
     SANDBOX_RUNS.labels(outcome if outcome in SANDBOX_OUTCOMES else "error").inc()
 
 
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Empty (or create) the multiprocess directory before any worker starts.
-
-    Files left by an earlier run carry that run's counts and its dead workers' gauges, which
-    prometheus-client would otherwise add to this run's totals.
-    """
-    if path.exists():
-        for entry in path.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-
-
 def forget_dead_workers(path: Path) -> None:
     """``mark_process_dead`` for every worker that has exited, so live gauges drop its value.
 
@@ -207,3 +191,18 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# Request records (``--record-dir``, service/records/recorder.py).
+RECORD_DROP_REASONS = ("queue_full", "error", "closed")
+RECORDS_WRITTEN = Counter(
+    "bestofk_records_written_total", "Request records appended to the record files."
+)
+RECORDS_DROPPED = Counter(
+    "bestofk_records_dropped_total",
+    "Request records not written, by reason (queue_full: the writer fell behind; error: the "
+    "write failed; closed: the recorder had stopped).",
+    ["reason"],
+)
+for _reason in RECORD_DROP_REASONS:
+    RECORDS_DROPPED.labels(_reason)
