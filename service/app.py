@@ -43,6 +43,7 @@ def build_engine(settings: Settings) -> Engine:
                 model=settings.backend_model,
                 api_key=settings.backend_api_key,
                 supports_n=settings.backend_supports_n,
+                health_interval_s=settings.backend_health_interval_s,
             )
         )
     from service.engines.vllm_local import VllmEngine, VllmOptions
@@ -133,11 +134,17 @@ def create_app(
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
-            await engine.close()
-            resources.sandbox.close()
-            if recorder is not None:
-                # Drains the queue and fsyncs; blocking file work, so off the event loop.
-                await asyncio.to_thread(recorder.close)
+            # Each step runs even when one before it fails: the records must reach the disk
+            # and the warm sandboxes must die.
+            try:
+                await engine.close()
+            finally:
+                try:
+                    resources.sandbox.close()
+                finally:
+                    if recorder is not None:
+                        # Drains the queue and fsyncs; blocking file work, so off the loop.
+                        await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, Literal, get_args
 
 import httpx
@@ -64,13 +66,36 @@ def serve(
     _fresh_metrics_dir()
     from service.app import create_app
 
+    application = create_app(settings, exit_on_engine_failure=True)
+    _exit_status_on_sigterm(application)
     uvicorn.run(
-        create_app(settings, exit_on_engine_failure=True),
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+
+
+def _exit_status_on_sigterm(application: Any) -> None:
+    """Exit 0 after a SIGTERM that drained cleanly, 1 when the engine failed to start.
+
+    uvicorn drains (stops accepting, lets requests in flight finish within the grace period,
+    runs the lifespan's shutdown), then raises the signal again with the handler it found. The
+    default handler would make every stop look like a crash to a supervisor.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loading = getattr(application.state, "engine_loading", None)
+        failed = (
+            loading is not None
+            and loading.done()
+            and not loading.cancelled()
+            and loading.exception() is not None
+        )
+        raise SystemExit(1 if failed else 0)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
@@ -102,7 +127,7 @@ def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     finally:
         if not given:
@@ -403,7 +428,7 @@ def stats(
     if json_out is not None and str(json_out) == "-":
         print(text)  # only the JSON on stdout, for a pipe
         return
-    console.print(record_stats.table(report))
+    console.print(record_stats.render(report))
     if json_out is not None:
         json_out.write_text(text + "\n")
 

@@ -104,6 +104,7 @@ class JobFactory:
             early_exit_min_score=min_score,
             given=req.given,
             timeout_s=timeout,
+            profile=profile_name,
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
 

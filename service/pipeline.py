@@ -45,6 +45,8 @@ class RerankJob:
     given: Sequence[str] | None = None
     """Candidates to rank instead of generating (``/verify``)."""
     timeout_s: float = 300.0
+    profile: str | None = None
+    """The server-side profile the request named, if any (recorded with the verdicts)."""
     arrived: float = field(default_factory=time.perf_counter)
 
 

@@ -17,6 +17,7 @@ from service.engines.base import Engine
 from service.errors import BestOfKError
 from service.jobs import JobFactory
 from service.pipeline import Pipeline, RerankJob, RerankResult
+from service.records.recorder import Recorder
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Runtime:
     pipeline: Pipeline
     jobs: JobFactory
     admission: Admission
+    recorder: Recorder | None = None
+    """Appends every result to the record files (``--record-dir``); None when not recording."""
 
     async def execute(
         self, job: RerankJob, request: Request | None = None, openai: bool = False
@@ -53,6 +56,8 @@ class Runtime:
             finally:
                 metrics.INFLIGHT.dec()
         metrics.observe(result)
+        if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
+            self.recorder.submit(job, result, job.profile)
         return result
 
 

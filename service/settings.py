@@ -98,8 +98,13 @@ class Settings(BaseSettings):
     backend_model: str | None = None
     backend_api_key: str | None = None
     backend_supports_n: bool | None = None
+    backend_health_interval_s: float = Field(default=5.0, gt=0)
+    """How often each backend's ``/v1/models`` is probed; a failed one gets no requests."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    shutdown_grace_s: int = Field(default=30, ge=0)
+    """On SIGTERM: new connections are refused and requests in flight get this long to
+    finish before they are cancelled (keep the orchestrator's own grace period longer)."""
     workers: int = Field(default=1, ge=1, le=64)
     """uvicorn worker processes; more than one needs ``backends`` (each would load the model)."""
     config: Path | None = None

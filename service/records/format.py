@@ -1,0 +1,321 @@
+"""The record schema: one JSON object per request, one line per record, versioned.
+
+A record holds everything behind one choice: the prompt (text, or chat messages), every
+candidate with its verdicts and combined score, the selection and which candidate it chose,
+the request's stats, usage and timing, the profile and the verifier specs, the model, the
+request id and a UTC timestamp. Exporters and ``bestofk stats`` read records back through
+:meth:`Record.from_dict`, which accepts older versions and ignores fields it does not know, so
+a newer writer stays readable by an older reader as long as ``version`` is not bumped.
+
+Version history: 1, the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from service.pipeline import RerankJob, RerankResult
+
+SCHEMA_VERSION = 1
+REDACTED = "[REDACTED]"
+
+Source = Literal["generate", "verify"]
+
+
+class RecordFormatError(ValueError):
+    """A record that cannot be read: not JSON, not an object, or a version from the future."""
+
+
+@dataclass(slots=True)
+class VerdictRecord:
+    """One verifier's verdict on one candidate."""
+
+    verifier: str
+    score: float
+    passed: bool
+    detail: str = ""
+    latency_ms: float = 0.0
+    error: str | None = None
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class CandidateRecord:
+    """One candidate with its verdicts and what they add up to."""
+
+    index: int
+    text: str
+    score: float
+    passed: bool
+    """Every verifier passed (and there was at least one)."""
+    required_ok: bool = True
+    finish_reason: str | None = None
+    tokens: int = 0
+    mean_logprob: float | None = None
+    verdicts: list[VerdictRecord] = field(default_factory=list)
+
+    @property
+    def verifier_error(self) -> bool:
+        """A verifier broke (timeout, crash) rather than judged: the verdict is no signal."""
+        return any(v.error for v in self.verdicts)
+
+
+@dataclass(slots=True)
+class SelectionRecord:
+    """The selection policy and what it chose."""
+
+    policy: str
+    chosen: int
+    """The chosen candidate's index."""
+    beta: float | None = None
+    seed: int | None = None
+    extract: str | None = None
+
+
+@dataclass(slots=True)
+class StatsRecord:
+    """The request's counts, as the response's ``stats`` reports them."""
+
+    k: int
+    generated: int
+    passing: int
+    first_sample_passed: bool
+    early_exit: bool
+    partial: bool
+
+
+@dataclass(slots=True)
+class Record:
+    """One request: prompt, candidates, verdicts, choice, stats, timing."""
+
+    id: str
+    timestamp: str
+    """ISO 8601, UTC, when the result was ready."""
+    model: str
+    source: Source
+    """``generate``: the candidates are the model's samples; ``verify``: a client sent them."""
+    prompt: str | None
+    """The text prompt, or None for a chat."""
+    messages: list[dict[str, Any]] | None
+    """The chat messages, or None for a text prompt."""
+    profile: str | None
+    verifiers: list[dict[str, Any]]
+    """Every verifier spec, the profile's first, as ``model_dump`` gives them."""
+    selection: SelectionRecord
+    stats: StatsRecord
+    candidates: list[CandidateRecord]
+    """In index order."""
+    sampling: dict[str, Any] | None = None
+    """The sampling settings (None for ``verify``, where nothing was sampled)."""
+    usage: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, float | None] = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    @property
+    def is_chat(self) -> bool:
+        """The prompt is a list of chat messages."""
+        return self.messages is not None
+
+    @property
+    def prompt_key(self) -> str:
+        """The same string for the same prompt, whichever request carried it."""
+        if self.messages is not None:
+            return "chat:" + json.dumps(self.messages, sort_keys=True, ensure_ascii=False)
+        return "text:" + (self.prompt or "")
+
+    @property
+    def has_verdicts(self) -> bool:
+        """Some verifier judged the candidates (a request without verifiers has no labels)."""
+        return any(c.verdicts for c in self.candidates)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to the record file (non-finite floats become null)."""
+        out: dict[str, Any] = _finite(dataclasses.asdict(self))
+        return out
+
+    def to_line(self) -> bytes:
+        """One complete JSONL line, newline included."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Record:
+        """Read a record written by this or an older version; unknown fields are ignored."""
+        version = raw.get("version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RecordFormatError(
+                f"record version {version!r} is not one this bestofk reads (1..{SCHEMA_VERSION})"
+            )
+        try:
+            return cls(
+                id=raw["id"],
+                timestamp=raw["timestamp"],
+                model=raw["model"],
+                source=raw["source"],
+                prompt=raw.get("prompt"),
+                messages=raw.get("messages"),
+                profile=raw.get("profile"),
+                verifiers=list(raw.get("verifiers") or []),
+                selection=_load(SelectionRecord, raw["selection"]),
+                stats=_load(StatsRecord, raw["stats"]),
+                candidates=[
+                    _load(
+                        CandidateRecord,
+                        c,
+                        verdicts=[_load(VerdictRecord, v) for v in c.get("verdicts") or []],
+                    )
+                    for c in raw["candidates"]
+                ],
+                sampling=raw.get("sampling"),
+                usage=dict(raw.get("usage") or {}),
+                timing=dict(raw.get("timing") or {}),
+                version=version,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RecordFormatError(f"malformed record: {type(exc).__name__}: {exc}") from None
+
+
+def _load(cls: type[Any], raw: Mapping[str, Any], **override: Any) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)} - override.keys()
+    return cls(**{k: v for k, v in raw.items() if k in known}, **override)
+
+
+def _finite(value: Any) -> Any:
+    # NaN and infinities are not JSON; pyarrow (``datasets``) and most readers reject them.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def compile_redactions(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    """Compile redaction regexes once; an invalid one raises ``re.error`` naming it."""
+    return [re.compile(p) for p in patterns]
+
+
+def redact(text: str, patterns: Sequence[re.Pattern[str]]) -> str:
+    """``text`` with every match of every pattern replaced by ``[REDACTED]``."""
+    for pattern in patterns:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _redact_message(message: Mapping[str, Any], patterns: Sequence[re.Pattern[str]]) -> Any:
+    out = dict(message)
+    content = out.get("content")
+    if isinstance(content, str):
+        out["content"] = redact(content, patterns)
+    elif isinstance(content, list):  # OpenAI content parts
+        out["content"] = [
+            {**part, "text": redact(part["text"], patterns)}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return out
+
+
+def build(
+    job: RerankJob,
+    result: RerankResult,
+    *,
+    profile: str | None,
+    finished_at: float,
+    redactions: Sequence[re.Pattern[str]] = (),
+) -> Record:
+    """The record of one finished request. ``finished_at``: ``time.time()`` at completion."""
+    prompt = job.prompt
+    messages: list[dict[str, Any]] | None = None
+    if prompt.messages is not None:
+        messages = [_redact_message(m, redactions) for m in prompt.messages]
+    text = redact(prompt.text, redactions) if prompt.text is not None else None
+    sel = job.selection
+    generated = job.given is None
+    return Record(
+        id=result.request_id,
+        timestamp=datetime.fromtimestamp(finished_at, UTC).isoformat(timespec="milliseconds"),
+        model=result.model,
+        source="generate" if generated else "verify",
+        prompt=text,
+        messages=messages,
+        profile=profile,
+        verifiers=[spec.model_dump(mode="json") for spec in job.specs],
+        selection=SelectionRecord(
+            policy=sel.policy,
+            chosen=result.chosen.candidate.index,
+            beta=sel.beta,
+            seed=sel.seed,
+            extract=sel.extract,
+        ),
+        stats=StatsRecord(
+            k=result.k,
+            generated=len(result.candidates),
+            passing=result.passing,
+            first_sample_passed=result.first_sample_passed,
+            early_exit=result.early_exit,
+            partial=result.partial,
+        ),
+        candidates=[
+            CandidateRecord(
+                index=s.candidate.index,
+                text=s.candidate.text,
+                score=s.score,
+                passed=s.passed,
+                required_ok=s.required_ok,
+                finish_reason=s.candidate.finish_reason,
+                tokens=s.candidate.tokens,
+                mean_logprob=s.candidate.mean_logprob,
+                verdicts=[
+                    VerdictRecord(
+                        verifier=v.verifier,
+                        score=v.score,
+                        passed=v.passed,
+                        detail=v.detail,
+                        latency_ms=v.latency_ms,
+                        error=v.error,
+                        tokens=v.tokens,
+                    )
+                    for v in s.verdicts
+                ],
+            )
+            for s in result.candidates
+        ],
+        sampling=_sampling(job) if generated else None,
+        usage={
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "verifier_tokens": result.verifier_tokens,
+        },
+        timing=dataclasses.asdict(result.timing),
+    )
+
+
+def _sampling(job: RerankJob) -> dict[str, Any]:
+    s = job.sampling
+    out: dict[str, Any] = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens,
+        "min_tokens": s.min_tokens,
+        "stop": list(s.stop),
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+    }
+    # Kept only when set: logit_bias keys are token ids, which JSON turns into strings.
+    if s.logit_bias:
+        out["logit_bias"] = {str(k): v for k, v in s.logit_bias.items()}
+    if s.json_schema is not None:
+        out["json_schema"] = dict(s.json_schema)
+    return out
