@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.admission import Admission
 from service.engines.base import Engine
 from service.engines.completer import EngineCompleter
-from service.errors import BestOfKError, InvalidRequestError
+from service.errors import BestOfKError, InvalidRequestError, NotFoundError
 from service.jobs import JobFactory
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.pipeline import Pipeline
@@ -86,6 +87,16 @@ def _bestofk_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(exc)
 
 
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The framework's own errors (unknown route, wrong method, unreadable body) in the API's
+    envelope too, so clients meet one error shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = NotFoundError if exc.status_code == 404 else InvalidRequestError
+    body = error(str(exc.detail)).body()
+    body["error"]["code"] = exc.status_code
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, exit_on_engine_failure: bool = False
 ) -> FastAPI:
@@ -149,6 +160,7 @@ def create_app(
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BestOfKError, _bestofk_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(native.router)
     app.include_router(openai.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)

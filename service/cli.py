@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal, get_args
@@ -66,15 +66,45 @@ def serve(
     _fresh_metrics_dir()
     from service.app import create_app
 
-    application = create_app(settings, exit_on_engine_failure=True)
-    _exit_status_on_sigterm(application)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-    )
+    with _engine_temp_dir(settings.engine == "vllm"):
+        application = create_app(settings, exit_on_engine_failure=True)
+        _exit_status_on_sigterm(application)
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+            timeout_keep_alive=settings.keep_alive_s,
+        )
+
+
+@contextlib.contextmanager
+def _engine_temp_dir(needed: bool) -> Iterator[None]:
+    """A temp directory of the server's own, removed when it exits.
+
+    An in-process vLLM engine whose processes are killed at shutdown leaves files in the temp
+    directory (ZMQ sockets, a torch.distributed rendezvous file); here they go with the
+    server. Torch's compile cache stays where it was, shared by later runs as it is meant to.
+    """
+    if not needed:
+        yield
+        return
+    import getpass
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="bestofk-engine-")
+    cache = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    # The engine's processes start later, in the lifespan, and read these then.
+    os.environ.setdefault("VLLM_RPC_BASE_PATH", path)
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = None  # this process too: forget the directory it found before
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _exit_status_on_sigterm(application: Any) -> None:
@@ -128,6 +158,7 @@ def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
             port=settings.port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=settings.shutdown_grace_s,
+            timeout_keep_alive=settings.keep_alive_s,
         )
     finally:
         if not given:
@@ -347,6 +378,84 @@ def _print(response: dict[str, Any]) -> None:
         f"(generate {t['generate_ms']:.0f}, verify {t['verify_ms']:.0f})"
     )
     console.print(f"[bold]{response['text']}[/bold]")
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter("expected positive integers", param_hint=name)
+    return values
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str | None, typer.Option(help="Model for the vLLM backend (default: the demo model).")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,8,32",
+    k: Annotated[str, typer.Option(help="Comma-separated K values.")] = "4,8,16",
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per mode per cell (at least the concurrency).")
+    ] = 8,
+    big_cell_requests: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most this many where concurrency x K >= 256."),
+    ] = None,
+    modes: Annotated[
+        str, typer.Option(help="Modes a..g and j (bestofk judge); see `bestofk bench --help`.")
+    ] = "a,b,c,d,e,f,g,j",
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="max_tokens of the factorial prompt.")
+    ] = 32,
+    no_targets: Annotated[
+        bool, typer.Option("--no-targets", help="Only the grid: skip early exit, /health, RSS.")
+    ] = False,
+    logs: Annotated[
+        Path | None, typer.Option(help="Server logs here (default: a temp dir).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    markdown_out: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the markdown table here.")
+    ] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+) -> None:
+    """Side-by-side performance run: direct vLLM, naive fan-outs, OptiLLM and bestofk.
+
+    Starts one vLLM server and a bestofk over it, then times, interleaved: (a) direct n=1,
+    (b) direct n=K, (c) bestofk regex, (d) bestofk unit_tests on the demo code tasks, (e) K
+    sequential n=1 calls, (f) K concurrent n=1 calls, (g) OptiLLM bon (if installed in
+    /tmp/optillm-venv) and (j) bestofk judge, its comparable.
+    """
+    from service import bench as bench_lib
+    from service.bench.modes import ALL_MODES
+    from service.settings import DEMO_MODEL
+
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(ALL_MODES))
+    if unknown:
+        raise typer.BadParameter(f"unknown modes {unknown}; choose from {list(ALL_MODES)}")
+    config = bench_lib.BenchConfig(
+        concurrency=_int_list(concurrency, "--concurrency"),
+        ks=_int_list(k, "--k"),
+        requests=requests,
+        big_cell_requests=big_cell_requests,
+        modes=chosen,
+        max_tokens=max_tokens,
+        targets=not no_targets,
+    )
+    _engine_env()
+    report = bench_lib.run(str(model or DEMO_MODEL), config, logs, log=console.print)
+    table = report.markdown()
+    console.print(table, markup=False, highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if markdown_out is not None:
+        markdown_out.write_text(table)
+    if plot_out is not None:
+        report.plot(plot_out)
 
 
 RecordsArg = Annotated[

@@ -85,7 +85,8 @@ class JobFactory:
             )
         prompt = req.prompt or Prompt(text="")
         self._check_prompt(prompt)
-        k = req.k or (profile.k if profile else None) or self.settings.default_k
+        # Like max_tokens below: a K the client did not ask for never exceeds the limit.
+        k = req.k or min((profile.k if profile else None) or self.settings.default_k, limits.max_k)
         if req.given is not None:
             self._check_given(req.given)
         elif k > limits.max_k:
@@ -156,8 +157,11 @@ class JobFactory:
 
     def _sampling(self, raw: Mapping[str, Any]) -> SamplingConfig:
         fields = {k: v for k, v in raw.items() if v is not None}
-        max_tokens = fields.pop("max_tokens", None) or self.settings.default_max_tokens
-        if max_tokens > self.settings.limits.max_tokens:
+        limit = self.settings.limits.max_tokens
+        # A client that asks for nothing gets the default, never a refusal for the server's
+        # own choice when an operator set the limit below it.
+        max_tokens = fields.pop("max_tokens", None) or min(self.settings.default_max_tokens, limit)
+        if max_tokens > limit:
             raise InvalidRequestError(
                 f"max_tokens={max_tokens} exceeds the limit of {self.settings.limits.max_tokens}",
                 param="max_tokens",

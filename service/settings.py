@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     """How often each backend's ``/v1/models`` is probed; a failed one gets no requests."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    keep_alive_s: int = Field(default=75, ge=1)
+    """How long an idle client connection stays open. Longer than the idle timeout of the
+    clients and proxies in front (httpx and the openai client: 5 s, most load balancers: 60 s),
+    so they close idle connections, not the server: a server closing one just as a client
+    reuses it resets that request."""
     shutdown_grace_s: int = Field(default=30, ge=0)
     """On SIGTERM: new connections are refused and requests in flight get this long to
     finish before they are cancelled (keep the orchestrator's own grace period longer)."""

@@ -1,116 +1,30 @@
-"""Real processes for the tests: bestofk servers and a vLLM OpenAI server, on loopback."""
+"""Real processes for the tests: bestofk servers and a vLLM OpenAI server, on loopback.
+
+The implementation lives in :mod:`service.procs` (``bestofk bench`` starts the same servers).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from service.procs import (
+    ROOT,
+    VENV_BIN,
+    Server,
+    engine_env,
+    free_port,
+    running,
+    start,
+    start_bestofk,
+    start_vllm_openai,
+)
 
-import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def engine_env(**extra: str) -> dict[str, str]:
-    """Environment for a process that runs vLLM's CPU build."""
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Server:
-    """A running server process and where to reach it."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The end of the server's log, for failure messages."""
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def wait_ready(self, timeout_s: float, path: str = "/health") -> None:
-        """Poll ``path`` until 200; fail with the log if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL what is left."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-
-def start(args: Sequence[str], log: Path, env: dict[str, str], port: int) -> Server:
-    """Start ``args`` in its own process group with output to ``log``."""
-    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            list(args),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    return Server(f"http://127.0.0.1:{port}", process, log)
-
-
-def start_bestofk(log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    """``bestofk serve`` on a free port with extra CLI ``args``."""
-    port = free_port()
-    cmd = [str(VENV_BIN / "bestofk"), "serve", "--port", str(port), *args]
-    return start(cmd, log, env or engine_env(), port)
-
-
-def start_vllm_openai(log: Path, model: str, served_name: str) -> Server:
-    """vLLM's own OpenAI server (``python -m``: the console script fails under vllm-cpu)."""
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model, "--served-model-name", served_name,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-num-seqs", "64",
-    ]  # fmt: skip
-    return start(cmd, log, engine_env(), port)
-
-
-@contextlib.contextmanager
-def running(server: Server, timeout_s: float) -> Iterator[Server]:
-    """Wait for ``server`` and stop it afterwards."""
-    try:
-        server.wait_ready(timeout_s)
-        yield server
-    finally:
-        server.stop()
+__all__ = [
+    "ROOT",
+    "VENV_BIN",
+    "Server",
+    "engine_env",
+    "free_port",
+    "running",
+    "start",
+    "start_bestofk",
+    "start_vllm_openai",
+]

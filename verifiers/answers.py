@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from verifiers.exact import as_number
 from verifiers.regex import bounded_search, compile_pattern
+from verifiers.symbolic import canonical
 
 _BOXED = compile_pattern(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _LAST_NUMBER = compile_pattern(r"-?\d[\d,_]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -32,14 +33,22 @@ def extract_answer(text: str, pattern: str | None = None) -> str:
 
 
 def normalise(answer: str) -> str:
-    """A canonical key: numbers by value (``120`` = ``120.0``), text by case and whitespace."""
-    number = as_number(answer.strip().rstrip("."))
+    """A canonical key: numbers by value (``120`` = ``120.0``), expressions by sympy equality
+    (``1/2`` = ``0.5``, ``2x+1`` = ``1+2*x``, ``\\frac{1}{2}`` = ``0.5``), other text by case
+    and whitespace."""
+    stripped = answer.strip().rstrip(".")
+    number = as_number(stripped)
     if number is not None:
+        if number.is_zero():
+            return "0"  # -0 and 0.00 are 0
         return (
             format(number.normalize(), "f")
             if number == number.to_integral()
             else str(number.normalize())
         )
+    symbolic = canonical(stripped)
+    if symbolic is not None:
+        return symbolic
     return " ".join(answer.split()).casefold().rstrip(".")
 
 

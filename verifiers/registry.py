@@ -29,6 +29,9 @@ _BUILTINS = {
     "json_schema": "verifiers.json_schema:JsonSchemaVerifier",
     "style": "verifiers.style:StyleVerifier",
     "unit_tests": "verifiers.unit_tests:UnitTestsVerifier",
+    "judge": "verifiers.judge:judge",
+    "reward_model": "verifiers.reward_model:RewardModelVerifier",
+    "vote": "verifiers.vote:VoteVerifier",
 }
 
 
@@ -84,6 +87,10 @@ def parse_spec(raw: Mapping[str, Any], loc: tuple[str | int, ...] = ()) -> Verif
         field_loc = (*loc, *err["loc"])
         where = ".".join(str(p) for p in field_loc)
         raise InvalidVerifierSpecError(f"{where}: {err['msg']}", field_loc) from None
+    except RecursionError:
+        # A validator walking a deeply nested value (a JSON Schema hundreds of levels deep).
+        where = ".".join(str(p) for p in loc) or "verifier"
+        raise InvalidVerifierSpecError(f"{where}: nested too deeply", loc) from None
     return spec
 
 

@@ -99,6 +99,9 @@ class UnitTestsSpec(VerifierSpec):
             tree = ast.parse(value)
         except SyntaxError as exc:
             raise ValueError(f"'tests' does not compile: {exc.msg} (line {exc.lineno})") from None
+        except (RecursionError, MemoryError):
+            # The parser's own guards against deep nesting ("-" * 10**5 + "1"): a bad request.
+            raise ValueError("'tests' is nested too deeply to compile") from None
         names = [
             node.name
             for node in tree.body

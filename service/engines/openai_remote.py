@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,19 @@ from service.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+STREAM_INTERVAL = 16
+"""Tokens vLLM batches into one streamed delta (its ``stream_interval`` extension; the first
+and the final delta of each candidate always go at once). The pipeline only needs to learn
+when a candidate finishes; a delta per token made the backend's API server serialise, and this
+process parse, a chunk per token per candidate. It also bounds how far ``usage`` undercounts a
+candidate aborted by early exit (tokens generated since its last delta are never sent)."""
+_SSE_EOL = re.compile(r"\r\n|\r|\n")
+DRAIN_S = 1.0
+KEEPALIVE_S = 2.0
+"""Idle pooled connections are dropped after this. vLLM's server (uvicorn) closes them after
+5 s; a request sent on one as it closes fails with a transport error."""
+"""How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,8 @@ class Backend:
     in_flight: int = 0
     supports_n: bool | None = None
     models: list[str] = field(default_factory=list)
+    vllm: bool = False
+    """Its ``/v1/models`` says ``owned_by: vllm``: it takes vLLM's request extensions."""
 
 
 def _normalise(url: str) -> str:
@@ -157,34 +173,64 @@ class RemoteStream:
         sampling: SamplingConfig,
     ) -> AsyncIterator[Sample]:
         chat = prompt.messages is not None
-        path, body = _request_body(engine.model_for(backend), prompt, n, sampling)
+        path, body = _request_body(engine.model_for(backend), prompt, n, sampling, backend.vllm)
         choices: dict[int, _Choice] = {}
+        finished = 0
+        started = False
         try:
             async with engine.client.stream(
                 "POST", backend.url + path, json=body, headers=engine.headers
             ) as response:
+                started = True
                 if response.status_code >= 400:
                     await _raise_for_status(response, n)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    for sample in self._consume(_parse_chunk(data), choices, chat):
-                        yield Sample(
-                            index=sample.index + index_offset,
-                            text=sample.text,
-                            finish_reason=sample.finish_reason,
-                            tokens=sample.tokens,
-                            cumulative_logprob=sample.cumulative_logprob,
-                            logprobs=sample.logprobs,
-                        )
+                async with contextlib.aclosing(_sse_lines(response)) as lines:
+                    async for line in lines:
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        for sample in self._consume_checked(data, choices, chat, n, backend):
+                            finished += 1
+                            yield Sample(
+                                index=sample.index + index_offset,
+                                text=sample.text,
+                                finish_reason=sample.finish_reason,
+                                tokens=sample.tokens,
+                                cumulative_logprob=sample.cumulative_logprob,
+                                logprobs=sample.logprobs,
+                            )
+                    await _drain(lines)
         except httpx.TimeoutException as exc:
             raise DeadlineExceededError(f"backend {backend.url} timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
+            backend.healthy = False  # the health loop brings it back once it answers again
+            what = "broke mid-stream" if started else "is unreachable"
+            raise BackendError(f"backend {backend.url} {what}: {exc!r}") from exc
+        if finished < n:
+            # Without this a stream that ends early would leave nothing to choose from.
+            raise BackendError(
+                f"backend {backend.url} ended the stream with {finished} of {n} candidates done"
+            )
+
+    def _consume_checked(
+        self, data: str, choices: dict[int, _Choice], chat: bool, n: int, backend: Backend
+    ) -> list[Sample]:
+        """The candidates a stream line finishes; BackendError for a line we cannot read."""
+        try:
+            samples = self._consume(_parse_chunk(data), choices, chat)
+            if any(not 0 <= s.index < n for s in samples):
+                raise ValueError(f"choice index out of range for n={n}")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not JSON, or JSON of the wrong shape: the backend does not speak the protocol,
+            # so later requests should go elsewhere until a health check passes again.
             backend.healthy = False
-            raise BackendError(f"backend {backend.url} is unreachable: {exc!r}") from exc
+            raise BackendError(
+                f"backend {backend.url} sent a malformed stream chunk "
+                f"({type(exc).__name__}: {exc}): {data[:200]!r}"
+            ) from None
+        return samples
 
     def _consume(
         self, chunk: dict[str, Any], choices: dict[int, _Choice], chat: bool
@@ -220,7 +266,7 @@ class _NRefusedError(Exception):
 
 
 def _request_body(
-    model: str, prompt: Prompt, n: int, sampling: SamplingConfig
+    model: str, prompt: Prompt, n: int, sampling: SamplingConfig, vllm: bool = False
 ) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {
         "model": model,
@@ -237,6 +283,9 @@ def _request_body(
     }
     if sampling.min_tokens:
         body["min_tokens"] = sampling.min_tokens  # a vLLM extension
+    if vllm:
+        # Only to vLLM: a stricter server could refuse the unknown field.
+        body["stream_interval"] = STREAM_INTERVAL
     if sampling.stop:
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:
@@ -259,13 +308,41 @@ def _request_body(
     return "/v1/completions", body
 
 
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (the end of the chunked body), briefly.
+
+    A response closed before its body ends takes its connection with it: every request then
+    opened a new TCP connection to the backend, a cost on both sides (about 2 ms a request on
+    the CPU build). Read to the end and httpx pools the connection for the next request."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in lines:
+                pass
+
+
+async def _sse_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The event stream's lines, split only where SSE ends a line (CRLF, LF or CR).
+
+    httpx's ``aiter_lines`` splits like ``str.splitlines``: also at U+2028, U+0085 and other
+    separators that JSON leaves unescaped inside strings, so a candidate containing one cut its
+    chunk in two (a "malformed chunk", and the backend marked unhealthy).
+    """
+    pending = ""
+    async for text in response.aiter_text():
+        lines = _SSE_EOL.split(pending + text)
+        pending = lines.pop()  # no terminator yet: the rest of it is in the next read
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 def _parse_chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = json.loads(data)
-    except ValueError as exc:
-        raise BackendError(f"backend sent a malformed stream chunk: {data[:200]!r}") from exc
+    """One stream line's JSON object; ValueError if it is none, BackendError for an error
+    event (about this request: the backend itself may be fine)."""
+    chunk = json.loads(data)
     if not isinstance(chunk, dict):
-        raise BackendError(f"backend sent a malformed stream chunk: {data[:200]!r}")
+        raise ValueError("a stream chunk must be a JSON object")
     if "error" in chunk:
         raise BackendError(f"backend error mid-stream: {chunk['error']}")
     return chunk
@@ -324,7 +401,9 @@ class OpenAIEngine:
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S
+            ),
         )
         self._health_task: asyncio.Task[None] | None = None
 
@@ -370,9 +449,11 @@ class OpenAIEngine:
                 backend.url + "/v1/models", headers=self.headers, timeout=5.0
             )
             response.raise_for_status()
-            backend.models = [m["id"] for m in response.json().get("data", [])]
+            listed = response.json().get("data", [])
+            backend.models = [m["id"] for m in listed]
+            backend.vllm = any(m.get("owned_by") == "vllm" for m in listed)
             backend.healthy = True
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             if backend.healthy:
                 log.warning("backend %s is unhealthy: %r", backend.url, exc)
             backend.healthy = False

@@ -71,7 +71,8 @@ def _job(
         "top_logprobs": top_logprobs,
         "json_schema": json_schema,
     }
-    k = body.best_of or (max(body.n, rt.settings.default_k) if body.n > 1 else None)
+    # Without best_of, K is the profile's or the server's default, raised to n if n is larger.
+    k = body.best_of or (body.n if body.n > rt.settings.default_k else None)
     return rt.jobs.build(
         new_request_id(prefix),
         JobRequest(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
 
@@ -30,6 +31,18 @@ class JsonSchemaFormat(BaseModel):
     name: str = "response"
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # It becomes a json_schema verifier: check it as that does, so a bad one is a 400 here.
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"invalid JSON Schema: {exc.message}") from None
+        except RecursionError:
+            raise ValueError("the JSON Schema is nested too deeply") from None
+        return value
 
 
 class ResponseFormat(BaseModel):

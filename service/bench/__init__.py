@@ -1,0 +1,208 @@
+"""``bestofk bench``: bestofk side by side with direct vLLM and the naive approaches.
+
+One vLLM backend serves every mode (:mod:`service.bench.modes`); the grid
+(:mod:`service.bench.load`) interleaves the modes within each (concurrency, K) cell; the
+target phases (:mod:`service.bench.targets`) measure early exit, the event loop under load and
+the service's memory; :mod:`service.bench.report` writes JSON, markdown and a plot.
+
+:func:`measure` runs against servers that are already up (the tests use it);
+:func:`run` starts them first (:mod:`service.bench.stack`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.bench import load, targets
+from service.bench.modes import ALL_MODES, MODE_LABELS, Endpoints, Modes, Workload, load_code_tasks
+from service.bench.report import Report
+from service.bench.stack import logs_dir, started
+
+DEMO_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to measure."""
+
+    concurrency: Sequence[int] = (1, 8, 32)
+    ks: Sequence[int] = (4, 8, 16)
+    requests: int = 8
+    """Requests per mode per cell; a cell runs at least its concurrency (one full burst)."""
+    big_cell_requests: int | None = None
+    """At most this many per mode in cells of concurrency x K >= 256 (slow on a CPU)."""
+    modes: Sequence[str] = ALL_MODES
+    max_tokens: int = 32
+    code_max_tokens: int = 160
+    tasks: Path = DEMO_TASKS
+    targets: bool = True
+    """Also run the early-exit, /health and memory phases."""
+    early_exit_pairs: int = 16
+    health_requests: int = 64
+    """32 concurrent best-of-8 unit_tests requests, this many in all, while /health is probed."""
+
+    def cell_requests(self, concurrency: int, k: int) -> int:
+        """How many requests each mode makes in the cell (concurrency, k)."""
+        n = max(self.requests, concurrency)
+        if self.big_cell_requests is not None and concurrency * k >= 256:
+            n = max(min(n, self.big_cell_requests), concurrency)
+        return n
+
+
+Log = Callable[[str], None]
+
+
+def _environment(model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "cpus": os.cpu_count(),
+        "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+async def _warm_up(
+    client: httpx.AsyncClient, modes: Modes, names: Sequence[str], k: int, log: Log
+) -> dict[str, str]:
+    """One untimed request per mode (the engine's first requests are slow); modes that fail
+    here are skipped with the reason, so one broken mode cannot sink the run."""
+    skipped = {}
+    for name in names:
+        try:
+            await modes.call(name)(client, k, 0)
+        except Exception as exc:  # any failure: report the mode as skipped, with why
+            skipped[name] = f"warm-up failed: {type(exc).__name__}: {exc}"[:600]
+            log(f"({name}) {MODE_LABELS[name]} skipped: {skipped[name]}")
+    return skipped
+
+
+async def measure(
+    endpoints: Endpoints,
+    config: BenchConfig,
+    bestofk_pid: int | None = None,
+    skipped: dict[str, str] | None = None,
+    model: str = "",
+    log: Log = print,
+) -> Report:
+    """Run the grid (and the target phases) against running servers."""
+    skipped = dict(skipped or {})
+    workload = Workload(
+        max_tokens=config.max_tokens,
+        code_tasks=load_code_tasks(config.tasks) if "d" in config.modes or config.targets else (),
+        code_max_tokens=config.code_max_tokens,
+    )
+    modes = Modes(endpoints, workload)
+    wanted = [m for m in ALL_MODES if m in config.modes and m not in skipped]
+    # The servers (uvicorn) close idle connections after 5 s, and other modes' bursts can last
+    # longer: expire ours first, or a request can go out on a connection as it is closed.
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=1024, keepalive_expiry=2.0
+    )
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+        skipped |= await _warm_up(client, modes, wanted, min(config.ks), log)
+        names = [m for m in wanted if m not in skipped]
+        calls = {name: modes.call(name) for name in names}
+        sampler = targets.RssSampler(bestofk_pid) if bestofk_pid else None
+        report = Report(
+            config=_config_json(config),
+            environment=_environment(model),
+            cells={},
+            modes=names,
+            skipped=skipped,
+        )
+        with sampler or contextlib.nullcontext():
+            for c in config.concurrency:
+                for k in config.ks:
+                    n = config.cell_requests(c, k)
+                    log(f"cell concurrency={c} K={k}: {n} requests x {len(names)} modes")
+                    label = f"c={c} k={k}"
+                    with sampler.labelled(label) if sampler else contextlib.nullcontext():
+                        runs = await load.run_cell(client, calls, c, k, n)
+                    summaries = load.with_ratios({m: r.summary() for m, r in runs.items()})
+                    cell: dict[str, Any] = {"requests": n, "modes": summaries}
+                    if "d" in runs:
+                        cell["overlap"] = targets.overlap(runs["d"].outcomes)
+                    if sampler:
+                        cell["rss_peak_mb"] = sampler.peaks.get(label)
+                    report.cells[(c, k)] = cell
+            if config.targets:
+                await _target_phases(
+                    client, modes, endpoints, config, report, sampler, bestofk_pid, log
+                )
+        if sampler:
+            report.rss_peaks_mb = dict(sampler.peaks)
+    rss_32 = [v for label, v in report.rss_peaks_mb.items() if label.startswith("c=32 ")]
+    if report.health is not None and "health" in report.rss_peaks_mb:
+        rss_32.append(report.rss_peaks_mb["health"])
+    report.targets = targets.evaluate(
+        report.cells, list(config.ks), report.early_exit, report.health, max(rss_32, default=None)
+    )
+    return report
+
+
+async def _target_phases(
+    client: httpx.AsyncClient,
+    modes: Modes,
+    endpoints: Endpoints,
+    config: BenchConfig,
+    report: Report,
+    sampler: targets.RssSampler | None,
+    bestofk_pid: int | None,
+    log: Log,
+) -> None:
+    log(f"early exit: {config.early_exit_pairs} pairs at K=8")
+    report.early_exit = await targets.early_exit(
+        client, modes, endpoints.vllm, 8, config.early_exit_pairs
+    )
+    log(f"/health under 32 concurrent best-of-8 unit_tests ({config.health_requests} requests)")
+    with sampler.labelled("health") if sampler else contextlib.nullcontext():
+        report.health = await targets.health_under_load(
+            client,
+            endpoints.bestofk + "/health",
+            modes.call("d"),
+            32,
+            8,
+            config.health_requests,
+            service_pid=bestofk_pid,
+        )
+
+
+def _config_json(config: BenchConfig) -> dict[str, Any]:
+    out = asdict(config)
+    out["tasks"] = str(config.tasks)
+    out["concurrency"] = list(config.concurrency)
+    out["ks"] = list(config.ks)
+    out["modes"] = list(config.modes)
+    return out
+
+
+def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = print) -> Report:
+    """Start vLLM, bestofk over it (and OptiLLM when installed), measure, stop them all."""
+    directory = logs_dir(logs)
+    optillm_ks = list(config.ks) if "g" in config.modes else []
+    with started(model, directory, optillm_ks, log=log) as stack:
+        report = asyncio.run(
+            measure(
+                stack.endpoints,
+                config,
+                bestofk_pid=stack.bestofk_pid,
+                skipped=stack.skipped,
+                model=model,
+                log=log,
+            )
+        )
+    report.environment["logs"] = str(directory)
+    return report
+
+
+__all__ = ["BenchConfig", "Endpoints", "Report", "measure", "run"]

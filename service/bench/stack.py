@@ -1,0 +1,147 @@
+"""The servers under test: one vLLM backend, bestofk in front of it, OptiLLM if installed.
+
+bestofk runs the ``openai`` engine against the same vLLM server the direct modes call, so every
+mode meets the same engine, batch scheduler and KV cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.bench.modes import Endpoints
+from service.procs import (
+    Server,
+    engine_env,
+    free_port,
+    running,
+    start,
+    start_bestofk,
+    start_vllm_openai,
+)
+
+SERVED_NAME = "demo"
+VLLM_START_S = 600.0
+"""A cold CPU engine on a busy machine can take minutes."""
+OPTILLM_START_S = 120.0
+OPTILLM_VENV = Path("/tmp/optillm-venv")
+"""Where ``bestofk bench`` looks for OptiLLM: its own venv, its pins clash with ours."""
+
+BENCH_MAX_NUM_SEQS = "256"
+"""vLLM's batch cap: 32 concurrent best-of-8 requests are 256 sequences; the tests' 64 would
+queue them inside vLLM and measure its queue rather than the modes."""
+SERVICE_ENV = {
+    # 32 best-of-16 unit_tests requests queue 512 sandbox runs; the defaults (64 queued, 10 s)
+    # are for shedding load in production, and would turn the benchmark into a 503 count.
+    "BESTOFK_SANDBOX_MAX_QUEUE": "2048",
+    "BESTOFK_SANDBOX_QUEUE_TIMEOUT_S": "600",
+    "BESTOFK_LIMITS__QUEUE_TIMEOUT_S": "600",
+}
+
+
+@dataclass(slots=True)
+class Stack:
+    """The running servers."""
+
+    endpoints: Endpoints
+    bestofk_pid: int
+    vllm_pid: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Modes the stack cannot offer, with the reason."""
+
+
+def optillm_command(port: int, backend: str, k: int) -> list[str] | str:
+    """OptiLLM's bon proxy with n = ``k`` in front of ``backend``, or why it cannot run."""
+    exe = OPTILLM_VENV / "bin" / "optillm"
+    if not exe.is_file():
+        return (
+            f"optillm is not installed in {OPTILLM_VENV} (python3 -m venv {OPTILLM_VENV} && "
+            f"{OPTILLM_VENV}/bin/pip install optillm)"
+        )
+    return [
+        str(exe), "--base-url", backend + "/v1", "--port", str(port), "--approach", "bon",
+        "--best-of-n", str(k),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def started(
+    model: str,
+    logs: Path,
+    optillm_ks: Sequence[int] = (),
+    log: Callable[[str], None] = print,
+) -> Iterator[Stack]:
+    """Start the servers (an OptiLLM per K in ``optillm_ks``), yield them ready, stop them."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        log(f"starting vLLM on {model} (logs in {logs})")
+        vllm = stack.enter_context(
+            running(
+                start_vllm_openai(
+                    logs / "vllm.log", model, SERVED_NAME, "--max-num-seqs", BENCH_MAX_NUM_SEQS
+                ),
+                VLLM_START_S,
+            )
+        )
+        log(f"vLLM ready at {vllm.url}; starting bestofk --backend {vllm.url}")
+        service = start_bestofk(
+            logs / "bestofk.log", "--backend", vllm.url, env=engine_env(**SERVICE_ENV)
+        )
+        stack.callback(service.stop)
+        skipped: dict[str, str] = {}
+        proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log)
+        service.wait_ready(120)
+        yield Stack(
+            Endpoints(vllm=vllm.url, bestofk=service.url, model=SERVED_NAME, optillm=proxies),
+            bestofk_pid=service.process.pid,
+            vllm_pid=vllm.process.pid,
+            skipped=skipped,
+        )
+
+
+def _start_optillm(
+    stack: contextlib.ExitStack,
+    backend: str,
+    ks: Sequence[int],
+    logs: Path,
+    skipped: dict[str, str],
+    log: Callable[[str], None],
+) -> dict[int, str]:
+    """One OptiLLM per K, started side by side; on any failure (g) is skipped with why."""
+    if not ks:
+        return {}
+    # OptiLLM talks to the backend with the OpenAI client, which insists on a key; nothing
+    # here may reach a model hub.
+    env = {**engine_env(), "OPENAI_API_KEY": "sk-bench", "HF_HUB_OFFLINE": "1"}
+    servers: dict[int, Server] = {}
+    for k in ks:
+        port = free_port()
+        command = optillm_command(port, backend, k)
+        if isinstance(command, str):
+            skipped["g"] = command
+            return {}
+        # Its cwd is the log directory: OptiLLM looks for plugins relative to it.
+        servers[k] = start(command, logs / f"optillm-k{k}.log", env, port, cwd=logs)
+        stack.callback(servers[k].stop)
+    log(f"starting OptiLLM bon for K in {list(servers)}")
+    try:
+        for server in servers.values():
+            server.wait_ready(OPTILLM_START_S)
+    except RuntimeError as exc:
+        skipped["g"] = f"OptiLLM did not start: {str(exc)[-500:]}"
+        return {}
+    return {k: server.url for k, server in servers.items()}
+
+
+def logs_dir(path: Path | None) -> Path:
+    """The log directory: ``path``, or a fresh temporary one."""
+    import tempfile
+
+    if path is not None:
+        return path
+    return Path(tempfile.mkdtemp(prefix="bestofk-bench-"))
+
+
+__all__ = ["Stack", "logs_dir", "started"]

@@ -1,0 +1,193 @@
+"""A misbehaving OpenAI-compatible backend, run as a real HTTP server on loopback.
+
+The fault tests put it behind bestofk's ``openai`` engine. Its mode says how it misbehaves and
+can be changed while it runs (``POST /control {"mode": ...}``), so one process serves a whole
+test module:
+
+    ok             streams every candidate to the end (text "42"), like ``vllm serve``
+    down           503 on every route, /v1/models included (a backend still loading)
+    die            sends the first token of each candidate, then the process exits at once
+    slow           tokens trickle forever; no candidate ever finishes
+    slow_tail      candidate 0 finishes at once, the others trickle forever
+    garbage        200 with stream lines that are not JSON
+    garbage_shape  200 with JSON chunks of the wrong shape
+    empty          200 and ``[DONE]`` without a single candidate
+    error_status   500 with an error body
+    refuse_n       400 naming 'n' when n > 1, as backends without ``n`` support do; n = 1 is ok
+
+``GET /control`` reports what it has seen: every completion request's ``n`` and ``stream``,
+and how many streams the client closed before they ended (generation aborted).
+
+    python -m tests.fake_backend --port 8001 --mode ok
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODEL = "demo"
+ANSWER = ("4", "2")
+"""The tokens every finished candidate is made of."""
+TRICKLE_S = 0.2
+MODES = (
+    "ok", "down", "die", "slow", "slow_tail", "garbage", "garbage_shape", "empty",
+    "error_status", "refuse_n",
+)  # fmt: skip
+
+
+class State:
+    """The mode and what the backend has seen."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.requests: list[dict[str, Any]] = []
+        self.aborted = 0
+
+    def report(self) -> dict[str, Any]:
+        """The mode, the completion requests seen, and the streams the client cut short."""
+        return {"mode": self.mode, "requests": self.requests, "aborted": self.aborted}
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+def _choice(chat: bool, index: int, token: str, finish: str | None) -> dict[str, Any]:
+    if chat:
+        logprobs: dict[str, Any] = {
+            "content": [{"token": token, "logprob": -0.1, "top_logprobs": []}]
+        }
+        return {"index": index, "delta": {"content": token}, "logprobs": logprobs,
+                "finish_reason": finish}  # fmt: skip
+    logprobs = {"tokens": [token], "token_logprobs": [-0.1], "top_logprobs": [{token: -0.1}]}
+    return {"index": index, "text": token, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _chunk(chat: bool, choices: list[dict[str, Any]], generated: int) -> dict[str, Any]:
+    return {
+        "id": "fake-1",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": 5,
+            "completion_tokens": generated,
+            "total_tokens": 5 + generated,
+        },
+    }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    body = {"error": {"message": message, "type": "fake_error", "param": None, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def build_app(state: State) -> Starlette:
+    """The fake's routes over ``state``."""
+
+    async def models(request: Request) -> Response:
+        if state.mode == "down":
+            return _error(503, "the fake backend is down")
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def control(request: Request) -> Response:
+        if request.method == "POST":
+            mode = (await request.json())["mode"]
+            if mode not in MODES:
+                return _error(400, f"unknown mode {mode!r}")
+            state.mode = mode
+        return JSONResponse(state.report())
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        chat = request.url.path.endswith("/chat/completions")
+        n = int(body.get("n") or 1)
+        stream = bool(body.get("stream"))
+        state.requests.append({"n": n, "stream": stream})
+        mode = state.mode
+        if mode == "down":
+            return _error(503, "the fake backend is down")
+        if mode == "error_status":
+            return _error(500, "the fake backend fell over")
+        if mode == "refuse_n" and n > 1:
+            return _error(400, "'n' > 1 is not supported by this backend")
+        if not stream:
+            return _whole(body, chat, mode)
+        return StreamingResponse(_stream(state, mode, chat, n), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/control", control, methods=["GET", "POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+        ]
+    )
+
+
+def _whole(body: dict[str, Any], chat: bool, mode: str) -> Response:
+    """A non-streamed answer (what a judge endpoint is asked for): " yes" per prompt."""
+    if mode.startswith("garbage") or mode == "die":
+        return Response("<html>not an API</html>", media_type="text/html")
+    prompts = body.get("prompt")
+    count = len(prompts) if isinstance(prompts, list) else 1
+    choices = [_choice(chat, i, " yes", "length") for i in range(count)]
+    return JSONResponse(_chunk(chat, choices, count))
+
+
+async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        if mode == "garbage":
+            yield b"data: <html>this is not JSON</html>\n\n"
+        elif mode == "garbage_shape":
+            yield _sse({"choices": "not a list of choices"})
+            yield _sse({"choices": [{"index": "first", "text": 42}]})
+        elif mode == "die":
+            yield _sse(_chunk(chat, [_choice(chat, i, ANSWER[0], None) for i in range(n)], n))
+            await asyncio.sleep(0.3)  # the first bytes are on the wire: now die mid-stream
+            os._exit(1)
+        elif mode in ("slow", "slow_tail"):
+            done = {0} if mode == "slow_tail" else set()
+            if done:
+                yield _sse(_chunk(chat, [_choice(chat, 0, "".join(ANSWER), "stop")], 2))
+            while True:  # until the client goes away
+                live = [_choice(chat, i, "x", None) for i in range(n) if i not in done]
+                yield _sse(_chunk(chat, live, n))
+                await asyncio.sleep(TRICKLE_S)
+        elif mode != "empty":
+            for position, token in enumerate(ANSWER):
+                finish = "stop" if position == len(ANSWER) - 1 else None
+                choices = [_choice(chat, i, token, finish) for i in range(n)]
+                yield _sse(_chunk(chat, choices, n * (position + 1)))
+        yield _sse("[DONE]")
+        finished = True
+    finally:
+        if not finished:
+            state.aborted += 1
+
+
+def main() -> None:
+    """Serve on loopback until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=MODES, default="ok")
+    args = parser.parse_args()
+    uvicorn.run(build_app(State(args.mode)), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

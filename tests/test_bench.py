@@ -1,0 +1,92 @@
+"""``bestofk bench``'s library on a tiny grid against the session's servers: the report's shape
+and its ratios, never its timings (those depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from service.bench import BenchConfig, measure
+from service.bench.load import percentile, ratio, with_ratios
+from service.bench.modes import Endpoints
+from service.bench.targets import tree_rss_mb
+from tests.servers import Server
+
+
+def test_percentile_and_ratio() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+    assert percentile([5.0], 99) == 5.0
+    assert math.isnan(percentile([], 50))
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(1.0, 0.0) is None
+    assert ratio(math.nan, 1.0) is None
+
+
+def test_ratios_are_against_b() -> None:
+    figures = {"p50_ms": 10.0, "p95_ms": 20.0, "requests_per_s": 4.0, "tokens_per_s": 40.0}
+    modes = with_ratios({"b": dict(figures), "c": {k: v * 2 for k, v in figures.items()}})
+    assert modes["b"]["vs_b"] == dict.fromkeys(figures, 1.0)
+    assert modes["c"]["vs_b"] == dict.fromkeys(figures, 2.0)
+
+
+def test_big_cells_are_capped_but_keep_one_full_burst() -> None:
+    config = BenchConfig(requests=8, big_cell_requests=4)
+    assert config.cell_requests(1, 4) == 8
+    assert config.cell_requests(8, 4) == 8
+    assert config.cell_requests(32, 4) == 32  # 128 sequences: not a big cell
+    assert config.cell_requests(32, 16) == 32  # capped to 4, but a burst needs 32
+    assert config.cell_requests(16, 16) == 16
+
+
+@pytest.mark.vllm
+async def test_tiny_grid_against_the_session_servers(
+    vllm_backend: Server, remote_server: Server, tmp_path: Path
+) -> None:
+    config = BenchConfig(concurrency=[1], ks=[2], requests=2, modes=["a", "b", "c"], targets=False)
+    report = await measure(
+        Endpoints(vllm=vllm_backend.url, bestofk=remote_server.url, model="demo"),
+        config,
+        bestofk_pid=remote_server.process.pid,
+        log=lambda _: None,
+    )
+    assert report.skipped == {}
+    data = report.to_json()
+    json.dumps(data, allow_nan=False)  # NaN would make invalid JSON
+    assert [(c["concurrency"], c["k"]) for c in data["cells"]] == [(1, 2)]
+    modes = data["cells"][0]["modes"]
+    assert list(modes) == ["a", "b", "c"]
+    for summary in modes.values():
+        assert summary["ok"] == 2 and summary["errors"] == 0
+        assert summary["p50_ms"] > 0 and summary["p95_ms"] >= summary["p50_ms"]
+        assert summary["requests_per_s"] > 0 and summary["tokens_per_s"] > 0
+    b, c = modes["b"], modes["c"]
+    assert b["vs_b"] == {"p50_ms": 1.0, "p95_ms": 1.0, "requests_per_s": 1.0, "tokens_per_s": 1.0}
+    for name in ("p50_ms", "p95_ms", "requests_per_s", "tokens_per_s"):
+        assert c["vs_b"][name] == pytest.approx(c[name] / b[name])
+    # Two candidates per request of (b) and (c), one of (a).
+    assert b["tokens_per_request"] >= 2 and c["tokens_per_request"] >= 2
+
+    targets = {t["name"]: t for t in data["targets"]}
+    assert len(targets) == 7
+    overhead = targets["service overhead, latency"]
+    assert overhead["met"] in (True, False) and "K=2: " in overhead["value"]
+    assert targets["service overhead, throughput"]["met"] is None  # no concurrency 32 here
+    assert targets["free event loop"]["met"] is None  # the phases were not run
+
+    table = report.markdown()
+    assert "| 1 | 2 | (c) bestofk regex | 2/0 |" in table
+    plot = tmp_path / "bench.png"
+    report.plot(plot)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.vllm
+def test_service_rss_counts_the_process(remote_server: Server) -> None:
+    pid = remote_server.process.pid
+    assert tree_rss_mb(pid) > 10
+    assert tree_rss_mb(pid, exclude=frozenset({pid})) == 0
+    assert tree_rss_mb(2**22 + 1) == 0  # no such process
