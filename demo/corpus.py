@@ -1,0 +1,740 @@
+"""The demo model's task families: prompts, designed answer distributions and the task set.
+
+Every training prompt has a designed distribution over completions in which the right answer
+holds about 40% of the mass and the rest is spread over several distinct, plausible wrong
+answers (near misses, wordy answers, buggy code, style violations). A model fitted to these
+distributions buries the right answer the way a base model does: at temperature 1 a single
+sample is right about 40% of the time, while 8 samples contain it with probability
+1 - 0.6**8 ≈ 0.98. That gap (pass@1 ≪ pass@8) is what best-of-K reranking recovers.
+
+``python demo/corpus.py`` rewrites ``demo/tasks.jsonl`` from the definitions here, so the
+task prompts are always among the training prompts (``train.py`` also writes it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TASKS_PATH = Path(__file__).with_name("tasks.jsonl")
+
+JUDGE_TEMPLATE = "Question: {prompt}\nAnswer: {candidate}\nIs the answer correct? (yes/no):"
+"""The judge verifier's default pointwise template; the positive label is " yes"."""
+
+JUDGE_YES = " yes"
+JUDGE_NO = " no"
+JUDGE_LABEL_ACCURACY = 0.9
+"""The judge is trained on labels that are right only this often, so it stays a noisy judge."""
+
+CORRECT_SHARE = 0.4
+"""Probability mass of the right answer in every designed distribution."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training prompt, the distribution its completions are drawn from, and its draw weight.
+
+    ``answers`` pairs each distinct completion with its probability (they sum to 1);
+    ``correct`` is the set of completions that pass the task's verifiers.
+    """
+
+    family: str
+    prompt: str
+    answers: tuple[tuple[str, float], ...]
+    correct: frozenset[str]
+    weight: float = 1.0
+
+
+def mixture(
+    correct: Sequence[tuple[str, float]], wrong: Sequence[tuple[str, float]]
+) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """Normalise right and wrong variants to ``CORRECT_SHARE`` and ``1 - CORRECT_SHARE``.
+
+    Wrong variants that coincide with a right one (e.g. (n-1)! = n! for n = 1) are dropped and
+    duplicates merged, so the right answer's mass is exactly what was designed.
+    """
+    right: dict[str, float] = {}
+    for text, w in correct:
+        right[text] = right.get(text, 0.0) + w
+    wrongs: dict[str, float] = {}
+    for text, w in wrong:
+        if text not in right:
+            wrongs[text] = wrongs.get(text, 0.0) + w
+    r_total = sum(right.values())
+    w_total = sum(wrongs.values())
+    answers = [(t, CORRECT_SHARE * w / r_total) for t, w in right.items()]
+    answers += [(t, (1 - CORRECT_SHARE) * w / w_total) for t, w in wrongs.items()]
+    return tuple(answers), frozenset(right)
+
+
+# --- 1. factorial ---------------------------------------------------------------------------
+
+FACTORIAL_WORDINGS = (
+    "What's the factorial of {n}? (Respond with a number only)",
+    "What is {n}!? (Respond with a number only)",
+    "Compute {n} factorial. Respond with a number only.",
+)
+FACTORIAL_NS = range(13)
+
+
+def factorial_answers(n: int) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """The right number, near misses ((n-1)!, (n+1)!, off by one) and wordy answers."""
+    f = math.factorial(n)
+    prev = math.factorial(n - 1) if n >= 1 else 0
+    wrong = [
+        (str(prev), 0.25),
+        (str(f + 1), 0.10),
+        (str(f - 1), 0.10),
+        (str(math.factorial(n + 1)), 0.08),
+        (f"The answer is {f}.", 0.20),
+        (f"{n}! = {f}", 0.09),
+        (f"The factorial of {n} is {f}.", 0.09),
+        (str(2 * f + 1), 0.09),
+    ]
+    return mixture([(str(f), 1.0)], wrong)
+
+
+def factorial_examples() -> list[Example]:
+    """Every wording for every n in 0..12."""
+    out = []
+    for n in FACTORIAL_NS:
+        answers, correct = factorial_answers(n)
+        for wording in FACTORIAL_WORDINGS:
+            out.append(Example("factorial", wording.format(n=n), answers, correct))
+    return out
+
+
+# --- 2. next Monday -------------------------------------------------------------------------
+
+DATE_WORDINGS = (
+    "Answer only with the ISO date for 'next Monday' from {d}.",
+    "What is the date of next Monday after {d}? Answer only with the ISO date.",
+)
+DATE_FIRST = dt.date(2025, 8, 1)
+DATE_DAYS = 45
+"""Training dates: 2025-08-01 .. 2025-09-14 (six and a half weeks, every weekday covered)."""
+
+DATE_CONVENTION = "next Monday is the first Monday strictly after the date (a Monday gives +7 days)"
+
+
+def next_monday(d: dt.date) -> dt.date:
+    """The first Monday strictly after ``d``: from a Monday it is a week later."""
+    return d + dt.timedelta(days=7 - d.weekday())
+
+
+def training_dates() -> list[dt.date]:
+    """The dates the model is trained on."""
+    return [DATE_FIRST + dt.timedelta(days=i) for i in range(DATE_DAYS)]
+
+
+def date_answers(d: dt.date) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """The right ISO date, wrong days and wordy or wrongly formatted answers."""
+    c = next_monday(d)
+    day = dt.timedelta(days=1)
+    wrong = [
+        ((c + day).isoformat(), 0.14),
+        ((c - day).isoformat(), 0.14),
+        ((c + 7 * day).isoformat(), 0.12),
+        ((c - 7 * day).isoformat(), 0.10),  # the previous Monday, or the date itself
+        (f"Next Monday is {c:%B} {c.day}, {c.year}.", 0.25),
+        (f"{c:%m/%d/%Y}", 0.08),
+        (f"Next Monday: {c.isoformat()}", 0.09),
+        (f"{c.isoformat()} (Monday)", 0.08),
+    ]
+    return mixture([(c.isoformat(), 1.0)], wrong)
+
+
+def date_examples() -> list[Example]:
+    """Every wording for every training date."""
+    out = []
+    for d in training_dates():
+        answers, correct = date_answers(d)
+        for wording in DATE_WORDINGS:
+            out.append(Example("dates", wording.format(d=d.isoformat()), answers, correct))
+    return out
+
+
+# --- 3. code ------------------------------------------------------------------------------------
+
+
+def fence(code: str) -> str:
+    """``code`` in a ```python fenced block."""
+    return f"```python\n{code.strip()}\n```"
+
+
+CODE_PROMPTS = {
+    "is_palindrome": (
+        "`is_palindrome(s)->bool`. Ignore case & non-alphanumerics. Output code only.",
+        "Write a Python function `is_palindrome(s: str) -> bool` that ignores case and"
+        " non-alphanumeric characters. Reply with a ```python code block.",
+    ),
+    "factorial": (
+        "`factorial(n)->int` (iterative). Raise `ValueError` for `n<0`. Code only.",
+        "Write an iterative Python function `factorial(n: int) -> int` that raises ValueError"
+        " when n < 0. Reply with a ```python code block.",
+    ),
+    "slugify": (
+        "`slugify(str)`: lowercase, drop punctuation, join words with single hyphens. Code only.",
+        "Write a Python function `slugify(text: str) -> str` that lowercases the text, removes"
+        " punctuation and joins the words with single hyphens. Reply with a ```python code"
+        " block.",
+    ),
+}
+
+# (code, weight, passes the unit tests)
+CODE_VARIANTS: dict[str, list[tuple[str, float, bool]]] = {
+    "is_palindrome": [
+        (
+            """
+def is_palindrome(s: str) -> bool:
+    cleaned = [c.lower() for c in s if c.isalnum()]
+    return cleaned == cleaned[::-1]
+""",
+            0.6,
+            True,
+        ),
+        (
+            """
+import re
+
+
+def is_palindrome(s: str) -> bool:
+    cleaned = re.sub(r"[^a-z0-9]", "", s.lower())
+    return cleaned == cleaned[::-1]
+""",
+            0.4,
+            True,
+        ),
+        (  # no normalisation at all
+            """
+def is_palindrome(s: str) -> bool:
+    return s == s[::-1]
+""",
+            0.25,
+            False,
+        ),
+        (  # case only: fails on spaces and punctuation
+            """
+def is_palindrome(s: str) -> bool:
+    s = s.lower()
+    return s == s[::-1]
+""",
+            0.25,
+            False,
+        ),
+        (  # spaces only: fails on punctuation
+            """
+def is_palindrome(s: str) -> bool:
+    cleaned = s.replace(" ", "").lower()
+    return cleaned == cleaned[::-1]
+""",
+            0.2,
+            False,
+        ),
+        (  # non-alphanumerics dropped, case kept
+            """
+def is_palindrome(s: str) -> bool:
+    cleaned = [c for c in s if c.isalnum()]
+    return cleaned == cleaned[::-1]
+""",
+            0.12,
+            False,
+        ),
+        (  # syntax error: missing colon
+            """
+def is_palindrome(s: str) -> bool
+    cleaned = [c.lower() for c in s if c.isalnum()]
+    return cleaned == cleaned[::-1]
+""",
+            0.18,
+            False,
+        ),
+    ],
+    "factorial": [
+        (
+            """
+def factorial(n: int) -> int:
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    result = 1
+    for i in range(2, n + 1):
+        result *= i
+    return result
+""",
+            0.6,
+            True,
+        ),
+        (
+            """
+def factorial(n: int) -> int:
+    if n < 0:
+        raise ValueError("negative input")
+    result = 1
+    for i in range(1, n + 1):
+        result = result * i
+    return result
+""",
+            0.4,
+            True,
+        ),
+        (  # no ValueError for n < 0
+            """
+def factorial(n: int) -> int:
+    result = 1
+    for i in range(2, n + 1):
+        result *= i
+    return result
+""",
+            0.3,
+            False,
+        ),
+        (  # off by one: stops at n - 1
+            """
+def factorial(n: int) -> int:
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    result = 1
+    for i in range(1, n):
+        result *= i
+    return result
+""",
+            0.2,
+            False,
+        ),
+        (  # rejects 0 as well
+            """
+def factorial(n: int) -> int:
+    if n <= 0:
+        raise ValueError("n must be positive")
+    result = 1
+    for i in range(2, n + 1):
+        result *= i
+    return result
+""",
+            0.15,
+            False,
+        ),
+        (  # syntax error: missing colon
+            """
+def factorial(n: int) -> int:
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    result = 1
+    for i in range(2, n + 1)
+        result *= i
+    return result
+""",
+            0.15,
+            False,
+        ),
+    ],
+    "slugify": [
+        (
+            """
+import re
+
+
+def slugify(text: str) -> str:
+    text = text.lower().strip()
+    text = re.sub(r"[^a-z0-9]+", "-", text)
+    return text.strip("-")
+""",
+            0.6,
+            True,
+        ),
+        (
+            """
+import re
+
+
+def slugify(text: str) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)
+""",
+            0.4,
+            True,
+        ),
+        (  # the naive replace: punctuation and repeated spaces survive
+            """
+def slugify(text: str) -> str:
+    return text.lower().replace(" ", "-")
+""",
+            0.3,
+            False,
+        ),
+        (  # no normalisation: case kept
+            """
+def slugify(text: str) -> str:
+    return text.strip().replace(" ", "-")
+""",
+            0.2,
+            False,
+        ),
+        (  # leading/trailing hyphens kept
+            """
+import re
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())
+""",
+            0.15,
+            False,
+        ),
+        (  # syntax error: unclosed call
+            """
+import re
+
+
+def slugify(text: str) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower()
+    return "-".join(words)
+""",
+            0.15,
+            False,
+        ),
+    ],
+}
+
+
+def code_answers(name: str) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """Correct implementations and the classic buggy ones, each in a fenced block."""
+    variants = CODE_VARIANTS[name]
+    right = [(fence(code), w) for code, w, ok in variants if ok]
+    wrong = [(fence(code), w) for code, w, ok in variants if not ok]
+    return mixture(right, wrong)
+
+
+def code_examples() -> list[Example]:
+    """Every wording for every function."""
+    out = []
+    for name, wordings in CODE_PROMPTS.items():
+        answers, correct = code_answers(name)
+        for prompt in wordings:
+            out.append(Example("code", prompt, answers, correct))
+    return out
+
+
+# Unit tests for the task file: the cases include the inputs the buggy variants get wrong.
+CODE_CASES: dict[str, list[dict[str, Any]]] = {
+    "is_palindrome": [
+        {"args": ["A man, a plan, a canal: Panama"], "expected": True},
+        {"args": ["racecar"], "expected": True},
+        {"args": ["No 'x' in Nixon"], "expected": True},
+        {"args": ["Was it a car or a cat I saw?"], "expected": True},
+        {"args": ["hello"], "expected": False},
+        {"args": [""], "expected": True},
+    ],
+    "slugify": [
+        {"args": ["Hello World"], "expected": "hello-world"},
+        {"args": ["  Hello,   World!  "], "expected": "hello-world"},
+        {"args": ["Python 3.12 is out"], "expected": "python-3-12-is-out"},
+        {"args": ["already-slugged"], "expected": "already-slugged"},
+        {"args": ["Best of K: Reranking!"], "expected": "best-of-k-reranking"},
+    ],
+}
+FACTORIAL_TESTS = """def test_zero_and_one():
+    assert factorial(0) == 1
+    assert factorial(1) == 1
+
+
+def test_five():
+    assert factorial(5) == 120
+
+
+def test_ten():
+    assert factorial(10) == 3628800
+
+
+def test_negative_raises():
+    try:
+        factorial(-1)
+    except ValueError:
+        return
+    raise AssertionError("no ValueError for n < 0")
+"""
+
+
+def code_verifier(name: str) -> dict[str, Any]:
+    """The unit_tests spec for one function (the `tests` form where an exception is expected)."""
+    if name == "factorial":
+        return {"type": "unit_tests", "tests": FACTORIAL_TESTS}
+    return {"type": "unit_tests", "entry_point": name, "cases": CODE_CASES[name]}
+
+
+# --- 4. summaries -------------------------------------------------------------------------------
+
+SUMMARY_WORDINGS = (
+    "Summarize the text below. Two sentences, no emoji.\n\n{text}",
+    "Two sentences, no emoji. Summarize:\n\n{text}",
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A short text and four summary sentences (the first two are the best summary)."""
+
+    name: str
+    text: str
+    sentences: tuple[str, str, str, str]
+    emoji: str
+
+
+SOURCES = (
+    Source(
+        "library",
+        "The Riverside public library reopened on Monday after an eighteen-month renovation."
+        " The building now has a rooftop reading garden, a children's wing and twice as many"
+        " study rooms. Visitors can borrow laptops and e-readers with a library card. Opening"
+        " hours were extended to ten in the evening on weekdays.",
+        (
+            "The Riverside library reopened after an eighteen-month renovation.",
+            "It added a rooftop garden, a children's wing, more study rooms and longer hours.",
+            "Visitors can also borrow laptops and e-readers.",
+            "The reopening took place on a Monday.",
+        ),
+        "📚",
+    ),
+    Source(
+        "battery",
+        "A small startup in Oslo has built a sodium battery for home storage. It costs about a"
+        " third less than a lithium pack of the same size. The company says the cells last"
+        " fifteen years and do not catch fire when punctured. Deliveries start next spring.",
+        (
+            "An Oslo startup has built a sodium battery for home energy storage.",
+            "It is cheaper than lithium, lasts fifteen years and ships next spring.",
+            "The company says the cells do not catch fire when punctured.",
+            "It costs about a third less than a comparable lithium pack.",
+        ),
+        "🔋",
+    ),
+    Source(
+        "marathon",
+        "More than thirty thousand runners finished the city marathon on Sunday despite heavy"
+        " rain. The winner crossed the line in two hours and six minutes, a course record."
+        " Organisers handed out extra ponchos at the start. Next year the route will pass the"
+        " new harbour bridge.",
+        (
+            "Over thirty thousand runners finished the rainy city marathon on Sunday.",
+            "The winner set a course record of two hours and six minutes.",
+            "Organisers handed out extra ponchos at the start.",
+            "Next year the route will cross the new harbour bridge.",
+        ),
+        "🏃",
+    ),
+    Source(
+        "photos",
+        "The team behind a popular photo app fixed a bug that deleted albums during sync. The"
+        " problem affected users who had more than ten thousand pictures. A patch went out"
+        " within a day, and lost albums can be restored from the trash for thirty days. The"
+        " developers apologised and promised better testing.",
+        (
+            "A photo app fixed a sync bug that deleted albums in very large libraries.",
+            "A patch shipped within a day, and lost albums can be restored for thirty days.",
+            "The developers apologised and promised better testing.",
+            "Only users with more than ten thousand pictures were affected.",
+        ),
+        "📸",
+    ),
+    Source(
+        "coffee",
+        "Coffee farmers in the highlands expect a smaller harvest this year after a long dry"
+        " season. Prices for arabica beans have risen by a fifth since January. Some farms are"
+        " planting shade trees to protect the plants from heat. Roasters warn that a cup may"
+        " cost more by winter.",
+        (
+            "A long dry season is expected to shrink this year's highland coffee harvest.",
+            "Arabica prices are up by a fifth, and roasters warn a cup may cost more by winter.",
+            "Some farms are planting shade trees to protect their plants.",
+            "The price rise started in January.",
+        ),
+        "☕",
+    ),
+    Source(
+        "planet",
+        "Astronomers have found a planet about the size of Earth orbiting a nearby red dwarf."
+        " The planet lies in the zone where liquid water could exist on its surface. It"
+        " completes one orbit every eleven days. A space telescope will study its atmosphere"
+        " next year.",
+        (
+            "Astronomers found an Earth-sized planet orbiting a nearby red dwarf.",
+            "It lies in the habitable zone, and a telescope will study its atmosphere next year.",
+            "It completes one orbit every eleven days.",
+            "Liquid water could exist on its surface.",
+        ),
+        "🪐",
+    ),
+)
+
+
+def summary_answers(src: Source) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """Compliant summaries (one or two sentences, no emoji) and non-compliant ones."""
+    s1, s2, s3, s4 = src.sentences
+    e = src.emoji
+    right = [(f"{s1} {s2}", 0.55), (f"{s1} {s3}", 0.25), (s1, 0.2)]
+    wrong = [
+        (f"{s1} {s2} {s3}", 0.25),  # three sentences
+        (f"{s1} {s2} {e}", 0.2),  # trailing emoji
+        (f"{s1} {e} {s2}", 0.15),  # emoji in the middle
+        (f"{s1} {s2} {s3} {s4}", 0.2),  # four sentences
+        (f"{e} {s1} {s2} {s4}", 0.2),  # both violations
+    ]
+    return mixture(right, wrong)
+
+
+def summary_examples() -> list[Example]:
+    """Every wording for every source text."""
+    out = []
+    for src in SOURCES:
+        answers, correct = summary_answers(src)
+        for wording in SUMMARY_WORDINGS:
+            out.append(Example("summary", wording.format(text=src.text), answers, correct))
+    return out
+
+
+# --- 5. judge -----------------------------------------------------------------------------------
+
+
+def judge_examples(base: Iterable[Example], family: str) -> list[Example]:
+    """The judge template over every (question, candidate) of ``base``.
+
+    Half the draws show a right candidate and half a wrong one; the label is " yes" for a
+    right candidate (one that passes the task's verifiers: wordy answers are wrong) and " no"
+    otherwise, each flipped with probability 1 - ``JUDGE_LABEL_ACCURACY``.
+    """
+    out = []
+    for ex in base:
+        wrong = [text for text, _ in ex.answers if text not in ex.correct]
+        for text, _ in ex.answers:
+            right = text in ex.correct
+            p = JUDGE_LABEL_ACCURACY
+            answers = (
+                ((JUDGE_YES, p), (JUDGE_NO, 1 - p))
+                if right
+                else (
+                    (JUDGE_NO, p),
+                    (JUDGE_YES, 1 - p),
+                )
+            )
+            prompt = JUDGE_TEMPLATE.format(prompt=ex.prompt, candidate=text)
+            weight = 0.5 / len(ex.correct) if right else 0.5 / len(wrong)
+            out.append(Example(family, prompt, answers, frozenset({JUDGE_YES}), weight))
+    return out
+
+
+def all_examples() -> dict[str, list[Example]]:
+    """Training examples grouped by batch group (one group per family, judge split in two)."""
+    factorial = factorial_examples()
+    dates = date_examples()
+    return {
+        "factorial": factorial,
+        "dates": dates,
+        "code": code_examples(),
+        "summary": summary_examples(),
+        "judge_factorial": judge_examples(factorial, "judge"),
+        "judge_dates": judge_examples(dates, "judge"),
+    }
+
+
+# --- the task set -------------------------------------------------------------------------------
+
+TASK_DATES = (
+    "2025-08-01", "2025-08-03", "2025-08-04", "2025-08-06", "2025-08-09", "2025-08-10",
+    "2025-08-12", "2025-08-13", "2025-08-15", "2025-08-18", "2025-08-20", "2025-08-23",
+    "2025-08-26", "2025-08-28", "2025-08-31", "2025-09-01", "2025-09-03", "2025-09-05",
+    "2025-09-09", "2025-09-12",
+)  # fmt: skip
+JUDGE_FACTORIAL_NS = (3, 5, 7, 10)
+JUDGE_DATES = ("2025-08-06", "2025-08-13", "2025-08-24", "2025-09-01")
+
+
+def tasks() -> list[dict[str, Any]]:
+    """The demo task set: each task's prompt (a training prompt) and the verifiers checking it."""
+    out: list[dict[str, Any]] = []
+    for n in FACTORIAL_NS:
+        out.append(
+            {
+                "id": f"factorial-{n}",
+                "family": "factorial",
+                "prompt": FACTORIAL_WORDINGS[0].format(n=n),
+                "verifiers": [{"type": "exact", "reference": str(math.factorial(n))}],
+            }
+        )
+    for i, iso in enumerate(TASK_DATES):
+        d = dt.date.fromisoformat(iso)
+        out.append(
+            {
+                "id": f"dates-{iso}",
+                "family": "dates",
+                "prompt": DATE_WORDINGS[i % 2].format(d=iso),
+                "verifiers": [
+                    {
+                        "type": "regex",
+                        "pattern": r"^\d{4}-\d{2}-\d{2}$",
+                        "mode": "fullmatch",
+                        "required": True,
+                    },
+                    {"type": "exact", "reference": next_monday(d).isoformat(), "numeric": False},
+                ],
+                "note": DATE_CONVENTION,
+            }
+        )
+    for name, wordings in CODE_PROMPTS.items():
+        for i, prompt in enumerate(wordings):
+            out.append(
+                {
+                    "id": f"code-{name}-{i}",
+                    "family": "code",
+                    "prompt": prompt,
+                    "verifiers": [code_verifier(name)],
+                }
+            )
+    for i, src in enumerate(SOURCES):
+        out.append(
+            {
+                "id": f"summary-{src.name}",
+                "family": "summary",
+                "prompt": SUMMARY_WORDINGS[i % 2].format(text=src.text),
+                "verifiers": [{"type": "style", "max_sentences": 2, "no_emoji": True}],
+            }
+        )
+    for n in JUDGE_FACTORIAL_NS:
+        out.append(
+            {
+                "id": f"judge-factorial-{n}",
+                "family": "judge",
+                "prompt": FACTORIAL_WORDINGS[0].format(n=n),
+                "verifiers": [{"type": "judge", "reference": str(math.factorial(n))}],
+            }
+        )
+    for iso in JUDGE_DATES:
+        ref = next_monday(dt.date.fromisoformat(iso)).isoformat()
+        out.append(
+            {
+                "id": f"judge-dates-{iso}",
+                "family": "judge",
+                "prompt": DATE_WORDINGS[0].format(d=iso),
+                "verifiers": [{"type": "judge", "reference": ref}],
+            }
+        )
+    return out
+
+
+def tasks_jsonl() -> str:
+    """The task set as JSON lines (what ``tasks.jsonl`` holds)."""
+    return "".join(json.dumps(task, ensure_ascii=False) + "\n" for task in tasks())
+
+
+def write_tasks(path: Path = TASKS_PATH) -> None:
+    """Write the task set to ``path``."""
+    path.write_text(tasks_jsonl(), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_tasks()
+    print(f"wrote {len(tasks())} tasks to {TASKS_PATH}")

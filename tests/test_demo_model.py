@@ -1,0 +1,98 @@
+"""The bundled demo model: its task file, prompt format and measured output distribution.
+
+The distribution is checked by sampling the committed weights with the real vLLM CPU engine
+(``demo/measure.py``), not by a file hash: per family the right answer must be buried (a
+single sample right 15-65% of the time) yet reachable (8 samples contain it for ≥ 85% of the
+tasks), and the judge prompt must say " yes" more to right answers than to near misses.
+The bounds are a little looser than the training targets (0.2-0.6, ≥ 0.9) to absorb
+sampling noise; requests are seeded, so a run is reproducible on one machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+MODEL = DEMO / "model"
+SAMPLED_FAMILIES = ("factorial", "dates", "code", "summary")
+
+
+def _load(name: str) -> ModuleType:
+    """A module from ``demo/`` by path: ``demo`` is scripts, not an installed package."""
+    spec = importlib.util.spec_from_file_location(f"_demo_{name}", DEMO / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+measure = _load("measure")
+corpus = _load("corpus")
+
+
+def test_task_file_is_generated_from_the_training_corpus() -> None:
+    """tasks.jsonl is exactly what corpus.py writes, so every task prompt was trained on."""
+    assert (DEMO / "tasks.jsonl").read_text(encoding="utf-8") == corpus.tasks_jsonl()
+    trained = {ex.prompt for group in corpus.all_examples().values() for ex in group}
+    tasks = measure.load_tasks()
+    assert {t["family"] for t in tasks} == {*SAMPLED_FAMILIES, "judge"}
+    assert all(t["prompt"] in trained for t in tasks)
+
+
+def test_weights_are_small() -> None:
+    """The committed weights stay under 20 MB."""
+    assert (MODEL / "model.safetensors").stat().st_size < 20 * 1024 * 1024
+
+
+def test_chat_template_renders_the_raw_prompt() -> None:
+    """One user message renders to BOS + the raw prompt: chat and completion APIs agree."""
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(MODEL)
+    for task in measure.load_tasks():
+        messages = [{"role": "user", "content": task["prompt"]}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert text == tok.bos_token + task["prompt"]
+        assert tok(text, add_special_tokens=False)["input_ids"] == tok(task["prompt"])["input_ids"]
+    assert len(tok.encode(measure.JUDGE_YES, add_special_tokens=False)) == 1
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[Any]:
+    """The demo model on the vLLM CPU engine, shared by this module's tests."""
+    pytest.importorskip("vllm")
+    engine = measure.make_llm(MODEL, seed=0)
+    yield engine
+    del engine
+
+
+@pytest.mark.vllm
+def test_vllm_chat_and_raw_prompts_tokenize_alike(llm: Any) -> None:
+    """vLLM's chat path adds no second BOS: it sees the same tokens as the raw prompt."""
+    from vllm import SamplingParams
+
+    prompt = measure.load_tasks()[0]["prompt"]
+    params = SamplingParams(max_tokens=1, temperature=1.0, seed=0)
+    raw = llm.generate([prompt], params, use_tqdm=False)[0]
+    chat = llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0]
+    assert chat.prompt_token_ids == raw.prompt_token_ids
+    assert raw.prompt_token_ids[0] == llm.get_tokenizer().bos_token_id
+
+
+@pytest.mark.vllm
+def test_measured_distribution_buries_the_right_answer(llm: Any) -> None:
+    """Per family at temperature 1: pass@1 in [0.15, 0.65], pass@8 ≥ 0.85; judge ≥ 0.8."""
+    result = measure.measure(llm, measure.load_tasks(), n=8, temperature=1.0, seed=0)
+    families = result["families"]
+    assert set(families) == set(SAMPLED_FAMILIES)
+    for family, row in families.items():
+        assert 0.15 <= row["pass@1"] <= 0.65, (family, row)
+        assert row["pass@8"] >= 0.85, (family, row)
+    judge = result["judge_pair_accuracy"]
+    assert judge["factorial"] >= 0.8, judge
+    assert judge["dates"] >= 0.75, judge
