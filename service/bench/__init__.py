@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from service.bench import load, targets
-from service.bench.modes import ALL_MODES, MODE_LABELS, Endpoints, Modes, Workload, load_code_tasks
+from service.bench.modes import ALL_MODES, MODE_LABELS, Endpoints, Modes, Workload, load_tasks
 from service.bench.report import Report
 from service.bench.stack import logs_dir, started
 
@@ -98,8 +98,13 @@ async def measure(
     skipped = dict(skipped or {})
     workload = Workload(
         max_tokens=config.max_tokens,
-        code_tasks=load_code_tasks(config.tasks) if "d" in config.modes or config.targets else (),
+        code_tasks=load_tasks(config.tasks, "code")
+        if "d" in config.modes or config.targets
+        else (),
         code_max_tokens=config.code_max_tokens,
+        # Summaries: the compliant ones (one or two sentences) are the short ones, so early
+        # exit has longer candidates to cut off; about half comply.
+        early_exit_task=load_tasks(config.tasks, "summary")[0] if config.targets else None,
     )
     modes = Modes(endpoints, workload)
     wanted = [m for m in ALL_MODES if m in config.modes and m not in skipped]

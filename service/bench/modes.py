@@ -47,23 +47,23 @@ BASELINE = "b"
 
 
 @dataclass(frozen=True, slots=True)
-class CodeTask:
-    """A demo code task: the prompt and its ``unit_tests`` verifier spec."""
+class Task:
+    """A demo task: the prompt and its verifier specs."""
 
     prompt: str
     verifiers: list[dict[str, Any]]
 
 
-def load_code_tasks(path: Path) -> list[CodeTask]:
-    """The ``code`` family of a task file (``demo/tasks.jsonl``)."""
+def load_tasks(path: Path, family: str) -> list[Task]:
+    """One family of a task file (``demo/tasks.jsonl``)."""
     tasks = []
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            if row.get("family") == "code":
-                tasks.append(CodeTask(row["prompt"], row["verifiers"]))
+            if row.get("family") == family:
+                tasks.append(Task(row["prompt"], row["verifiers"]))
     if not tasks:
-        raise ValueError(f"no code tasks in {path}")
+        raise ValueError(f"no {family} tasks in {path}")
     return tasks
 
 
@@ -75,8 +75,11 @@ class Workload:
     regex: str = NUMBER_ONLY
     max_tokens: int = 32
     temperature: float = 1.0
-    code_tasks: Sequence[CodeTask] = ()
+    code_tasks: Sequence[Task] = ()
     code_max_tokens: int = 160
+    early_exit_task: Task | None = None
+    """The early-exit request: about half its candidates pass, and those are the short ones."""
+    early_exit_max_tokens: int = 128
 
 
 @dataclass(frozen=True, slots=True)

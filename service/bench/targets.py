@@ -24,10 +24,7 @@ from typing import Any
 import httpx
 
 from service.bench.load import closed_loop, percentile, ratio
-from service.bench.modes import FACTORIAL_PROMPT, Call, Modes, Outcome
-
-EARLY_EXIT_VERIFIERS = [{"type": "exact", "reference": "120"}]
-"""On :data:`FACTORIAL_PROMPT` the demo model is right about 40% of the time: about half pass."""
+from service.bench.modes import Call, Modes, Outcome
 
 
 def _children() -> dict[int, list[int]]:
@@ -233,12 +230,20 @@ async def early_exit(
     runs meanwhile, so the engine's token counter tells each request's true cost."""
     runs: dict[bool, list[tuple[Outcome, float]]] = {False: [], True: []}
     errors: list[str] = []
+    task = modes.w.early_exit_task
+    if task is None:
+        raise ValueError("the workload has no early-exit task")
     counter = await engine_generated_tokens(client, vllm)
     for i in range(pairs):
         for flag in (i % 2 == 0, i % 2 == 1):
             try:
                 outcome = await modes.generate(
-                    client, FACTORIAL_PROMPT, k, EARLY_EXIT_VERIFIERS, 32, early_exit=flag
+                    client,
+                    task.prompt,
+                    k,
+                    task.verifiers,
+                    modes.w.early_exit_max_tokens,
+                    early_exit=flag,
                 )
             except Exception as exc:  # recorded and reported, never fatal to the run
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])

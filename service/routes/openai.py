@@ -63,6 +63,7 @@ def _job(
         "temperature": body.temperature,
         "top_p": body.top_p,
         "max_tokens": max_tokens,
+        "min_tokens": body.min_tokens,
         "stop": body.stop,
         "seed": body.seed,
         "presence_penalty": body.presence_penalty,
@@ -173,7 +174,7 @@ class _ChatRenderer(_Renderer):
     def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
         if not self.want_logprobs:
             return None
-        return {"content": [_chat_token(t) for t in scored.logprobs]}
+        return {"content": [_chat_token(t) for t in visible_logprobs(scored)]}
 
     def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": text}
@@ -216,7 +217,7 @@ class _CompletionRenderer(_Renderer):
     def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
         if not self.want_logprobs:
             return None
-        tokens = scored.logprobs
+        tokens = visible_logprobs(scored)
         offsets, offset = [], 0
         for t in tokens:
             offsets.append(offset)
@@ -238,6 +239,17 @@ class _CompletionRenderer(_Renderer):
             "finish_reason": scored.candidate.finish_reason or "stop",
             "logprobs": self._logprobs(scored),
         }
+
+
+def visible_logprobs(scored: Scored) -> list[TokenLogprob]:
+    """The logprobs of the tokens the text shows: a trailing end-of-sequence token (which
+    vLLM reports, decoded as e.g. ``</s>``) is not part of the completion's text."""
+    tokens = list(scored.logprobs)
+    text = scored.candidate.text
+    shown = "".join(t.token for t in tokens)
+    if tokens and shown != text and shown[: -len(tokens[-1].token) or None] == text:
+        tokens.pop()
+    return tokens
 
 
 def _usage(result: RerankResult) -> dict[str, int]:
@@ -320,7 +332,7 @@ async def _stream(
 def _pieces(scored: Scored) -> list[str]:
     """The text as the tokens it was generated in when known, else as words."""
     text = scored.candidate.text
-    tokens = [t.token for t in scored.logprobs]
+    tokens = [t.token for t in visible_logprobs(scored)]
     if tokens and "".join(tokens) == text:
         return tokens
     pieces = [w for w in text.split(" ")]

@@ -68,6 +68,8 @@ class BestOfKFields(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int = Field(default=0, ge=0)
+    """vLLM's extension: end-of-sequence is suppressed until this many tokens."""
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
