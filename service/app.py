@@ -106,7 +106,14 @@ def create_app(
     cannot start, rather than answering 503 forever.
     """
     engine = engine or build_engine(settings)
-    resources = VerifierResources(completer=EngineCompleter(engine))
+    resources = VerifierResources(
+        completer=EngineCompleter(engine),
+        # A judge endpoint or reward model named in a request is a URL or path the server
+        # would reach on the client's behalf: only the operator's list, unless told otherwise.
+        allowed_models=None
+        if settings.allow_any_verifier_target
+        else frozenset(settings.verifier_targets),
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,

@@ -133,9 +133,14 @@ class Settings(BaseSettings):
     sandbox_queue_timeout_s: float = Field(default=10.0, gt=0)
     """How long a run may wait for a slot before the request gets 503 + Retry-After."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    verifier_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Judge endpoints (base URLs) and reward models (paths or names) that requests and
+    profiles may name; the serving engine as judge needs no entry."""
+    allow_any_verifier_target: bool = False
+    """Let clients name any endpoint or model: only for trusted clients (tests, notebooks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("backends", "api_keys", mode="before")
+    @field_validator("backends", "api_keys", "verifier_targets", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

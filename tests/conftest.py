@@ -13,6 +13,8 @@ import pytest
 from tests.servers import ROOT, Server, engine_env, start_bestofk, start_vllm_openai
 
 CONFIG = ROOT / "tests" / "data" / "config.yaml"
+# Tests point judges and reward models at fakes on random ports; servers they start inherit.
+os.environ.setdefault("BESTOFK_ALLOW_ANY_VERIFIER_TARGET", "1")
 ENGINE_START_S = 300.0
 
 
