@@ -397,9 +397,10 @@ def bench(
     ] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,8,32",
     k: Annotated[str, typer.Option(help="Comma-separated K values.")] = "4,8,16",
-    requests: Annotated[
-        int, typer.Option(min=1, help="Requests per mode per cell (at least the concurrency).")
-    ] = 8,
+    requests: Annotated[int, typer.Option(min=1, help="Requests per mode per cell.")] = 8,
+    min_rounds: Annotated[
+        int, typer.Option(min=1, help="Least bursts of `concurrency` requests per mode per cell.")
+    ] = 2,
     big_cell_requests: Annotated[
         int | None,
         typer.Option(min=1, help="At most this many where concurrency x K >= 256."),
@@ -441,6 +442,7 @@ def bench(
         concurrency=_int_list(concurrency, "--concurrency"),
         ks=_int_list(k, "--k"),
         requests=requests,
+        min_rounds=min_rounds,
         big_cell_requests=big_cell_requests,
         modes=chosen,
         max_tokens=max_tokens,

@@ -34,10 +34,10 @@ def test_ratios_are_against_b() -> None:
 
 
 def test_big_cells_are_capped_but_keep_one_full_burst() -> None:
-    config = BenchConfig(requests=8, big_cell_requests=4)
+    config = BenchConfig(requests=8, min_rounds=2, big_cell_requests=4)
     assert config.cell_requests(1, 4) == 8
-    assert config.cell_requests(8, 4) == 8
-    assert config.cell_requests(32, 4) == 32  # 128 sequences: not a big cell
+    assert config.cell_requests(8, 4) == 16  # two rounds
+    assert config.cell_requests(32, 4) == 64  # 128 sequences: not a big cell
     assert config.cell_requests(32, 16) == 32  # capped to 4, but a burst needs 32
     assert config.cell_requests(16, 16) == 16
 
@@ -46,7 +46,9 @@ def test_big_cells_are_capped_but_keep_one_full_burst() -> None:
 async def test_tiny_grid_against_the_session_servers(
     vllm_backend: Server, remote_server: Server, tmp_path: Path
 ) -> None:
-    config = BenchConfig(concurrency=[1], ks=[2], requests=2, modes=["a", "b", "c"], targets=False)
+    config = BenchConfig(
+        concurrency=[1], ks=[2], requests=2, modes=["a", "b", "c"], targets=False, min_rounds=1
+    )
     report = await measure(
         Endpoints(vllm=vllm_backend.url, bestofk=remote_server.url, model="demo"),
         config,

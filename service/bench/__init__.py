@@ -37,7 +37,10 @@ class BenchConfig:
     concurrency: Sequence[int] = (1, 8, 32)
     ks: Sequence[int] = (4, 8, 16)
     requests: int = 8
-    """Requests per mode per cell; a cell runs at least its concurrency (one full burst)."""
+    """Requests per mode per cell; a cell runs at least ``min_rounds`` full bursts."""
+    min_rounds: int = 2
+    """Bursts per mode per cell at least: with one, a load spike on the machine during one
+    mode's only burst would pass for that mode's cost (the rotation needs rounds to work)."""
     big_cell_requests: int | None = None
     """At most this many per mode in cells of concurrency x K >= 256 (slow on a CPU)."""
     modes: Sequence[str] = ALL_MODES
@@ -52,7 +55,7 @@ class BenchConfig:
 
     def cell_requests(self, concurrency: int, k: int) -> int:
         """How many requests each mode makes in the cell (concurrency, k)."""
-        n = max(self.requests, concurrency)
+        n = max(self.requests, self.min_rounds * concurrency)
         if self.big_cell_requests is not None and concurrency * k >= 256:
             n = max(min(n, self.big_cell_requests), concurrency)
         return n

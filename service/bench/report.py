@@ -82,7 +82,8 @@ class Report:
             "",
             f"Model {env.get('model')}; {env.get('cpus')} CPUs, load average "
             f"{env.get('loadavg_start')} at start; {self.config.get('requests')} requests per "
-            "mode per cell (at least the concurrency). (d) and (j)/(g) run other prompts than "
+            f"mode per cell, at least {self.config.get('min_rounds')} bursts of `concurrency`. "
+            "(d) and (j)/(g) run other prompts than "
             "(b) (code tasks; a judge pass), so their ratios against (b) price the whole job.",
         ]
         return "\n".join(lines) + "\n"

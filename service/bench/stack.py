@@ -7,6 +7,7 @@ mode meets the same engine, batch scheduler and KV cache.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ SERVED_NAME = "demo"
 VLLM_START_S = 600.0
 """A cold CPU engine on a busy machine can take minutes."""
 OPTILLM_START_S = 120.0
-OPTILLM_VENV = Path("/tmp/optillm-venv")
-"""Where ``bestofk bench`` looks for OptiLLM: its own venv, its pins clash with ours."""
+OPTILLM_VENV = Path(os.environ.get("OPTILLM_VENV", "/tmp/optillm-venv"))
+"""Where ``bestofk bench`` looks for OptiLLM (env ``OPTILLM_VENV``): a venv of its own, since
+its pins (torch, transformers, fastapi) clash with ours."""
 
 BENCH_MAX_NUM_SEQS = "256"
 """vLLM's batch cap: 32 concurrent best-of-8 requests are 256 sequences; the tests' 64 would
