@@ -40,7 +40,8 @@ class Example:
     """One training prompt, the distribution its completions are drawn from, and its draw weight.
 
     ``answers`` pairs each distinct completion with its probability (they sum to 1);
-    ``correct`` is the set of completions that pass the task's verifiers.
+    ``correct`` is the set of completions that pass the task's verifiers; ``weight`` is the
+    example's share when drawing examples of its group.
     """
 
     family: str
@@ -48,6 +49,9 @@ class Example:
     answers: tuple[tuple[str, float], ...]
     correct: frozenset[str]
     weight: float = 1.0
+    hard_negatives: tuple[tuple[str, float], ...] = ()
+    """Well-formed wrong answers the judge must also reject (another n's factorial, another
+    Monday), with draw weights: the nearest ones, which it confuses most, weigh most."""
 
 
 def mixture(
@@ -104,8 +108,10 @@ def factorial_examples() -> list[Example]:
     out = []
     for n in FACTORIAL_NS:
         answers, correct = factorial_answers(n)
+        others = {str(math.factorial(k)): 1 / abs(k - n) for k in FACTORIAL_NS if k != n}
+        hard = tuple((text, w) for text, w in others.items() if text not in correct)
         for wording in FACTORIAL_WORDINGS:
-            out.append(Example("factorial", wording.format(n=n), answers, correct))
+            out.append(Example("factorial", wording.format(n=n), answers, correct, 1.0, hard))
     return out
 
 
@@ -116,8 +122,8 @@ DATE_WORDINGS = (
     "What is the date of next Monday after {d}? Answer only with the ISO date.",
 )
 DATE_FIRST = dt.date(2025, 8, 1)
-DATE_DAYS = 45
-"""Training dates: 2025-08-01 .. 2025-09-14 (six and a half weeks, every weekday covered)."""
+DATE_DAYS = 35
+"""Training dates: 2025-08-01 .. 2025-09-04 (five weeks, every weekday five times)."""
 
 DATE_CONVENTION = "next Monday is the first Monday strictly after the date (a Monday gives +7 days)"
 
@@ -154,8 +160,11 @@ def date_examples() -> list[Example]:
     out = []
     for d in training_dates():
         answers, correct = date_answers(d)
+        c = next_monday(d)
+        hard = tuple(((c + dt.timedelta(days=k)).isoformat(), 7 / abs(k)) for k in (-14, -7, 7, 14))
         for wording in DATE_WORDINGS:
-            out.append(Example("dates", wording.format(d=d.isoformat()), answers, correct))
+            prompt = wording.format(d=d.isoformat())
+            out.append(Example("dates", prompt, answers, correct, 1.0, hard))
     return out
 
 
@@ -603,27 +612,26 @@ def summary_examples() -> list[Example]:
 def judge_examples(base: Iterable[Example], family: str) -> list[Example]:
     """The judge template over every (question, candidate) of ``base``.
 
-    Half the draws show a right candidate and half a wrong one; the label is " yes" for a
+    Half the draws show a right candidate, a fifth one of the question's wrong answers and
+    three tenths one of its hard negatives (another n's factorial, another Monday), so that
+    "a factorial near n" or "some Monday" is not enough for a yes. The label is " yes" for a
     right candidate (one that passes the task's verifiers: wordy answers are wrong) and " no"
-    otherwise, each flipped with probability 1 - ``JUDGE_LABEL_ACCURACY``.
+    otherwise, flipped with probability 1 - ``JUDGE_LABEL_ACCURACY``.
     """
     out = []
+    p = JUDGE_LABEL_ACCURACY
+    yes = ((JUDGE_YES, p), (JUDGE_NO, 1 - p))
+    no = ((JUDGE_NO, p), (JUDGE_YES, 1 - p))
     for ex in base:
-        wrong = [text for text, _ in ex.answers if text not in ex.correct]
-        for text, _ in ex.answers:
-            right = text in ex.correct
-            p = JUDGE_LABEL_ACCURACY
-            answers = (
-                ((JUDGE_YES, p), (JUDGE_NO, 1 - p))
-                if right
-                else (
-                    (JUDGE_NO, p),
-                    (JUDGE_YES, 1 - p),
-                )
-            )
-            prompt = JUDGE_TEMPLATE.format(prompt=ex.prompt, candidate=text)
-            weight = 0.5 / len(ex.correct) if right else 0.5 / len(wrong)
-            out.append(Example(family, prompt, answers, frozenset({JUDGE_YES}), weight))
+        right = [(text, 1.0) for text in sorted(ex.correct)]
+        wrong = [(text, 1.0) for text, _ in ex.answers if text not in ex.correct]
+        hard = list(ex.hard_negatives)
+        for candidates, share, answers in ((right, 0.5, yes), (wrong, 0.2, no), (hard, 0.3, no)):
+            total = sum(w for _, w in candidates)
+            for text, w in candidates:
+                prompt = JUDGE_TEMPLATE.format(prompt=ex.prompt, candidate=text)
+                weight = share * w / total
+                out.append(Example(family, prompt, answers, frozenset({JUDGE_YES}), weight))
     return out
 
 
@@ -644,10 +652,10 @@ def all_examples() -> dict[str, list[Example]]:
 # --- the task set -------------------------------------------------------------------------------
 
 TASK_DATES = (
-    "2025-08-01", "2025-08-03", "2025-08-04", "2025-08-06", "2025-08-09", "2025-08-10",
-    "2025-08-12", "2025-08-13", "2025-08-15", "2025-08-18", "2025-08-20", "2025-08-23",
-    "2025-08-26", "2025-08-28", "2025-08-31", "2025-09-01", "2025-09-03", "2025-09-05",
-    "2025-09-09", "2025-09-12",
+    "2025-08-01", "2025-08-03", "2025-08-04", "2025-08-06", "2025-08-07", "2025-08-09",
+    "2025-08-10", "2025-08-12", "2025-08-13", "2025-08-15", "2025-08-18", "2025-08-20",
+    "2025-08-23", "2025-08-26", "2025-08-28", "2025-08-31", "2025-09-01", "2025-09-02",
+    "2025-09-03", "2025-09-04",
 )  # fmt: skip
 JUDGE_FACTORIAL_NS = (3, 5, 7, 10)
 JUDGE_DATES = ("2025-08-06", "2025-08-13", "2025-08-24", "2025-09-01")

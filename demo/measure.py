@@ -177,14 +177,20 @@ def sample(
     seed: int = 0,
     max_tokens: int = 256,
 ) -> list[list[str]]:
-    """``n`` completions per raw prompt, request ``i`` seeded with ``seed + i``."""
+    """``n`` completions per raw prompt, request ``i`` seeded with ``seed * 10**6 + i * n``.
+
+    vLLM seeds child ``j`` of a request seeded ``s`` with ``s + j``: requests seeded ``s`` and
+    ``s + 1`` would share seven of eight random streams, so the seeds are ``n`` apart.
+    """
     from vllm import SamplingParams
 
     out: list[list[str]] = []
     for start in range(0, len(prompts), PROMPTS_PER_CALL):
         chunk = prompts[start : start + PROMPTS_PER_CALL]
         params = [
-            SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed + i)
+            SamplingParams(
+                n=n, temperature=temperature, max_tokens=max_tokens, seed=seed * 10**6 + i * n
+            )
             for i in range(start, start + len(chunk))
         ]
         results = llm.generate(list(chunk), params, use_tqdm=False)

@@ -2,10 +2,10 @@
 
 The distribution is checked by sampling the committed weights with the real vLLM CPU engine
 (``demo/measure.py``), not by a file hash: per family the right answer must be buried (a
-single sample right 15-65% of the time) yet reachable (8 samples contain it for ≥ 85% of the
-tasks), and the judge prompt must say " yes" more to right answers than to near misses.
-The bounds are a little looser than the training targets (0.2-0.6, ≥ 0.9) to absorb
-sampling noise; requests are seeded, so a run is reproducible on one machine.
+single sample right 20-60% of the time) yet reachable (8 samples contain it for ≥ 90% of the
+tasks), and the judge prompt must say " yes" more to right answers than to near misses in at
+least 80% of pairs. These are the training targets themselves; requests are seeded, so a run
+is reproducible on one machine (measured: pass@1 0.29-0.38, pass@8 1.00, judge 1.00 / 0.91).
 """
 
 from __future__ import annotations
@@ -45,6 +45,21 @@ def test_task_file_is_generated_from_the_training_corpus() -> None:
     tasks = measure.load_tasks()
     assert {t["family"] for t in tasks} == {*SAMPLED_FAMILIES, "judge"}
     assert all(t["prompt"] in trained for t in tasks)
+
+
+def test_designed_answers_pass_exactly_when_marked_right() -> None:
+    """Every designed completion of a task's prompt passes its verifiers iff it is meant to.
+
+    Guards the mixture: a "wrong" variant that secretly passes (or a "right" one that fails)
+    would silently move pass@1 away from the designed 0.4.
+    """
+    examples = {ex.prompt: ex for group in corpus.all_examples().values() for ex in group}
+    for task in measure.load_tasks():
+        if not measure.is_sampled(task):
+            continue
+        ex = examples[task["prompt"]]
+        for text, _ in ex.answers:
+            assert measure.check(task, text) == (text in ex.correct), (task["id"], text)
 
 
 def test_weights_are_small() -> None:
@@ -92,13 +107,13 @@ def test_vllm_chat_and_raw_prompts_tokenize_alike(llm: Any) -> None:
 
 @pytest.mark.vllm
 def test_measured_distribution_buries_the_right_answer(llm: Any) -> None:
-    """Per family at temperature 1: pass@1 in [0.15, 0.65], pass@8 ≥ 0.85; judge ≥ 0.8."""
+    """Per family at temperature 1: pass@1 in [0.2, 0.6], pass@8 ≥ 0.9; judge ≥ 0.8."""
     result = measure.measure(llm, measure.load_tasks(), n=8, temperature=1.0, seed=0)
     families = result["families"]
     assert set(families) == set(SAMPLED_FAMILIES)
     for family, row in families.items():
-        assert 0.15 <= row["pass@1"] <= 0.65, (family, row)
-        assert row["pass@8"] >= 0.85, (family, row)
+        assert 0.2 <= row["pass@1"] <= 0.6, (family, row)
+        assert row["pass@8"] >= 0.9, (family, row)
     judge = result["judge_pair_accuracy"]
     assert judge["factorial"] >= 0.8, judge
-    assert judge["dates"] >= 0.6, judge
+    assert judge["dates"] >= 0.8, judge
