@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service.selection import Policy
+from service.selection import Policy, TieBreak
 
 app = typer.Typer(help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
 console = Console()
@@ -406,11 +406,23 @@ def bench(
         typer.Option(min=1, help="At most this many where concurrency x K >= 256."),
     ] = None,
     modes: Annotated[
-        str, typer.Option(help="Modes a..g and j (bestofk judge); see `bestofk bench --help`.")
-    ] = "a,b,c,d,e,f,g,j",
-    max_tokens: Annotated[
-        int, typer.Option(min=1, help="max_tokens of the factorial prompt.")
-    ] = 32,
+        str,
+        typer.Option(help="Modes a..g, i (in-process) and j (judge); see `bestofk bench --help`."),
+    ] = "a,b,c,i,d,e,f,g,j",
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="`code`: the demo's code tasks (~100-token answers); `short`: one factorial "
+            "prompt (2-3 token answers, where a request's fixed cost dominates)."
+        ),
+    ] = "code",
+    tie_break: Annotated[
+        str,
+        typer.Option(
+            help="bestofk's selection.tie_break: `logprob` (the default) or `index` (the "
+            "engine computes no logprobs)."
+        ),
+    ] = "logprob",
     no_targets: Annotated[
         bool, typer.Option("--no-targets", help="Only the grid: skip early exit, /health, RSS.")
     ] = False,
@@ -425,19 +437,24 @@ def bench(
 ) -> None:
     """Side-by-side performance run: direct vLLM, naive fan-outs, OptiLLM and bestofk.
 
-    Starts one vLLM server and a bestofk over it, then times, interleaved: (a) direct n=1,
-    (b) direct n=K, (c) bestofk regex, (d) bestofk unit_tests on the demo code tasks, (e) K
+    Starts one vLLM server, a bestofk over it and a bestofk with its own in-process engine,
+    then times, interleaved: (a) direct n=1, (b) direct n=K, (c) bestofk regex over the
+    server, (i) the same in-process, (d) bestofk unit_tests on the demo code tasks, (e) K
     sequential n=1 calls, (f) K concurrent n=1 calls, (g) OptiLLM bon (if installed in
     /tmp/optillm-venv) and (j) bestofk judge, its comparable.
     """
     from service import bench as bench_lib
-    from service.bench.modes import ALL_MODES
+    from service.bench.modes import ALL_MODES, WORKLOADS
     from service.settings import DEMO_MODEL
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(ALL_MODES))
     if unknown:
         raise typer.BadParameter(f"unknown modes {unknown}; choose from {list(ALL_MODES)}")
+    if workload not in WORKLOADS:
+        raise typer.BadParameter(f"unknown workload {workload!r}; choose from {list(WORKLOADS)}")
+    if tie_break not in get_args(TieBreak):
+        raise typer.BadParameter(f"--tie-break is one of {list(get_args(TieBreak))}")
     config = bench_lib.BenchConfig(
         concurrency=_int_list(concurrency, "--concurrency"),
         ks=_int_list(k, "--k"),
@@ -445,7 +462,8 @@ def bench(
         min_rounds=min_rounds,
         big_cell_requests=big_cell_requests,
         modes=chosen,
-        max_tokens=max_tokens,
+        workload=workload,
+        tie_break=tie_break,
         targets=not no_targets,
     )
     _engine_env()

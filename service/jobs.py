@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.engines.base import Engine, Prompt, SamplingConfig
@@ -95,13 +95,15 @@ class JobFactory:
         min_score = req.early_exit_min_score
         if min_score is None and profile is not None:
             min_score = profile.early_exit_min_score
+        selection = self._selection(req.selection, profile)
+        sampling = replace(self._sampling(req.sampling or {}), logprobs=selection.by_logprob)
         return RerankJob(
             request_id=request_id,
             prompt=prompt,
             k=k,
-            sampling=self._sampling(req.sampling or {}),
+            sampling=sampling,
             specs=specs,
-            selection=self._selection(req.selection, profile),
+            selection=selection,
             early_exit_min_score=min_score,
             given=req.given,
             timeout_s=timeout,
@@ -179,12 +181,11 @@ class JobFactory:
         )
 
     def _selection(self, raw: Mapping[str, Any] | None, profile: Profile | None) -> SelectionConfig:
-        if raw is not None:
-            config = SelectionConfig(**raw)
-        elif profile is not None and profile.selection is not None:
-            config = SelectionConfig(policy=profile.selection.policy, beta=profile.selection.beta)
-        else:
-            config = SelectionConfig()
+        # Field by field: the server's defaults, then the profile's, then the request's.
+        fields = self.settings.selection.model_dump()
+        if profile is not None and profile.selection is not None:
+            fields |= profile.selection.model_dump(exclude_unset=True)
+        config = SelectionConfig(**(fields | dict(raw or {})))
         if config.extract is not None:
             try:
                 parse_spec({"type": "regex", "pattern": config.extract}, ("selection",))

@@ -78,6 +78,8 @@ class RerankResult:
     completion_tokens: int
     verifier_tokens: int
     timing: Timing
+    by_logprob: bool = True
+    """Ties between equal scores go to the higher mean logprob (else the lower index)."""
 
     @property
     def passing(self) -> int:
@@ -93,7 +95,7 @@ class RerankResult:
         """The best ``n`` candidates with distinct texts, the chosen one first."""
         seen = {self.chosen.candidate.text}
         out = [self.chosen]
-        for s in ranked(self.candidates):
+        for s in ranked(self.candidates, self.by_logprob):
             if len(out) >= n:
                 break
             if s.candidate.text not in seen:
@@ -285,4 +287,5 @@ class Pipeline:
             completion_tokens=stream.completion_tokens if stream else 0,
             verifier_tokens=sum(v.tokens for s in candidates for v in s.verdicts),
             timing=timing,
+            by_logprob=job.selection.by_logprob,
         )

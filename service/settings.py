@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from service.selection import Policy
+from service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
 
@@ -48,12 +48,14 @@ class Limits(BaseModel):
 
 
 class SelectionDefaults(BaseModel):
-    """Selection used when a request (or profile) names none."""
+    """How to choose, for the whole server or one profile; a request's ``selection`` fields
+    override these one by one, a profile's override the server's."""
 
     model_config = ConfigDict(extra="forbid")
 
     policy: Policy = "argmax"
     beta: float = 5.0
+    tie_break: TieBreak = "logprob"
 
 
 class Profile(BaseModel):
@@ -125,6 +127,9 @@ class Settings(BaseSettings):
     default_k: int = Field(default=8, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
+    selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
+    """Server-wide selection defaults, e.g. ``BESTOFK_SELECTION__TIE_BREAK=index`` to spare the
+    engine computing logprobs for clients that cannot send ``selection``."""
     limits: Limits = Field(default_factory=Limits)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     sandbox_slots: int = Field(default=2, ge=1, le=64)

@@ -44,13 +44,22 @@ def test_big_cells_are_capped_but_keep_one_full_burst() -> None:
 
 @pytest.mark.vllm
 async def test_tiny_grid_against_the_session_servers(
-    vllm_backend: Server, remote_server: Server, tmp_path: Path
+    vllm_backend: Server, remote_server: Server, server: Server, tmp_path: Path
 ) -> None:
     config = BenchConfig(
-        concurrency=[1], ks=[2], requests=2, modes=["a", "b", "c"], targets=False, min_rounds=1
+        concurrency=[1],
+        ks=[2],
+        requests=2,
+        modes=["a", "b", "c", "i"],
+        workload="short",
+        targets=False,
+        min_rounds=1,
+    )
+    endpoints = Endpoints(
+        vllm=vllm_backend.url, bestofk=remote_server.url, bestofk_local=server.url, model="demo"
     )
     report = await measure(
-        Endpoints(vllm=vllm_backend.url, bestofk=remote_server.url, model="demo"),
+        endpoints,
         config,
         bestofk_pid=remote_server.process.pid,
         log=lambda _: None,
@@ -60,27 +69,34 @@ async def test_tiny_grid_against_the_session_servers(
     json.dumps(data, allow_nan=False)  # NaN would make invalid JSON
     assert [(c["concurrency"], c["k"]) for c in data["cells"]] == [(1, 2)]
     modes = data["cells"][0]["modes"]
-    assert list(modes) == ["a", "b", "c"]
+    assert list(modes) == ["a", "b", "c", "i"]
     for summary in modes.values():
         assert summary["ok"] == 2 and summary["errors"] == 0
         assert summary["p50_ms"] > 0 and summary["p95_ms"] >= summary["p50_ms"]
         assert summary["requests_per_s"] > 0 and summary["tokens_per_s"] > 0
-    b, c = modes["b"], modes["c"]
+    b = modes["b"]
     assert b["vs_b"] == {"p50_ms": 1.0, "p95_ms": 1.0, "requests_per_s": 1.0, "tokens_per_s": 1.0}
-    for name in ("p50_ms", "p95_ms", "requests_per_s", "tokens_per_s"):
-        assert c["vs_b"][name] == pytest.approx(c[name] / b[name])
-    # Two candidates per request of (b) and (c), one of (a).
-    assert b["tokens_per_request"] >= 2 and c["tokens_per_request"] >= 2
+    for mode in ("c", "i"):
+        for name in ("p50_ms", "p95_ms", "requests_per_s", "tokens_per_s"):
+            assert modes[mode]["vs_b"][name] == pytest.approx(modes[mode][name] / b[name])
+        # Two candidates per request of (b), (c) and (i), one of (a).
+        assert modes[mode]["tokens_per_request"] >= 2
+    assert b["tokens_per_request"] >= 2
 
     targets = {t["name"]: t for t in data["targets"]}
-    assert len(targets) == 7
-    overhead = targets["service overhead, latency"]
-    assert overhead["met"] in (True, False) and "K=2: " in overhead["value"]
-    assert targets["service overhead, throughput"]["met"] is None  # no concurrency 32 here
+    assert len(targets) == 11
+    for topology in ("proxy", "in-process"):
+        overhead = targets[f"service overhead, latency ({topology})"]
+        assert overhead["met"] in (True, False) and "K=2: " in overhead["value"]
+        assert " ms" in overhead["detail"]
+        # No concurrency 32 and no early-exit phase here: not measured, so neither met nor not.
+        assert targets[f"service overhead, throughput ({topology})"]["met"] is None
+        assert targets[f"early exit ({topology})"]["met"] is None
     assert targets["free event loop"]["met"] is None  # the phases were not run
 
     table = report.markdown()
     assert "| 1 | 2 | (c) bestofk regex | 2/0 |" in table
+    assert "| 1 | 2 | (i) bestofk regex, in-process | 2/0 |" in table
     plot = tmp_path / "bench.png"
     report.plot(plot)
     assert plot.read_bytes().startswith(b"\x89PNG")

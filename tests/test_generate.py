@@ -64,6 +64,19 @@ def test_k8_every_candidate_verified_and_best_chosen(any_server: Server) -> None
     assert timing["generate_ms"] <= timing["total_ms"]
 
 
+def test_index_tie_break_asks_the_engine_for_no_logprobs(any_server: Server) -> None:
+    """``tie_break: index``: no logprobs computed (mean_logprob null), tokens still counted,
+    and ties between equal scores go to the lower index."""
+    specs = [{"type": "regex", "pattern": r"\d"}]
+    data = generate(any_server, verifiers=specs, selection={"tie_break": "index"})
+    candidates = data["candidates"]
+    assert all(c["mean_logprob"] is None for c in candidates)
+    assert all(c["tokens"] > 0 for c in candidates)
+    assert data["usage"]["completion_tokens"] == sum(c["tokens"] for c in candidates)
+    top = max(c["score"] for c in candidates)
+    assert data["index"] == min(c["index"] for c in candidates if c["score"] == top)
+
+
 def test_required_verifier_nobody_passes_still_returns_best_of_rest(any_server: Server) -> None:
     specs = [
         {"type": "regex", "pattern": "^NO-CANDIDATE-WRITES-THIS$", "required": True},

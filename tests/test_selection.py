@@ -51,6 +51,15 @@ def test_ties_go_to_higher_logprob_then_lower_index() -> None:
     assert select([e, d], SelectionConfig()) is d
 
 
+def test_index_tie_break_ignores_logprobs() -> None:
+    specs = [A]
+    a = scored(0, [1.0], specs, lp=-2.0)
+    b = scored(1, [1.0], specs, lp=-1.0)
+    worse = scored(2, [0.0], specs, lp=-0.1)
+    assert select([worse, b, a], SelectionConfig(tie_break="index")) is a
+    assert select([worse, b, a], SelectionConfig()) is b
+
+
 def test_sample_is_seeded_and_tilted_by_beta() -> None:
     specs = [A]
     pool = [scored(i, [1.0 if i == 0 else 0.0], specs) for i in range(4)]

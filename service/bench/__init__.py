@@ -1,6 +1,7 @@
 """``bestofk bench``: bestofk side by side with direct vLLM and the naive approaches.
 
-One vLLM backend serves every mode (:mod:`service.bench.modes`); the grid
+One vLLM backend serves every mode but (i), whose bestofk runs an in-process engine built
+like it (:mod:`service.bench.modes`); the grid
 (:mod:`service.bench.load`) interleaves the modes within each (concurrency, K) cell; the
 target phases (:mod:`service.bench.targets`) measure early exit, the event loop under load and
 the service's memory; :mod:`service.bench.report` writes JSON, markdown and a plot.
@@ -16,14 +17,22 @@ import contextlib
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from service.bench import load, targets
-from service.bench.modes import ALL_MODES, MODE_LABELS, Endpoints, Modes, Workload, load_tasks
+from service.bench.modes import (
+    ALL_MODES,
+    ENGINE_SWITCH_PAUSE_S,
+    MODE_LABELS,
+    Endpoints,
+    Modes,
+    load_tasks,
+    workload,
+)
 from service.bench.report import Report
 from service.bench.stack import logs_dir, started
 
@@ -44,12 +53,16 @@ class BenchConfig:
     big_cell_requests: int | None = None
     """At most this many per mode in cells of concurrency x K >= 256 (slow on a CPU)."""
     modes: Sequence[str] = ALL_MODES
-    max_tokens: int = 32
-    code_max_tokens: int = 160
+    workload: str = "code"
+    """``code`` (the demo's code tasks, ~100-token answers) or ``short`` (2-3 token answers)."""
+    tie_break: str = "logprob"
+    """bestofk's ``selection.tie_break`` in its modes (``index``: no logprobs computed)."""
     tasks: Path = DEMO_TASKS
     targets: bool = True
     """Also run the early-exit, /health and memory phases."""
     early_exit_pairs: int = 16
+    overlap_requests: int = 12
+    """Best-of-8 unit_tests requests, one at a time, for the in-process overlap figure."""
     health_requests: int = 64
     """32 concurrent best-of-8 unit_tests requests, this many in all, while /health is probed."""
 
@@ -75,14 +88,16 @@ def _environment(model: str) -> dict[str, Any]:
 
 
 async def _warm_up(
-    client: httpx.AsyncClient, modes: Modes, names: Sequence[str], k: int, log: Log
+    client: httpx.AsyncClient, modes: Modes, names: Sequence[str], ks: Sequence[int], log: Log
 ) -> dict[str, str]:
-    """One untimed request per mode (the engine's first requests are slow); modes that fail
-    here are skipped with the reason, so one broken mode cannot sink the run."""
+    """Untimed requests, one per mode and K (an engine's first requests of each shape are
+    slow); modes that fail here are skipped with the reason, so one broken mode cannot sink
+    the run."""
     skipped = {}
     for name in names:
         try:
-            await modes.call(name)(client, k, 0)
+            for i, k in enumerate(ks):
+                await modes.call(name)(client, k, i)
         except Exception as exc:  # any failure: report the mode as skipped, with why
             skipped[name] = f"warm-up failed: {type(exc).__name__}: {exc}"[:600]
             log(f"({name}) {MODE_LABELS[name]} skipped: {skipped[name]}")
@@ -99,17 +114,22 @@ async def measure(
 ) -> Report:
     """Run the grid (and the target phases) against running servers."""
     skipped = dict(skipped or {})
-    workload = Workload(
-        max_tokens=config.max_tokens,
-        code_tasks=load_tasks(config.tasks, "code")
-        if "d" in config.modes or config.targets
-        else (),
-        code_max_tokens=config.code_max_tokens,
+    if endpoints.bestofk_local is None:
+        skipped.setdefault("i", "no in-process bestofk was started")
+    chosen = workload(
+        config.workload,
+        config.tasks,
         # Summaries: the compliant ones (one or two sentences) are the short ones, so early
         # exit has longer candidates to cut off; about half comply.
         early_exit_task=load_tasks(config.tasks, "summary")[0] if config.targets else None,
+        tie_break=config.tie_break,
     )
-    modes = Modes(endpoints, workload)
+    modes = Modes(endpoints, chosen)
+    # Concurrency-1 cells and the early-exit pairs are seeded, so every mode (and both sides
+    # of a pair) samples the same completions and a ratio prices the route alone. Not the
+    # busier cells: the CPU build crashed once on a seeded request in a chunked prefill, and
+    # there the many requests average the draws out anyway.
+    seeded = Modes(endpoints, replace(chosen, seeded=True))
     wanted = [m for m in ALL_MODES if m in config.modes and m not in skipped]
     # The servers (uvicorn) close idle connections after 5 s, and other modes' bursts can last
     # longer: expire ours first, or a request can go out on a connection as it is closed.
@@ -117,9 +137,8 @@ async def measure(
         max_connections=None, max_keepalive_connections=1024, keepalive_expiry=2.0
     )
     async with httpx.AsyncClient(timeout=900, limits=limits) as client:
-        skipped |= await _warm_up(client, modes, wanted, min(config.ks), log)
+        skipped |= await _warm_up(client, seeded, wanted, config.ks, log)
         names = [m for m in wanted if m not in skipped]
-        calls = {name: modes.call(name) for name in names}
         sampler = targets.RssSampler(bestofk_pid) if bestofk_pid else None
         report = Report(
             config=_config_json(config),
@@ -134,6 +153,7 @@ async def measure(
                     n = config.cell_requests(c, k)
                     log(f"cell concurrency={c} K={k}: {n} requests x {len(names)} modes")
                     label = f"c={c} k={k}"
+                    calls = {name: (seeded if c == 1 else modes).call(name) for name in names}
                     with sampler.labelled(label) if sampler else contextlib.nullcontext():
                         runs = await load.run_cell(client, calls, c, k, n)
                     summaries = load.with_ratios({m: r.summary() for m, r in runs.items()})
@@ -145,7 +165,7 @@ async def measure(
                     report.cells[(c, k)] = cell
             if config.targets:
                 await _target_phases(
-                    client, modes, endpoints, config, report, sampler, bestofk_pid, log
+                    client, modes, seeded, endpoints, config, report, sampler, bestofk_pid, log
                 )
         if sampler:
             report.rss_peaks_mb = dict(sampler.peaks)
@@ -153,7 +173,12 @@ async def measure(
     if report.health is not None and "health" in report.rss_peaks_mb:
         rss_32.append(report.rss_peaks_mb["health"])
     report.targets = targets.evaluate(
-        report.cells, list(config.ks), report.early_exit, report.health, max(rss_32, default=None)
+        report.cells,
+        list(config.ks),
+        report.early_exit,
+        report.overlap_local,
+        report.health,
+        max(rss_32, default=None),
     )
     return report
 
@@ -161,6 +186,7 @@ async def measure(
 async def _target_phases(
     client: httpx.AsyncClient,
     modes: Modes,
+    seeded: Modes,
     endpoints: Endpoints,
     config: BenchConfig,
     report: Report,
@@ -168,11 +194,25 @@ async def _target_phases(
     bestofk_pid: int | None,
     log: Log,
 ) -> None:
-    log(f"early exit: {config.early_exit_pairs} pairs at K=8")
-    report.early_exit = await targets.early_exit(
-        client, modes, endpoints.vllm, 8, config.early_exit_pairs
-    )
+    services = {"proxy": (endpoints.bestofk, endpoints.vllm + "/metrics")}
+    if endpoints.bestofk_local is not None:
+        # Its /metrics carries the in-process engine's own vllm:* counters.
+        services["in-process"] = (endpoints.bestofk_local, endpoints.bestofk_local + "/metrics")
+    if endpoints.bestofk_local is not None:
+        log(f"verification overlap (in-process): {config.overlap_requests} best-of-8 unit_tests")
+        await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
+        run, _ = await load.closed_loop(
+            client, seeded.unit_tests_local, 1, 8, config.overlap_requests
+        )
+        report.overlap_local = targets.overlap(run.outcomes)
+    for topology, (service, engine_metrics) in services.items():
+        log(f"early exit ({topology}): {config.early_exit_pairs} pairs at K=8")
+        await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
+        report.early_exit[topology] = await targets.early_exit(
+            client, seeded, service, engine_metrics, 8, config.early_exit_pairs
+        )
     log(f"/health under 32 concurrent best-of-8 unit_tests ({config.health_requests} requests)")
+    await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
     with sampler.labelled("health") if sampler else contextlib.nullcontext():
         report.health = await targets.health_under_load(
             client,
@@ -195,10 +235,12 @@ def _config_json(config: BenchConfig) -> dict[str, Any]:
 
 
 def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = print) -> Report:
-    """Start vLLM, bestofk over it (and OptiLLM when installed), measure, stop them all."""
+    """Start vLLM, bestofk over it, bestofk in-process (and OptiLLM when installed), measure,
+    stop them all."""
     directory = logs_dir(logs)
     optillm_ks = list(config.ks) if "g" in config.modes else []
-    with started(model, directory, optillm_ks, log=log) as stack:
+    local = "i" in config.modes or config.targets
+    with started(model, directory, optillm_ks, local=local, log=log) as stack:
         report = asyncio.run(
             measure(
                 stack.endpoints,

@@ -18,7 +18,14 @@ from typing import Any
 
 import httpx
 
-from service.bench.modes import BASELINE, Call, ModeError, Outcome
+from service.bench.modes import (
+    BASELINE,
+    ENGINE_SWITCH_PAUSE_S,
+    LOCAL_MODES,
+    Call,
+    ModeError,
+    Outcome,
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -92,14 +99,19 @@ async def run_cell(
     requests: int,
     on_burst: Callable[[str], None] | None = None,
 ) -> dict[str, ModeRun]:
-    """``requests`` requests of every mode at ``concurrency``, interleaved burst by burst."""
+    """``requests`` requests of every mode at ``concurrency``, interleaved burst by burst,
+    pausing untimed where a burst meets the other engine than the last one."""
     runs = {name: ModeRun() for name in calls}
     names = list(calls)
     rounds = math.ceil(requests / concurrency)
+    engine = None
     for r in range(rounds):
         size = min(concurrency, requests - r * concurrency)
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            if engine is not None and engine != (name in LOCAL_MODES):
+                await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
+            engine = name in LOCAL_MODES
             run = runs[name]
             first = r * concurrency
             start = time.perf_counter()

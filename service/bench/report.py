@@ -21,7 +21,10 @@ class Report:
     modes: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     """Mode → why it was not run."""
-    early_exit: EarlyExitFigures | None = None
+    early_exit: dict[str, EarlyExitFigures] = field(default_factory=dict)
+    """Topology (proxy, in-process) → early exit against none."""
+    overlap_local: dict[str, float] | None = None
+    """Verification overlap of best-of-8 unit_tests on the in-process bestofk (concurrency 1)."""
     health: HealthFigures | None = None
     rss_peaks_mb: dict[str, float] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -37,7 +40,8 @@ class Report:
                 "baseline": BASELINE,
                 "skipped": self.skipped,
                 "cells": cells,
-                "early_exit": _asdict(self.early_exit),
+                "early_exit": {name: _asdict(e) for name, e in self.early_exit.items()},
+                "overlap_local": self.overlap_local,
                 "health": _asdict(self.health),
                 "rss_peaks_mb": self.rss_peaks_mb,
                 "targets": [t.to_json() for t in self.targets],
@@ -82,9 +86,10 @@ class Report:
             "",
             f"Model {env.get('model')}; {env.get('cpus')} CPUs, load average "
             f"{env.get('loadavg_start')} at start; {self.config.get('requests')} requests per "
-            f"mode per cell, at least {self.config.get('min_rounds')} bursts of `concurrency`. "
-            "(d) and (j)/(g) run other prompts than "
-            "(b) (code tasks; a judge pass), so their ratios against (b) price the whole job.",
+            f"mode per cell, at least {self.config.get('min_rounds')} bursts of `concurrency`; "
+            f"workload `{self.config.get('workload')}`. (d) always samples the code tasks, and "
+            "(g)/(j) add a judge pass, so their ratios against (b) price the whole job. (i) "
+            "runs its own in-process engine, built like the backend that serves the rest.",
         ]
         return "\n".join(lines) + "\n"
 

@@ -1,12 +1,16 @@
-"""The servers under test: one vLLM backend, bestofk in front of it, OptiLLM if installed.
+"""The servers under test: one vLLM backend, bestofk in front of it, a bestofk with its own
+in-process engine, and OptiLLM if installed.
 
-bestofk runs the ``openai`` engine against the same vLLM server the direct modes call, so every
-mode meets the same engine, batch scheduler and KV cache.
+The proxy bestofk runs the ``openai`` engine against the same vLLM server the direct modes
+call, so those modes meet the same engine, batch scheduler and KV cache. The in-process bestofk
+(mode i) builds its engine with the backend's settings; only one engine is busy at a time,
+since the grid runs one mode's burst after another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +45,12 @@ SERVICE_ENV = {
     "BESTOFK_SANDBOX_QUEUE_TIMEOUT_S": "600",
     "BESTOFK_LIMITS__QUEUE_TIMEOUT_S": "600",
 }
+LOCAL_ENV = {
+    # The backend's batch cap and KV cache (VLLM_CPU_KVCACHE_SPACE, gpu_memory_utilization 0.3
+    # and enforce_eager are both sides' defaults), so (i) and (b) differ only in the route.
+    "BESTOFK_VLLM__ENGINE_ARGS": json.dumps({"max_num_seqs": int(BENCH_MAX_NUM_SEQS)}),
+    "BESTOFK_SERVED_MODEL_NAME": "demo",
+}
 
 
 @dataclass(slots=True)
@@ -50,6 +60,8 @@ class Stack:
     endpoints: Endpoints
     bestofk_pid: int
     vllm_pid: int
+    local_pid: int | None = None
+    """The in-process bestofk, when started."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Modes the stack cannot offer, with the reason."""
 
@@ -73,9 +85,11 @@ def started(
     model: str,
     logs: Path,
     optillm_ks: Sequence[int] = (),
+    local: bool = True,
     log: Callable[[str], None] = print,
 ) -> Iterator[Stack]:
-    """Start the servers (an OptiLLM per K in ``optillm_ks``), yield them ready, stop them."""
+    """Start the servers (an OptiLLM per K in ``optillm_ks``; the in-process bestofk if
+    ``local``), yield them ready, stop them."""
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         log(f"starting vLLM on {model} (logs in {logs})")
@@ -95,10 +109,28 @@ def started(
         skipped: dict[str, str] = {}
         proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log)
         service.wait_ready(120)
+        in_process = None
+        if local:
+            log(f"starting bestofk with an in-process engine on {model}")
+            in_process = start_bestofk(
+                logs / "bestofk-local.log",
+                "--model",
+                model,
+                env=engine_env(**SERVICE_ENV, **LOCAL_ENV),
+            )
+            stack.callback(in_process.stop)
+            in_process.wait_ready(VLLM_START_S)
         yield Stack(
-            Endpoints(vllm=vllm.url, bestofk=service.url, model=SERVED_NAME, optillm=proxies),
+            Endpoints(
+                vllm=vllm.url,
+                bestofk=service.url,
+                bestofk_local=in_process.url if in_process else None,
+                model=SERVED_NAME,
+                optillm=proxies,
+            ),
             bestofk_pid=service.process.pid,
             vllm_pid=vllm.process.pid,
+            local_pid=in_process.process.pid if in_process else None,
             skipped=skipped,
         )
 

@@ -16,7 +16,7 @@ import os
 import statistics
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -212,9 +212,10 @@ SETTLE_S = 0.3
 """After a request, time for the engine to act on the abort before its counter is read."""
 
 
-async def engine_generated_tokens(client: httpx.AsyncClient, vllm: str) -> float:
-    """vLLM's ``vllm:generation_tokens_total``, summed over its label sets."""
-    reply = await client.get(vllm + "/metrics")
+async def engine_generated_tokens(client: httpx.AsyncClient, metrics_url: str) -> float:
+    """``vllm:generation_tokens_total`` at ``metrics_url``, summed over its label sets (vLLM's
+    server exports it, and so does a bestofk over its in-process engine)."""
+    reply = await client.get(metrics_url)
     reply.raise_for_status()
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -224,16 +225,17 @@ async def engine_generated_tokens(client: httpx.AsyncClient, vllm: str) -> float
 
 
 async def early_exit(
-    client: httpx.AsyncClient, modes: Modes, vllm: str, k: int, pairs: int
+    client: httpx.AsyncClient, modes: Modes, service: str, engine_metrics: str, k: int, pairs: int
 ) -> EarlyExitFigures:
-    """``pairs`` requests each way, one at a time, alternating which goes first. Nothing else
-    runs meanwhile, so the engine's token counter tells each request's true cost."""
+    """``pairs`` requests each way to the bestofk at ``service``, one at a time, alternating
+    which goes first. Nothing else runs meanwhile, so the engine's token counter (at
+    ``engine_metrics``) tells each request's true cost."""
     runs: dict[bool, list[tuple[Outcome, float]]] = {False: [], True: []}
     errors: list[str] = []
     task = modes.w.early_exit_task
     if task is None:
         raise ValueError("the workload has no early-exit task")
-    counter = await engine_generated_tokens(client, vllm)
+    counter = await engine_generated_tokens(client, engine_metrics)
     for i in range(pairs):
         for flag in (i % 2 == 0, i % 2 == 1):
             try:
@@ -244,13 +246,17 @@ async def early_exit(
                     task.verifiers,
                     modes.w.early_exit_max_tokens,
                     early_exit=flag,
+                    url=service,
+                    # Both sides of a pair sample the same candidates when the workload is
+                    # seeded: the difference is then the exit alone.
+                    seed=modes.w.seed(i),
                 )
             except Exception as exc:  # recorded and reported, never fatal to the run
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
             finally:
                 await asyncio.sleep(SETTLE_S)
-                before, counter = counter, await engine_generated_tokens(client, vllm)
+                before, counter = counter, await engine_generated_tokens(client, engine_metrics)
             runs[flag].append((outcome, counter - before))
 
     def mean(values: list[float]) -> float:
@@ -332,11 +338,26 @@ def _pct(fall: float | None) -> str:
     return "n/a" if fall is None else f"{-fall * 100:+.0f}%"
 
 
-def _mode_ratio(cells: Cells, c: int, k: int, mode: str, base: str, field: str) -> float | None:
+def _pair(
+    cells: Cells, c: int, k: int, mode: str, base: str, field: str
+) -> tuple[float, float] | None:
+    """``field`` of ``mode`` and of ``base`` in cell (c, k), or None if either is missing."""
     modes = cells.get((c, k), {}).get("modes", {})
     if mode not in modes or base not in modes or modes[mode]["ok"] == 0:
         return None
-    return ratio(modes[mode][field], modes[base][field])
+    return modes[mode][field], modes[base][field]
+
+
+def _mode_ratio(cells: Cells, c: int, k: int, mode: str, base: str, field: str) -> float | None:
+    pair = _pair(cells, c, k, mode, base, field)
+    return None if pair is None else ratio(*pair)
+
+
+def _mode_difference(
+    cells: Cells, c: int, k: int, mode: str, base: str, field: str
+) -> float | None:
+    pair = _pair(cells, c, k, mode, base, field)
+    return None if pair is None else pair[0] - pair[1]
 
 
 def _all_met(values: dict[int, float | None], ok: Any) -> bool | None:
@@ -345,87 +366,107 @@ def _all_met(values: dict[int, float | None], ok: Any) -> bool | None:
     return all(ok(v) for v in values.values())
 
 
+TOPOLOGIES = {"c": "proxy", "i": "in-process"}
+"""The bestofk regex modes and how each reaches its engine."""
+
+
+def _early_exit_target(topology: str, early: EarlyExitFigures | None) -> Target:
+    name = f"early exit ({topology})"
+    wanted = "generated tokens fall >= 30% and latency falls (about half the candidates pass)"
+    if early is None:
+        return Target(name, wanted, "n/a", None)
+    engine = early.fall(early.engine_tokens_without, early.engine_tokens_with)
+    usage = early.fall(early.tokens_without, early.tokens_with)
+    latency = early.fall(early.p50_ms_without, early.p50_ms_with)
+    return Target(
+        name,
+        wanted,
+        f"engine tokens {_pct(engine)}, p50 latency {_pct(latency)}",
+        None if engine is None or latency is None else engine >= 0.3 and latency > 0,
+        f"K={early.k}, {early.pairs} pairs, {_fmt(early.pass_share * 100, '.0f')}% of "
+        f"candidates pass; engine tokens/request {_fmt(early.engine_tokens_without, '.1f')}"
+        f" -> {_fmt(early.engine_tokens_with, '.1f')}; usage.completion_tokens "
+        f"{_fmt(early.tokens_without, '.1f')} -> {_fmt(early.tokens_with, '.1f')} "
+        f"({_pct(usage)}); p50 {_fmt(early.p50_ms_without, '.0f')} -> "
+        f"{_fmt(early.p50_ms_with, '.0f')} ms; exited early in "
+        f"{_fmt(early.exited_share * 100, '.0f')}%",
+    )
+
+
 def evaluate(
     cells: Cells,
     ks: list[int],
-    early: EarlyExitFigures | None,
+    early: Mapping[str, EarlyExitFigures],
+    overlap_local: Mapping[str, float] | None,
     health: HealthFigures | None,
     rss_at_32_mb: float | None,
 ) -> list[Target]:
-    """Every target of the issue, with the figure that meets or misses it."""
+    """Every target of the issue, with the figure that meets or misses it; the overhead and
+    early-exit targets once per topology (``early`` is keyed by :data:`TOPOLOGIES` values)."""
     targets = []
-    lat = {k: _mode_ratio(cells, 1, k, "c", "b", "p50_ms") for k in ks}
-    targets.append(
-        Target(
-            "service overhead, latency",
-            "(c)/(b) p50 latency <= 1.05 at concurrency 1",
-            ", ".join(f"K={k}: {_fmt(v)}" for k, v in lat.items()),
-            _all_met(lat, lambda v: v <= 1.05),
+    for mode, topology in TOPOLOGIES.items():
+        lat = {k: _mode_ratio(cells, 1, k, mode, "b", "p50_ms") for k in ks}
+        ms = {k: _mode_difference(cells, 1, k, mode, "b", "p50_ms") for k in ks}
+        added = ", ".join(f"K={k}: {_fmt(v, '+.1f')} ms" for k, v in ms.items())
+        targets.append(
+            Target(
+                f"service overhead, latency ({topology})",
+                f"({mode})/(b) p50 latency <= 1.05 at concurrency 1",
+                ", ".join(f"K={k}: {_fmt(v)}" for k, v in lat.items()),
+                _all_met(lat, lambda v: v <= 1.05),
+                f"p50 difference: {added}",
+            )
         )
-    )
-    thr = {k: _mode_ratio(cells, 32, k, "c", "b", "requests_per_s") for k in ks}
-    targets.append(
-        Target(
-            "service overhead, throughput",
-            "(c)/(b) requests/s >= 0.9 at concurrency 32",
-            ", ".join(f"K={k}: {_fmt(v)}" for k, v in thr.items()),
-            _all_met(thr, lambda v: v >= 0.9),
+    for mode, topology in TOPOLOGIES.items():
+        thr = {k: _mode_ratio(cells, 32, k, mode, "b", "requests_per_s") for k in ks}
+        targets.append(
+            Target(
+                f"service overhead, throughput ({topology})",
+                f"({mode})/(b) requests/s >= 0.9 at concurrency 32",
+                ", ".join(f"K={k}: {_fmt(v)}" for k, v in thr.items()),
+                _all_met(thr, lambda v: v >= 0.9),
+            )
         )
-    )
     seq = _mode_ratio(cells, 1, 8, "e", "c", "p50_ms")
     others = {c: _mode_ratio(cells, c, 8, "e", "c", "p50_ms") for c, k in cells if k == 8}
+    local = _mode_ratio(cells, 1, 8, "e", "i", "p50_ms")
     targets.append(
         Target(
             "one n=K call against K sequential calls",
             "(e)/(c) p50 latency >= 4 at K=8 (concurrency 1)",
             _fmt(seq),
             None if seq is None else seq >= 4,
-            "at K=8 by concurrency: "
+            f"(e)/(i): {_fmt(local)}; (e)/(c) at K=8 by concurrency: "
             + ", ".join(f"c={c}: {_fmt(v)}" for c, v in sorted(others.items())),
         )
     )
-    overlaps = {k: cells.get((1, k), {}).get("overlap") or None for k in ks}
-    targets.append(
-        Target(
-            "verification overlaps generation",
-            "(d) median total <= median generate + 1.5 x median verdict latency (concurrency 1)",
-            ", ".join(
-                f"K={k}: {_fmt(o['total_ms'], '.0f')} vs {_fmt(o['bound_ms'], '.0f')} ms"
-                if o
-                else f"K={k}: n/a"
-                for k, o in overlaps.items()
-            ),
-            _all_met(
-                {
-                    k: None if o is None else o["total_ms"] - o["bound_ms"]
-                    for k, o in overlaps.items()
-                },
-                lambda v: v <= 0,
-            ),
-        )
-    )
-    if early is None:
-        targets.append(Target("early exit", "tokens fall >= 30% and latency falls", "n/a", None))
-    else:
-        engine = early.fall(early.engine_tokens_without, early.engine_tokens_with)
-        usage = early.fall(early.tokens_without, early.tokens_with)
-        latency = early.fall(early.p50_ms_without, early.p50_ms_with)
-        met = None if engine is None or latency is None else engine >= 0.3 and latency > 0
+    wanted = "unit_tests: median total <= median generate + 1.5 x median verdict latency"
+    for topology, overlaps, where in (
+        ("proxy", {k: cells.get((1, k), {}).get("overlap") or None for k in ks}, "grid mode (d)"),
+        ("in-process", {8: overlap_local or None}, "best-of-8 requests one at a time"),
+    ):
         targets.append(
             Target(
-                "early exit",
-                "generated tokens fall >= 30% and latency falls (about half the candidates pass)",
-                f"engine tokens {_pct(engine)}, p50 latency {_pct(latency)}",
-                met,
-                f"K={early.k}, {early.pairs} pairs, {_fmt(early.pass_share * 100, '.0f')}% of "
-                f"candidates pass; engine tokens/request {_fmt(early.engine_tokens_without, '.1f')}"
-                f" -> {_fmt(early.engine_tokens_with, '.1f')}; usage.completion_tokens "
-                f"{_fmt(early.tokens_without, '.1f')} -> {_fmt(early.tokens_with, '.1f')} "
-                f"({_pct(usage)}); p50 {_fmt(early.p50_ms_without, '.0f')} -> "
-                f"{_fmt(early.p50_ms_with, '.0f')} ms; exited early in "
-                f"{_fmt(early.exited_share * 100, '.0f')}%",
+                f"verification overlaps generation ({topology})",
+                f"{wanted} (concurrency 1)",
+                ", ".join(
+                    f"K={k}: {_fmt(o['total_ms'], '.0f')} vs {_fmt(o['bound_ms'], '.0f')} ms"
+                    if o
+                    else f"K={k}: n/a"
+                    for k, o in overlaps.items()
+                ),
+                _all_met(
+                    {
+                        k: None if o is None else o["total_ms"] - o["bound_ms"]
+                        for k, o in overlaps.items()
+                    },
+                    lambda v: v <= 0,
+                ),
+                where,
             )
         )
+    for topology in TOPOLOGIES.values():
+        targets.append(_early_exit_target(topology, early.get(topology)))
     targets.append(
         Target(
             "free event loop",

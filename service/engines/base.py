@@ -10,6 +10,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+STREAM_INTERVAL = 16
+"""Tokens vLLM batches into one delta of a candidate (``SamplingParams.stream_interval``, also
+a request field of its OpenAI server); the first and the final delta always go at once. The
+pipeline only needs to learn when a candidate finishes: a delta per token made the engine's
+output processor build, a backend's API server serialise and this process parse, an output per
+token per candidate. It also bounds how far ``usage`` undercounts a candidate aborted by early
+exit (tokens generated since its last delta are never reported)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
@@ -58,6 +66,15 @@ class SamplingConfig:
     logit_bias: Mapping[int, float] | None = None
     top_logprobs: int | None = None
     """Per-token logprobs for the response: None for none, else this many alternatives."""
+    logprobs: bool = True
+    """The sampled tokens' logprobs (``mean_logprob``, the tie-break). False, with
+    ``top_logprobs`` None, spares the engine computing and sending them."""
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether the engine must return logprobs at all."""
+        return self.logprobs or self.top_logprobs is not None
+
     json_schema: Mapping[str, Any] | None = None
     """Constrain decoding to this schema where the engine supports structured outputs."""
 

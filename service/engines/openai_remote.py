@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from service.engines.base import Prompt, Sample, SamplingConfig, TokenLogprob
+from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
 from service.errors import (
     BackendError,
     BestOfKError,
@@ -30,18 +30,12 @@ from service.errors import (
 
 log = logging.getLogger(__name__)
 
-STREAM_INTERVAL = 16
-"""Tokens vLLM batches into one streamed delta (its ``stream_interval`` extension; the first
-and the final delta of each candidate always go at once). The pipeline only needs to learn
-when a candidate finishes; a delta per token made the backend's API server serialise, and this
-process parse, a chunk per token per candidate. It also bounds how far ``usage`` undercounts a
-candidate aborted by early exit (tokens generated since its last delta are never sent)."""
 _SSE_EOL = re.compile(r"\r\n|\r|\n")
 DRAIN_S = 1.0
+"""How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
 KEEPALIVE_S = 2.0
 """Idle pooled connections are dropped after this. vLLM's server (uvicorn) closes them after
 5 s; a request sent on one as it closes fails with a transport error."""
-"""How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +240,10 @@ class RemoteStream:
             if text:
                 acc.text.append(text)
             new_tokens = _add_logprobs(acc, raw.get("logprobs"), chat)
+            if not new_tokens and isinstance(ids := raw.get("token_ids"), list):
+                # No logprobs asked for: vLLM's token ids (``return_token_ids``) count instead.
+                new_tokens = len(ids)
+                acc.tokens += new_tokens
             self.completion_tokens += new_tokens
             if raw.get("finish_reason") is not None:
                 finished.append(
@@ -284,8 +282,10 @@ def _request_body(
     if sampling.min_tokens:
         body["min_tokens"] = sampling.min_tokens  # a vLLM extension
     if vllm:
-        # Only to vLLM: a stricter server could refuse the unknown field.
+        # Only to vLLM: a stricter server could refuse the unknown fields.
         body["stream_interval"] = STREAM_INTERVAL
+        if not sampling.wants_logprobs:
+            body["return_token_ids"] = True  # each candidate's token count, without logprobs
     if sampling.stop:
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:
@@ -300,11 +300,13 @@ def _request_body(
     top = sampling.top_logprobs or 0
     if prompt.messages is not None:
         body["messages"] = [dict(m) for m in prompt.messages]
-        body["logprobs"] = True
-        body["top_logprobs"] = top
+        if sampling.wants_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = top
         return "/v1/chat/completions", body
     body["prompt"] = prompt.text
-    body["logprobs"] = top
+    if sampling.wants_logprobs:
+        body["logprobs"] = top
     return "/v1/completions", body
 
 

@@ -1,9 +1,9 @@
 """In-process vLLM: one ``n=K`` request per prompt, streamed as deltas.
 
-With ``RequestOutputKind.DELTA`` every child of an ``n=K`` request reports its new tokens each
-step and gets a ``finish_reason`` the moment it ends, so each candidate is handed on as soon as
-it finishes while the others keep decoding. Closing the stream closes vLLM's generator, which
-aborts the unfinished children in the engine.
+With ``RequestOutputKind.DELTA`` every child of an ``n=K`` request reports its new tokens (every
+``STREAM_INTERVAL`` steps) and gets a ``finish_reason`` the moment it ends, so each candidate is
+handed on as soon as it finishes while the others keep decoding. Closing the stream closes
+vLLM's generator, which aborts the unfinished children in the engine.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engines.base import Prompt, Sample, SamplingConfig, TokenLogprob
+from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
 from service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,12 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         opts = self.options
+        if opts.enforce_eager:
+            # Eager means no compilation, but vLLM still torch.compiles a helper or two (the
+            # logprob rank count) with inductor: on CPU that is seconds of g++ in the engine's
+            # step loop, again for each new batch shape, stalling every request meanwhile.
+            # The engine's processes start below and read this from the environment.
+            os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
         kwargs: dict[str, Any] = {
             "model": opts.model,
             "served_model_name": [self.model_name],
@@ -221,9 +228,10 @@ class VllmEngine:
             frequency_penalty=sampling.frequency_penalty,
             logit_bias=dict(sampling.logit_bias) if sampling.logit_bias else None,
             # 0 still returns the sampled token's own logprob, which ranks ties.
-            logprobs=sampling.top_logprobs or 0,
+            logprobs=(sampling.top_logprobs or 0) if sampling.wants_logprobs else None,
             structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
+            stream_interval=STREAM_INTERVAL,
         )
 
     def sample(

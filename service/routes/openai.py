@@ -83,7 +83,7 @@ def _job(
             sampling=sampling,
             verifiers=specs,
             profile=body.profile,
-            selection=body.selection.model_dump() if body.selection else None,
+            selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
             early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
             arrived=arrived,
         ),

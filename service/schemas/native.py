@@ -60,6 +60,9 @@ class Selection(Strict):
     beta: float = Field(default=5.0, ge=0.0, le=1000.0)
     seed: int | None = None
     extract: str | None = Field(default=None, max_length=2000)
+    tie_break: Literal["logprob", "index"] = "logprob"
+    """Between equal scores: the higher mean token logprob, or (``index``, which spares the
+    engine computing logprobs) the lower index."""
 
 
 class EarlyExit(Strict):

@@ -1,0 +1,41 @@
+"""How a request's settings are resolved into a job: selection layered field by field."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from service.engines.base import Prompt
+from service.jobs import JobFactory, JobRequest
+from service.settings import Settings
+
+PROFILE = {"verifiers": [{"type": "regex", "pattern": r"\d"}], "selection": {"policy": "vote"}}
+
+
+def factory(**settings: Any) -> JobFactory:
+    engine: Any = SimpleNamespace(model_name="demo")
+    return JobFactory(Settings(**settings), engine)
+
+
+def build(jobs: JobFactory, **fields: Any) -> Any:
+    return jobs.build("gen-test", JobRequest(prompt=Prompt(text="x"), **fields))
+
+
+def test_selection_layers_server_then_profile_then_request() -> None:
+    jobs = factory(selection={"tie_break": "index", "beta": 3.0}, profiles={"p": PROFILE})
+    plain = build(jobs).selection
+    assert (plain.policy, plain.tie_break, plain.beta) == ("argmax", "index", 3.0)
+    profiled = build(jobs, profile="p").selection
+    assert (profiled.policy, profiled.tie_break, profiled.beta) == ("vote", "index", 3.0)
+    asked = build(jobs, profile="p", selection={"tie_break": "logprob"}).selection
+    assert (asked.policy, asked.tie_break, asked.beta) == ("vote", "logprob", 3.0)
+
+
+def test_logprobs_are_asked_of_the_engine_only_for_the_logprob_tie_break() -> None:
+    jobs = factory()
+    assert build(jobs).sampling.logprobs is True
+    index = build(jobs, selection={"tie_break": "index"}).sampling
+    assert index.logprobs is False and not index.wants_logprobs
+    # A client that wants logprobs in the response still gets them.
+    shown = build(jobs, selection={"tie_break": "index"}, sampling={"top_logprobs": 2}).sampling
+    assert shown.wants_logprobs
