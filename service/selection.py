@@ -33,8 +33,8 @@ class SelectionConfig:
     """Answer-extraction regex for ``vote`` (default: boxed, last number, stripped text)."""
     tie_break: TieBreak = "logprob"
     """Between equal scores: ``logprob`` prefers the higher mean token logprob (the engine
-    computes every sampled token's logprob for it: about a tenth of the generation time of
-    short-vocabulary CPU models, less on a GPU), ``index`` the lower index only."""
+    computes every sampled token's logprob for it: about a tenth of the demo model's generation
+    time on CPU), ``index`` the lower index only."""
 
     @property
     def by_logprob(self) -> bool:

@@ -69,14 +69,13 @@ class SamplingConfig:
     logprobs: bool = True
     """The sampled tokens' logprobs (``mean_logprob``, the tie-break). False, with
     ``top_logprobs`` None, spares the engine computing and sending them."""
+    json_schema: Mapping[str, Any] | None = None
+    """Constrain decoding to this schema where the engine supports structured outputs."""
 
     @property
     def wants_logprobs(self) -> bool:
         """Whether the engine must return logprobs at all."""
         return self.logprobs or self.top_logprobs is not None
-
-    json_schema: Mapping[str, Any] | None = None
-    """Constrain decoding to this schema where the engine supports structured outputs."""
 
 
 @dataclass(frozen=True, slots=True)

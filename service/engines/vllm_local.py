@@ -105,7 +105,7 @@ class VllmStream:
                             text="".join(acc.text),
                             finish_reason=child.finish_reason,
                             tokens=acc.tokens,
-                            cumulative_logprob=acc.logprob,
+                            cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
                             logprobs=acc.logprobs,
                         )
         except Exception as exc:
