@@ -412,7 +412,7 @@ def bench(
     workload: Annotated[
         str,
         typer.Option(
-            help="`code`: the demo's code tasks (~100-token answers); `short`: one factorial "
+            help="`code`: the demo's code tasks (~40-token answers); `short`: one factorial "
             "prompt (2-3 token answers, where a request's fixed cost dominates)."
         ),
     ] = "code",

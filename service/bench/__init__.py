@@ -54,7 +54,7 @@ class BenchConfig:
     """At most this many per mode in cells of concurrency x K >= 256 (slow on a CPU)."""
     modes: Sequence[str] = ALL_MODES
     workload: str = "code"
-    """``code`` (the demo's code tasks, ~100-token answers) or ``short`` (2-3 token answers)."""
+    """``code`` (the demo's code tasks, ~40-token answers) or ``short`` (2-3 token answers)."""
     tie_break: str = "logprob"
     """bestofk's ``selection.tie_break`` in its modes (``index``: no logprobs computed)."""
     tasks: Path = DEMO_TASKS
@@ -198,7 +198,6 @@ async def _target_phases(
     if endpoints.bestofk_local is not None:
         # Its /metrics carries the in-process engine's own vllm:* counters.
         services["in-process"] = (endpoints.bestofk_local, endpoints.bestofk_local + "/metrics")
-    if endpoints.bestofk_local is not None:
         log(f"verification overlap (in-process): {config.overlap_requests} best-of-8 unit_tests")
         await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
         run, _ = await load.closed_loop(

@@ -128,15 +128,15 @@ WORKLOADS = ("code", "short")
 
 def workload(name: str, tasks: Path, **options: Any) -> Workload:
     """A named workload over the task file: ``code`` (the demo's code tasks, answers of about
-    100 tokens, what best-of-K is for) or ``short`` (one factorial prompt, 2-3 token answers,
-    where the fixed cost of a request dominates)."""
+    40 tokens and up to 160, what best-of-K is for) or ``short`` (one factorial prompt, 2-3
+    token answers, where the fixed cost of a request dominates)."""
     code = load_tasks(tasks, "code")
     if name == "code":
         prompts = [t.prompt for t in code]
         return Workload(prompts, DEFINES_FUNCTION, 160, code_tasks=code, **options)
     if name == "short":
         return Workload((FACTORIAL_PROMPT,), NUMBER_ONLY, 32, code_tasks=code, **options)
-    raise ValueError(f"unknown workload {name!r}: choose code or short")
+    raise ValueError(f"unknown workload {name!r}: choose from {list(WORKLOADS)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,8 +60,6 @@ class Stack:
     endpoints: Endpoints
     bestofk_pid: int
     vllm_pid: int
-    local_pid: int | None = None
-    """The in-process bestofk, when started."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Modes the stack cannot offer, with the reason."""
 
@@ -130,7 +128,6 @@ def started(
             ),
             bestofk_pid=service.process.pid,
             vllm_pid=vllm.process.pid,
-            local_pid=in_process.process.pid if in_process else None,
             skipped=skipped,
         )
 

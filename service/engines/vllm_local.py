@@ -79,7 +79,7 @@ class VllmStream:
         engine_input = await engine.render(prompt)
         params = engine.sampling_params(k, sampling)
         partial: dict[int, _Partial] = {}
-        want_logprobs = sampling.top_logprobs is not None
+        per_token = sampling.top_logprobs is not None  # the response lists every token
         outputs = llm.generate(engine_input, params, request_id)
         try:
             async for out in outputs:
@@ -97,7 +97,7 @@ class VllmStream:
                         if chosen is None:
                             continue
                         acc.logprob += chosen.logprob
-                        if want_logprobs:
+                        if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
                         yield Sample(
