@@ -105,6 +105,10 @@ EARLY_EXITS = Counter(
 INFLIGHT = Gauge(
     "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
 )
+ENGINE_RESTARTS = Counter(
+    "bestofk_engine_restarts_total",
+    "Times the in-process vLLM engine died and was restarted.",
+)
 SANDBOX_RUNS = Counter(
     "bestofk_sandbox_runs_total",
     "Sandboxed code runs by outcome (ok/fail/timeout/memory/killed/error).",

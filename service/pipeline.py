@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, EngineNotReadyError, OverloadedError
+from service.errors import DeadlineExceededError, OverloadedError
 from service.selection import Scored, SelectionConfig, combine, ranked, select
 from verifiers import registry
 from verifiers.base import (
@@ -193,8 +193,6 @@ class Pipeline:
 
     async def run(self, job: RerankJob) -> RerankResult:
         """Generate (or take) the candidates, verify them, and choose one."""
-        if job.given is None and not self.engine.ready:
-            raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
         run = _Run(self, job)
         stream: SampleStream | None = None
         timed_out = False

@@ -147,8 +147,11 @@ async def verify(body: VerifyRequest, request: Request) -> RerankResponse:
 async def health(request: Request) -> JSONResponse:
     """200 once the engine can take requests, 503 while it loads or has no healthy backend."""
     rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    if rt is not None and rt.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     ready = rt is not None and rt.engine.ready
-    return JSONResponse({"status": "ok" if ready else "loading"}, status_code=200 if ready else 503)
+    status = "ok" if ready else getattr(rt.engine, "status", "loading") if rt else "loading"
+    return JSONResponse({"status": status}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
