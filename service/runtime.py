@@ -58,8 +58,7 @@ class Runtime:
         """
         if self.draining:
             raise ShuttingDownError(
-                "the server is shutting down; retry on another replica",
-                retry_after_s=self.settings.shutdown_grace_s or 1,
+                "the server is shutting down; retry on another replica", retry_after_s=1
             )
         if job.given is None and not self.engine.ready:
             raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
