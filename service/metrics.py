@@ -107,7 +107,7 @@ INFLIGHT = Gauge(
 )
 BACKEND_UP = Gauge(
     "bestofk_backend_up",
-    "1 while a backend takes requests (healthy and not ejected), else 0; backend=\"in-process\" "
+    '1 while a backend takes requests (healthy and not ejected), else 0; backend="in-process" '
     "is the in-process engine. With several workers, the least of their views: 0 as soon as "
     "one worker cannot use it.",
     ["backend"],

@@ -193,8 +193,11 @@ class Pipeline:
 
     async def run(self, job: RerankJob) -> RerankResult:
         """Generate (or take) the candidates, verify them, and choose one."""
-        if job.given is None and not self.engine.ready:
-            raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
+        if job.given is None and not (health := self.engine.health).ready:
+            raise EngineNotReadyError(
+                f"the engine is not ready: {health.status} ({health.detail})",
+                retry_after_s=health.retry_after_s,
+            )
         run = _Run(self, job)
         stream: SampleStream | None = None
         timed_out = False

@@ -165,8 +165,7 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
             await asyncio.sleep(0.3)  # the first bytes are on the wire: now die mid-stream
             os._exit(1)
         elif mode == "wedge":
-            while True:  # headers are out; the body never starts
-                await asyncio.sleep(TRICKLE_S)
+            await asyncio.Event().wait()  # headers are out; the body never starts
         elif mode == "flood":
             if n > 1:
                 done = [_choice(chat, i, "".join(ANSWER), "stop") for i in range(1, n)]

@@ -123,7 +123,6 @@ def test_backend_killed_mid_request_is_retried_on_a_healthy_one(tmp_path: Path) 
         assert reply.json()["text"] == "42" and reply.json()["stats"]["generated"] == 2
         assert dying.process.wait(timeout=10) == 1, "the fake backend should have died"
         assert len(report(fine)["requests"]) == 1
-        wait_for(lambda: fine.url in backend_up(server), 5, "the healthy backend's series")
         assert backend_up(server) == {dying.url: 0, fine.url: 1}
         assert f"backend {dying.url} is down" in server.log.read_text()
         port = int(dying.url.rsplit(":", 1)[1])

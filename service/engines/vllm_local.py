@@ -16,10 +16,24 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
+from service import metrics
+from service.engines.base import (
+    BYTES_PER_TOKEN,
+    STREAM_INTERVAL,
+    EngineHealth,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    TokenLogprob,
+    max_candidate_bytes,
+)
 from service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
+LOAD_S = 5.0
+"""Retry-After while the engine loads: about when a client may find it ready."""
+BACKEND_LABEL = "in-process"
+"""The in-process engine's ``backend`` label in ``bestofk_backend_up``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +47,8 @@ class VllmOptions:
     enforce_eager: bool = False
     dtype: str = "auto"
     seed: int = 0
+    max_bytes_per_token: int = BYTES_PER_TOKEN
+    """A candidate's byte cap per token (``base.max_candidate_bytes``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Any other ``AsyncEngineArgs`` field, passed through unchanged."""
 
@@ -41,6 +57,8 @@ class VllmOptions:
 class _Partial:
     text: list[str] = field(default_factory=list)
     tokens: int = 0
+    chars: int = 0
+    capped: bool = False
     logprob: float = 0.0
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -80,16 +98,26 @@ class VllmStream:
         params = engine.sampling_params(k, sampling)
         partial: dict[int, _Partial] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
+        # vLLM stops at max_tokens itself; text is capped too, as for remote backends (a
+        # vocabulary of huge tokens), counted in characters: one addition per delta.
+        max_chars = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
         outputs = llm.generate(engine_input, params, request_id)
         try:
             async for out in outputs:
                 self.prompt_tokens = len(out.prompt_token_ids or ())
                 for child in out.outputs:
                     acc = partial.setdefault(child.index, _Partial())
-                    acc.text.append(child.text)
                     n_new = len(child.token_ids)
-                    acc.tokens += n_new
                     self.completion_tokens += n_new
+                    if acc.capped:
+                        continue
+                    acc.chars += len(child.text)
+                    if acc.chars > max_chars:
+                        acc.capped = True
+                        yield _sample(child.index, acc, "length", sampling)
+                        continue
+                    acc.text.append(child.text)
+                    acc.tokens += n_new
                     for token_id, position in zip(
                         child.token_ids, child.logprobs or (), strict=False
                     ):
@@ -100,18 +128,22 @@ class VllmStream:
                         if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
-                        yield Sample(
-                            index=child.index,
-                            text="".join(acc.text),
-                            finish_reason=child.finish_reason,
-                            tokens=acc.tokens,
-                            cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
-                            logprobs=acc.logprobs,
-                        )
+                        yield _sample(child.index, acc, child.finish_reason, sampling)
         except Exception as exc:
             raise _translate(exc) from exc
         finally:
             await outputs.aclose()
+
+
+def _sample(index: int, acc: _Partial, finish_reason: str, sampling: SamplingConfig) -> Sample:
+    return Sample(
+        index=index,
+        text="".join(acc.text),
+        finish_reason=finish_reason,
+        tokens=acc.tokens,
+        cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
+        logprobs=acc.logprobs,
+    )
 
 
 def _token_logprob(token_id: int, chosen: Any, position: Mapping[int, Any]) -> TokenLogprob:
@@ -138,6 +170,7 @@ class VllmEngine:
         self.options = options
         self._llm: Any = None
         self._loading: asyncio.Task[None] | None = None
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
 
     @property
     def model_name(self) -> str:
@@ -145,15 +178,20 @@ class VllmEngine:
         return self.options.served_model_name or self.options.model
 
     @property
-    def ready(self) -> bool:
-        """True once the engine has loaded and is still alive."""
-        return self._llm is not None and not self._llm.errored
+    def health(self) -> EngineHealth:
+        """``loading``, ``ready``, or ``engine_dead`` once vLLM's engine core has died."""
+        if self._llm is None:
+            return EngineHealth("loading", LOAD_S, "the model is loading")
+        if self._llm.errored:
+            metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
+            return EngineHealth("engine_dead", LOAD_S, "the vLLM engine core died")
+        return EngineHealth("ready")
 
     @property
     def llm(self) -> Any:
         """The ``AsyncLLM``; raises EngineNotReadyError while it is loading."""
         if self._llm is None:
-            raise EngineNotReadyError("the model is still loading", retry_after_s=5)
+            raise EngineNotReadyError("the model is still loading", retry_after_s=LOAD_S)
         return self._llm
 
     async def start(self) -> None:
@@ -180,6 +218,7 @@ class VllmEngine:
         }
         args = AsyncEngineArgs(**kwargs)
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
         log.info("vLLM engine ready: %s", self.model_name)
 
     async def close(self) -> None:
