@@ -7,8 +7,9 @@ test module:
     ok             streams every candidate to the end (text "42"), like ``vllm serve``
     down           503 on every route, /v1/models included (a backend still loading)
     die            sends the first token of each candidate, then the process exits at once
-    slow           tokens trickle forever; no candidate ever finishes
-    slow_tail      candidate 0 finishes at once, the others trickle forever
+    slow           the stream stays open, usage-only chunks trickle, no token ever comes (a
+                   backend busy with other work; candidates that never finish)
+    slow_tail      candidate 0 finishes at once, the others never do
     garbage        200 with stream lines that are not JSON
     garbage_shape  200 with JSON chunks of the wrong shape
     empty          200 and ``[DONE]`` without a single candidate
@@ -180,8 +181,7 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
             if done:
                 yield _sse(_chunk(chat, [_choice(chat, 0, "".join(ANSWER), "stop")], 2))
             while True:  # until the client goes away
-                live = [_choice(chat, i, "x", None) for i in range(n) if i not in done]
-                yield _sse(_chunk(chat, live, n))
+                yield _sse(_chunk(chat, [], 2 * len(done)))
                 await asyncio.sleep(TRICKLE_S)
         elif mode != "empty":
             for position, token in enumerate(ANSWER):
