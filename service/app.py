@@ -45,6 +45,10 @@ def build_engine(settings: Settings) -> Engine:
                 api_key=settings.backend_api_key,
                 supports_n=settings.backend_supports_n,
                 health_interval_s=settings.backend_health_interval_s,
+                max_failures=settings.backend_max_failures,
+                ejection_s=settings.backend_ejection_s,
+                first_token_timeout_s=settings.backend_first_token_timeout_s,
+                max_bytes_per_token=settings.limits.max_bytes_per_token,
             )
         )
     from service.engines.vllm_local import VllmEngine, VllmOptions
@@ -59,6 +63,7 @@ def build_engine(settings: Settings) -> Engine:
             enforce_eager=v.enforce_eager,
             dtype=v.dtype,
             seed=v.seed,
+            max_bytes_per_token=settings.limits.max_bytes_per_token,
             extra=v.engine_args,
         )
     )

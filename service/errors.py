@@ -7,7 +7,7 @@
     ├── NotFoundError               404 not_found_error         (unknown model or profile)
     ├── OverloadedError             503 overloaded_error        (carries ``retry_after_s``)
     │   ├── RateLimitedError        429 rate_limit_error
-    │   ├── EngineNotReadyError     503 overloaded_error
+    │   ├── EngineNotReadyError     503 overloaded_error        (the engine's health says when)
     │   └── ShuttingDownError       503 overloaded_error        (draining after SIGTERM)
     ├── BackendError                502 backend_error           (a remote engine failed)
     └── DeadlineExceededError       504 timeout_error           (nothing verified in time)
@@ -18,6 +18,7 @@ with the status above, plus ``Retry-After`` for the overload family.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -87,8 +88,14 @@ class OverloadedError(BestOfKError):
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
-        """Retry-After in whole seconds, at least one."""
-        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+        """Retry-After: when the condition can next change."""
+        return retry_after(self.retry_after_s)
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header for ``seconds``: whole seconds, rounded up (retrying before the
+    state can change is wasted), at least one."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class RateLimitedError(OverloadedError):
@@ -99,7 +106,8 @@ class RateLimitedError(OverloadedError):
 
 
 class EngineNotReadyError(OverloadedError):
-    """The engine is still loading, or no backend is healthy."""
+    """The engine is loading or dead, or no backend is usable (Retry-After: when that can next
+    change, from the engine's ``health``)."""
 
 
 class ShuttingDownError(OverloadedError):

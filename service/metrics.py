@@ -109,6 +109,14 @@ ENGINE_RESTARTS = Counter(
     "bestofk_engine_restarts_total",
     "Times the in-process vLLM engine died and was restarted.",
 )
+BACKEND_UP = Gauge(
+    "bestofk_backend_up",
+    '1 while a backend takes requests (healthy and not ejected), else 0; backend="in-process" '
+    "is the in-process engine. With several workers, the least of their views: 0 as soon as "
+    "one worker cannot use it.",
+    ["backend"],
+    multiprocess_mode="livemin",
+)
 SANDBOX_RUNS = Counter(
     "bestofk_sandbox_runs_total",
     "Sandboxed code runs by outcome (ok/fail/timeout/memory/killed/error).",

@@ -60,8 +60,11 @@ class Runtime:
             raise ShuttingDownError(
                 "the server is shutting down; retry on another replica", retry_after_s=1
             )
-        if job.given is None and not self.engine.ready:
-            raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
+        if job.given is None and not (health := self.engine.health).ready:
+            raise EngineNotReadyError(
+                f"the engine is not ready: {health.status} ({health.detail})",
+                retry_after_s=health.retry_after_s,
+            )
         async with self.admission.slot(rate_limit_status=openai):
             metrics.INFLIGHT.inc()
             self.inflight += 1

@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from service.engines.base import BYTES_PER_TOKEN
 from service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
@@ -37,6 +38,10 @@ class Limits(BaseModel):
     max_messages: int = Field(default=256, ge=1)
     max_verifiers: int = Field(default=16, ge=1)
     max_tokens: int = Field(default=4096, ge=1)
+    max_bytes_per_token: int = Field(default=BYTES_PER_TOKEN, ge=1)
+    """A generated candidate may bring ``max_tokens`` tokens and ``max_tokens`` x this many
+    bytes of text (and as many again per ``top_logprobs`` alternative); past either it ends
+    with finish_reason "length", so a backend ignoring ``max_tokens`` cannot fill the memory."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=300.0, gt=0)
     """The deadline for one request; a request may lower it, never raise it."""
@@ -102,6 +107,15 @@ class Settings(BaseSettings):
     backend_supports_n: bool | None = None
     backend_health_interval_s: float = Field(default=5.0, gt=0)
     """How often each backend's ``/v1/models`` is probed; a failed one gets no requests."""
+    backend_max_failures: int = Field(default=3, ge=1)
+    """Requests in a row that fail on a backend (errors, no first token in time) before it
+    is ejected: it gets no requests for ``backend_ejection_s``, as Envoy's outlier detection."""
+    backend_ejection_s: float = Field(default=30.0, gt=0)
+    """A first ejection's cool-down; each repeated one doubles it (up to 300 s). Back from it,
+    a backend takes one request at a time until one succeeds; one failure ejects it again."""
+    backend_first_token_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a request waits for a backend's first token (at least; 10x its peers' usual
+    time to first token when that is longer) before it is retried on another backend."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     keep_alive_s: int = Field(default=75, ge=1)

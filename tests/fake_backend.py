@@ -7,13 +7,17 @@ test module:
     ok             streams every candidate to the end (text "42"), like ``vllm serve``
     down           503 on every route, /v1/models included (a backend still loading)
     die            sends the first token of each candidate, then the process exits at once
-    slow           tokens trickle forever; no candidate ever finishes
-    slow_tail      candidate 0 finishes at once, the others trickle forever
+    slow           the stream stays open, usage-only chunks trickle, no token ever comes (a
+                   backend busy with other work; candidates that never finish)
+    slow_tail      candidate 0 finishes at once, the others never do
     garbage        200 with stream lines that are not JSON
     garbage_shape  200 with JSON chunks of the wrong shape
     empty          200 and ``[DONE]`` without a single candidate
     error_status   500 with an error body
     refuse_n       400 naming 'n' when n > 1, as backends without ``n`` support do; n = 1 is ok
+    wedge          200 and then nothing, ever: /v1/models answers, no token ever comes
+    flood          candidate 0 never ends and streams 16 KB deltas as fast as it can (max_tokens
+                   ignored); the others finish at once
 
 ``GET /control`` reports what it has seen: every completion request's ``n`` and ``stream``,
 and how many streams the client closed before they ended (generation aborted).
@@ -42,8 +46,9 @@ ANSWER = ("4", "2")
 TRICKLE_S = 0.2
 MODES = (
     "ok", "down", "die", "slow", "slow_tail", "garbage", "garbage_shape", "empty",
-    "error_status", "refuse_n",
+    "error_status", "refuse_n", "wedge", "flood",
 )  # fmt: skip
+FLOOD_DELTA = "x" * 16_384
 
 
 class State:
@@ -160,13 +165,23 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
             yield _sse(_chunk(chat, [_choice(chat, i, ANSWER[0], None) for i in range(n)], n))
             await asyncio.sleep(0.3)  # the first bytes are on the wire: now die mid-stream
             os._exit(1)
+        elif mode == "wedge":
+            await asyncio.Event().wait()  # headers are out; the body never starts
+        elif mode == "flood":
+            if n > 1:
+                done = [_choice(chat, i, "".join(ANSWER), "stop") for i in range(1, n)]
+                yield _sse(_chunk(chat, done, 2 * (n - 1)))
+            generated = 2 * (n - 1)
+            while True:  # until the client goes away
+                generated += 1
+                yield _sse(_chunk(chat, [_choice(chat, 0, FLOOD_DELTA, None)], generated))
+                await asyncio.sleep(0)
         elif mode in ("slow", "slow_tail"):
             done = {0} if mode == "slow_tail" else set()
             if done:
                 yield _sse(_chunk(chat, [_choice(chat, 0, "".join(ANSWER), "stop")], 2))
             while True:  # until the client goes away
-                live = [_choice(chat, i, "x", None) for i in range(n) if i not in done]
-                yield _sse(_chunk(chat, live, n))
+                yield _sse(_chunk(chat, [], 2 * len(done)))
                 await asyncio.sleep(TRICKLE_S)
         elif mode != "empty":
             for position, token in enumerate(ANSWER):

@@ -74,6 +74,7 @@ def test_dashboard_covers_the_issue() -> None:
         "bestofk_early_exits_total",
         "bestofk_generated_tokens_total",
         "bestofk_inflight_requests",
+        "bestofk_backend_up",
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",

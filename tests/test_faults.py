@@ -217,7 +217,8 @@ def test_backend_down_at_start_then_up(tmp_path: Path) -> None:
     fake = None
     try:
         reply = httpx.get(server.url + "/health", timeout=5)
-        assert reply.status_code == 503 and reply.json() == {"status": "loading"}
+        assert reply.status_code == 503 and reply.json()["status"] == "no_healthy_backend"
+        assert "failed its health check" in reply.json()["detail"]
         refused = post(server, "/generate", generate())
         assert refused.status_code == 503, refused.text
         assert error_of(refused)["type"] == "overloaded_error"
@@ -233,7 +234,7 @@ def test_backend_down_at_start_then_up(tmp_path: Path) -> None:
             fake.stop()
 
 
-def test_backend_killed_mid_request_later_requests_go_to_the_healthy_one(
+def test_backend_killed_mid_request_is_retried_then_avoided(
     vllm_backend: Server, tmp_path: Path
 ) -> None:
     # Listed first, the fake gets the first request (least in flight, ties to the first).
@@ -241,12 +242,12 @@ def test_backend_killed_mid_request_later_requests_go_to_the_healthy_one(
     server = start_faulty(tmp_path / "bestofk.log", dying.url, vllm_backend.url)
     try:
         wait_for(lambda: healthy(server), 10, "both backends checked")
+        # Nothing had reached the client: the real vLLM server takes the request whole.
         reply = post(server, "/generate", generate())
-        assert reply.status_code == 502, reply.text
-        error = error_of(reply)
-        assert error["type"] == "backend_error"
-        assert dying.url in error["message"] and "broke mid-stream" in error["message"], error
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["stats"]["generated"] == 2
         assert dying.process.wait(timeout=10) == 1, "the fake backend should have died"
+        assert "broke mid-stream" in server.log.read_text()
         for _ in range(3):
             reply = post(server, "/generate", generate())
             assert reply.status_code == 200, reply.text

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from service.engines.base import Prompt, Sample, SamplingConfig
+from service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
 from service.errors import DeadlineExceededError
 from service.pipeline import Pipeline, RerankJob
 from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources, VerifierSpec
@@ -51,7 +51,7 @@ class ScriptedStream:
 
 class ScriptedEngine:
     model_name = "scripted"
-    ready = True
+    health = EngineHealth("ready")
 
     def __init__(self, script: Sequence[tuple[float, str]]) -> None:
         self.script = script

@@ -150,6 +150,14 @@ ROWS: tuple[Row, ...] = (
                 "Requests inside the rerank pipeline now, summed over workers and replicas.",
                 (Target("sum(bestofk_inflight_requests)", "in flight"),),
             ),
+            Panel(
+                "Backends up",
+                "1 while a backend takes requests; 0 while its health check fails or it is "
+                'ejected as an outlier (the least over replicas). backend="in-process" is the '
+                "in-process engine (0: loading or dead).",
+                (Target("min by (backend) (bestofk_backend_up)", "{{backend}}"),),
+                max=1.0,
+            ),
         ),
     ),
     Row(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 STREAM_INTERVAL = 16
 """Tokens vLLM batches into one delta of a candidate (``SamplingParams.stream_interval``, also
@@ -17,6 +17,10 @@ pipeline only needs to learn when a candidate finishes: a delta per token made t
 output processor build, a backend's API server serialise and this process parse, an output per
 token per candidate. It also bounds how far ``usage`` undercounts a candidate aborted by early
 exit (tokens generated since its last delta are never reported)."""
+BYTES_PER_TOKEN = 64
+"""Default of ``limits.max_bytes_per_token``: far above any real vocabulary's average (English
+and code run 3-5 bytes a token, CJK under 8), so only a backend that ignores ``max_tokens`` or
+sends text no tokenizer made reaches it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,34 @@ class Sample:
         return self.cumulative_logprob / self.tokens
 
 
+def max_candidate_bytes(sampling: SamplingConfig, bytes_per_token: int) -> int:
+    """The most text (and logprob token text) one candidate may bring: ``bytes_per_token`` for
+    each of its ``max_tokens`` tokens and for each of their ``top_logprobs`` alternatives. An
+    engine ends a candidate that brings more with finish_reason ``length`` (what ``max_tokens``
+    means) and drops the rest of it, so a runaway backend cannot fill the memory."""
+    return sampling.max_tokens * bytes_per_token * (1 + (sampling.top_logprobs or 0))
+
+
+HealthStatus = Literal[
+    "loading", "ready", "no_healthy_backend", "engine_dead", "restarting", "draining"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """What ``/health`` says, and what a refused request's ``Retry-After`` says."""
+
+    status: HealthStatus
+    retry_after_s: float = 0.0
+    """When the status can next change (the next health check, an ejection's end)."""
+    detail: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine takes requests now."""
+        return self.status == "ready"
+
+
 class SampleStream(Protocol):
     """K candidates in the order they finish. ``aclose`` aborts whatever is unfinished."""
 
@@ -127,12 +159,13 @@ class Engine(Protocol):
         ...
 
     @property
-    def ready(self) -> bool:
-        """True once the engine can take requests (and, for remotes, a backend is healthy)."""
+    def health(self) -> EngineHealth:
+        """Whether the engine takes requests now, and if not why and until when (cheap: read
+        on every request and every ``/health`` probe)."""
         ...
 
     async def start(self) -> None:
-        """Load or connect; returns when ``ready`` (or raises)."""
+        """Load or connect; returns when ready (or raises)."""
         ...
 
     async def close(self) -> None:

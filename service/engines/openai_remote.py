@@ -2,8 +2,9 @@
 
 All K candidates of a request go to one backend, in one streamed ``n=K`` call, so the backend
 prefills the prompt once. A backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
-(remembered per backend). Several backends are health-checked in the background and each
-request goes to the healthy one with the fewest requests in flight.
+(remembered per backend). Which backend takes a request, and which are out of rotation
+(health checks, outlier ejection), is :mod:`service.engines.backends`. A request that fails on
+one before any of its candidates was handed on is retried once on another.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
-from service.errors import (
-    BackendError,
-    BestOfKError,
-    DeadlineExceededError,
-    EngineNotReadyError,
-    InvalidRequestError,
+from service.engines.backends import Backend, BackendPool, RemoteOptions
+from service.engines.base import (
+    STREAM_INTERVAL,
+    EngineHealth,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    TokenLogprob,
+    max_candidate_bytes,
 )
+from service.errors import BackendError, BestOfKError, DeadlineExceededError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +43,31 @@ KEEPALIVE_S = 2.0
 5 s; a request sent on one as it closes fails with a transport error."""
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteOptions:
-    """Where the backends are and how to talk to them."""
-
-    urls: Sequence[str]
-    model: str | None = None
-    """Model name to send; None takes the first one the backend lists."""
-    api_key: str | None = None
-    supports_n: bool | None = None
-    """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
-    health_interval_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 600.0
-
-
-@dataclass(slots=True)
-class Backend:
-    """One base URL and what we know of it."""
-
-    url: str
-    healthy: bool = False
-    in_flight: int = 0
-    supports_n: bool | None = None
-    models: list[str] = field(default_factory=list)
-    vllm: bool = False
-    """Its ``/v1/models`` says ``owned_by: vllm``: it takes vLLM's request extensions."""
-
-
-def _normalise(url: str) -> str:
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
-
-
 @dataclass(slots=True)
 class _Choice:
     text: list[str] = field(default_factory=list)
     tokens: int = 0
+    size: int = 0
+    """Bytes of text and logprob tokens kept, against the candidate's byte cap."""
+    capped: bool = False
+    """It passed a cap and was ended there; what the backend sends of it later is dropped."""
     logprob: float = 0.0
     has_logprobs: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def sample(self, index: int, finish_reason: str) -> Sample:
+        return Sample(
+            index=index,
+            text="".join(self.text),
+            finish_reason=finish_reason,
+            tokens=self.tokens,
+            cumulative_logprob=self.logprob if self.has_logprobs else None,
+            logprobs=self.logprobs,
+        )
+
+
+LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
+"""A token, its logprob (None if the backend sent none) and its top alternatives."""
 
 
 class RemoteStream:
@@ -93,6 +83,8 @@ class RemoteStream:
     ) -> None:
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self._max_tokens = sampling.max_tokens
+        self._max_bytes = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
         self._gen = self._run(engine, prompt, k, sampling, request_id)
 
     def __aiter__(self) -> AsyncIterator[Sample]:
@@ -110,19 +102,47 @@ class RemoteStream:
         sampling: SamplingConfig,
         request_id: str,
     ) -> AsyncGenerator[Sample, None]:
-        backend = engine.pick()
+        backend = engine.pool.pick()
+        first_token_s = engine.pool.first_token_timeout(backend)
+        handed_on = False
+        try:
+            async for sample in self._attempt(engine, backend, prompt, k, sampling, first_token_s):
+                handed_on = True
+                yield sample
+            return
+        except BackendError as exc:
+            # Nothing of this request has left the engine yet: another backend can take it
+            # whole, and the client never learns of the failure.
+            retry = None if handed_on else engine.pool.alternative(backend)
+            if retry is None:
+                raise
+            log.warning("request %s: %s; retrying on %s", request_id, exc.message, retry.label)
+        async for sample in self._attempt(engine, retry, prompt, k, sampling, None):
+            yield sample
+
+    async def _attempt(
+        self,
+        engine: OpenAIEngine,
+        backend: Backend,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        first_token_s: float | None,
+    ) -> AsyncIterator[Sample]:
         backend.in_flight += 1
         try:
             if backend.supports_n is not False and k > 1:
                 try:
-                    async for sample in self._call(engine, backend, prompt, k, 0, sampling):
+                    async for sample in self._call(
+                        engine, backend, prompt, k, 0, sampling, first_token_s
+                    ):
                         yield sample
                     backend.supports_n = True
                     return
                 except _NRefusedError:
-                    log.warning("backend %s refuses n>1; using %d calls of n=1", backend.url, k)
+                    log.warning("backend %s refuses n>1; using %d calls of n=1", backend.label, k)
                     backend.supports_n = False
-            async for sample in self._fan_out(engine, backend, prompt, k, sampling):
+            async for sample in self._fan_out(engine, backend, prompt, k, sampling, first_token_s):
                 yield sample
         finally:
             backend.in_flight -= 1
@@ -134,12 +154,15 @@ class RemoteStream:
         prompt: Prompt,
         k: int,
         sampling: SamplingConfig,
+        first_token_s: float | None,
     ) -> AsyncIterator[Sample]:
         queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
 
         async def one(index: int) -> None:
             try:
-                async for sample in self._call(engine, backend, prompt, 1, index, sampling):
+                async for sample in self._call(
+                    engine, backend, prompt, 1, index, sampling, first_token_s
+                ):
                     await queue.put(sample)
             except BaseException as exc:
                 await queue.put(exc)
@@ -165,69 +188,102 @@ class RemoteStream:
         n: int,
         index_offset: int,
         sampling: SamplingConfig,
+        first_token_s: float | None,
     ) -> AsyncIterator[Sample]:
+        """One streamed call; ``first_token_s``: give up on the backend (``_NoFirstTokenError``)
+        if no token has come by then."""
+        pool = engine.pool
         chat = prompt.messages is not None
         path, body = _request_body(engine.model_for(backend), prompt, n, sampling, backend.vllm)
         choices: dict[int, _Choice] = {}
         finished = 0
         started = False
+        sent = time.monotonic()
+        first: float | None = None
         try:
-            async with engine.client.stream(
-                "POST", backend.url + path, json=body, headers=engine.headers
-            ) as response:
-                started = True
-                if response.status_code >= 400:
-                    await _raise_for_status(response, n)
-                async with contextlib.aclosing(_sse_lines(response)) as lines:
-                    async for line in lines:
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        for sample in self._consume_checked(data, choices, chat, n, backend):
-                            finished += 1
-                            yield Sample(
-                                index=sample.index + index_offset,
-                                text=sample.text,
-                                finish_reason=sample.finish_reason,
-                                tokens=sample.tokens,
-                                cumulative_logprob=sample.cumulative_logprob,
-                                logprobs=sample.logprobs,
-                            )
-                    await _drain(lines)
+            async with asyncio.timeout(first_token_s) as waiting:
+                async with engine.client.stream(
+                    "POST", backend.url + path, json=body, headers=engine.headers
+                ) as response:
+                    started = True
+                    if response.status_code >= 400:
+                        await _raise_for_status(response, n)
+                    # A line is at most one delta of each candidate; the JSON around them and
+                    # their escapes take a few times the text (8x is ample).
+                    line_cap = 8 * n * self._max_bytes + 65_536
+                    async with contextlib.aclosing(_sse_lines(response, line_cap)) as lines:
+                        async for line in lines:
+                            if not line.startswith("data:"):
+                                continue
+                            if first is None:
+                                first = time.monotonic() - sent
+                                waiting.reschedule(None)  # before the first yield
+                                pool.first_token(backend, first)
+                            data = line[5:].strip()
+                            if data == "[DONE]":
+                                break
+                            for sample in self._consume_checked(data, choices, chat, n, backend):
+                                finished += 1
+                                sample.index += index_offset
+                                yield sample
+                            if finished == n and any(c.capped for c in choices.values()):
+                                # It ignored max_tokens: closing the stream, undrained, stops
+                                # it; reading on would take whatever it keeps sending.
+                                break
+                        else:
+                            await _drain(lines)
+        except TimeoutError:
+            if first is not None or first_token_s is None:
+                raise
+            raise pool.failed(
+                backend,
+                _NoFirstTokenError(
+                    f"backend {backend.label} sent no token within {first_token_s:.3g} s"
+                ),
+            ) from None
         except httpx.TimeoutException as exc:
-            raise DeadlineExceededError(f"backend {backend.url} timed out: {exc!r}") from exc
+            raise pool.failed(
+                backend, DeadlineExceededError(f"backend {backend.label} timed out: {exc!r}")
+            ) from exc
         except httpx.TransportError as exc:
-            backend.healthy = False  # the health loop brings it back once it answers again
+            # Out until a health check passes again.
             what = "broke mid-stream" if started else "is unreachable"
-            raise BackendError(f"backend {backend.url} {what}: {exc!r}") from exc
+            raise pool.failed(
+                backend, BackendError(f"backend {backend.label} {what}: {exc!r}"), down=True
+            ) from exc
+        except _ProtocolError as exc:
+            # It does not speak the protocol: out until a health check passes again.
+            raise pool.failed(backend, exc, down=True) from None
+        except BackendError as exc:
+            raise pool.failed(backend, exc) from None
         if finished < n:
             # Without this a stream that ends early would leave nothing to choose from.
-            raise BackendError(
-                f"backend {backend.url} ended the stream with {finished} of {n} candidates done"
+            raise pool.failed(
+                backend,
+                BackendError(
+                    f"backend {backend.label} ended the stream with {finished} of {n} "
+                    "candidates done"
+                ),
             )
+        pool.succeeded(backend)
 
     def _consume_checked(
         self, data: str, choices: dict[int, _Choice], chat: bool, n: int, backend: Backend
     ) -> list[Sample]:
         """The candidates a stream line finishes; BackendError for a line we cannot read."""
         try:
-            samples = self._consume(_parse_chunk(data), choices, chat)
+            samples = self._consume(_parse_chunk(data), choices, chat, backend)
             if any(not 0 <= s.index < n for s in samples):
                 raise ValueError(f"choice index out of range for n={n}")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # Not JSON, or JSON of the wrong shape: the backend does not speak the protocol,
-            # so later requests should go elsewhere until a health check passes again.
-            backend.healthy = False
-            raise BackendError(
-                f"backend {backend.url} sent a malformed stream chunk "
+            raise _ProtocolError(
+                f"backend {backend.label} sent a malformed stream chunk "
                 f"({type(exc).__name__}: {exc}): {data[:200]!r}"
             ) from None
         return samples
 
     def _consume(
-        self, chunk: dict[str, Any], choices: dict[int, _Choice], chat: bool
+        self, chunk: dict[str, Any], choices: dict[int, _Choice], chat: bool, backend: Backend
     ) -> list[Sample]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -236,31 +292,46 @@ class RemoteStream:
         for raw in chunk.get("choices") or ():
             index = int(raw.get("index", 0))
             acc = choices.setdefault(index, _Choice())
+            if acc.capped:
+                continue
             text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
-            if text:
-                acc.text.append(text)
-            new_tokens = _add_logprobs(acc, raw.get("logprobs"), chat)
+            entries = _logprob_entries(raw.get("logprobs"), chat)
+            new_tokens = len(entries)
             if not new_tokens and isinstance(ids := raw.get("token_ids"), list):
                 # No logprobs asked for: vLLM's token ids (``return_token_ids``) count instead.
                 new_tokens = len(ids)
-                acc.tokens += new_tokens
             self.completion_tokens += new_tokens
+            size = len(text.encode()) if isinstance(text, str) else 0
+            size += sum(len(t) + sum(len(a) for a, _ in top) for t, _, top in entries)
+            if acc.tokens + new_tokens > self._max_tokens or acc.size + size > self._max_bytes:
+                acc.capped = True
+                log.warning(
+                    "backend %s ignores max_tokens: candidate %d passed %d tokens or %d bytes; "
+                    "ended there with finish_reason length",
+                    backend.label, index, self._max_tokens, self._max_bytes,
+                )  # fmt: skip
+                finished.append(acc.sample(index, "length"))
+                continue
+            if text:
+                acc.text.append(text)
+            acc.size += size
+            acc.tokens += new_tokens
+            _add_logprobs(acc, entries)
             if raw.get("finish_reason") is not None:
-                finished.append(
-                    Sample(
-                        index=index,
-                        text="".join(acc.text),
-                        finish_reason=raw["finish_reason"],
-                        tokens=acc.tokens,
-                        cumulative_logprob=acc.logprob if acc.has_logprobs else None,
-                        logprobs=acc.logprobs,
-                    )
-                )
+                finished.append(acc.sample(index, raw["finish_reason"]))
         return finished
 
 
 class _NRefusedError(Exception):
     """The backend answered 400 to ``n > 1``."""
+
+
+class _ProtocolError(BackendError):
+    """The backend's stream is not the protocol (a malformed chunk, an endless line)."""
+
+
+class _NoFirstTokenError(BackendError):
+    """No token came from the backend within the request's first-token timeout."""
 
 
 def _request_body(
@@ -322,17 +393,23 @@ async def _drain(lines: AsyncIterator[str]) -> None:
                 pass
 
 
-async def _sse_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
+async def _sse_lines(response: httpx.Response, max_chars: int) -> AsyncGenerator[str, None]:
     """The event stream's lines, split only where SSE ends a line (CRLF, LF or CR).
 
     httpx's ``aiter_lines`` splits like ``str.splitlines``: also at U+2028, U+0085 and other
     separators that JSON leaves unescaped inside strings, so a candidate containing one cut its
-    chunk in two (a "malformed chunk", and the backend marked unhealthy).
+    chunk in two (a "malformed chunk", and the backend marked unhealthy). A line longer than
+    ``max_chars`` is an error: waiting for its end would buffer without bound.
     """
     pending = ""
     async for text in response.aiter_text():
         lines = _SSE_EOL.split(pending + text)
         pending = lines.pop()  # no terminator yet: the rest of it is in the next read
+        if len(pending) > max_chars:
+            raise _ProtocolError(
+                f"backend {response.request.url.host}:{response.request.url.port} sent a "
+                f"stream line longer than {max_chars} characters"
+            )
         for line in lines:
             yield line
     if pending:
@@ -350,22 +427,30 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     return chunk
 
 
-def _add_logprobs(acc: _Choice, raw: Any, chat: bool) -> int:
-    """Accumulate one chunk's logprobs; returns how many tokens it carried."""
+def _logprob_entries(raw: Any, chat: bool) -> list[LogprobEntry]:
+    """One chunk's logprobs, in either API's shape: one entry per token it carries."""
     if not isinstance(raw, dict):
-        return 0
+        return []
     if chat:
-        entries = raw.get("content") or []
-        pairs = [(e.get("token", ""), e.get("logprob"), e.get("top_logprobs")) for e in entries]
-        tops = [[(t.get("token", ""), t.get("logprob")) for t in (p[2] or [])] for p in pairs]
-    else:
-        tokens = raw.get("tokens") or []
-        lps = raw.get("token_logprobs") or []
-        top_dicts = raw.get("top_logprobs") or [None] * len(tokens)
-        pairs = list(zip(tokens, lps, top_dicts, strict=False))
-        tops = [list((d or {}).items()) for d in top_dicts]
-    for (token, logprob, _), top in zip(pairs, tops, strict=False):
-        acc.tokens += 1
+        return [
+            (
+                e.get("token", ""),
+                e.get("logprob"),
+                [(t.get("token", ""), t.get("logprob")) for t in (e.get("top_logprobs") or [])],
+            )
+            for e in raw.get("content") or []
+        ]
+    tokens = raw.get("tokens") or []
+    lps = raw.get("token_logprobs") or []
+    top_dicts = raw.get("top_logprobs") or [None] * len(tokens)
+    return [
+        (token, logprob, list((top or {}).items()))
+        for token, logprob, top in zip(tokens, lps, top_dicts, strict=False)
+    ]
+
+
+def _add_logprobs(acc: _Choice, entries: list[LogprobEntry]) -> None:
+    for token, logprob, top in entries:
         if logprob is None:
             continue
         acc.has_logprobs = True
@@ -373,7 +458,6 @@ def _add_logprobs(acc: _Choice, raw: Any, chat: bool) -> int:
         acc.logprobs.append(
             TokenLogprob(token, float(logprob), tuple((t, float(v)) for t, v in top if t != token))
         )
-    return len(pairs)
 
 
 async def _raise_for_status(response: httpx.Response, n: int) -> None:
@@ -391,15 +475,11 @@ async def _raise_for_status(response: httpx.Response, n: int) -> None:
 
 
 class OpenAIEngine:
-    """Routes each request to the least busy healthy backend."""
+    """Routes each request to the least busy usable backend (:class:`BackendPool`)."""
 
     def __init__(self, options: RemoteOptions) -> None:
-        if not options.urls:
-            raise ValueError("the openai engine needs at least one backend URL")
         self.options = options
-        self.backends = [
-            Backend(_normalise(u), supports_n=options.supports_n) for u in options.urls
-        ]
+        self.pool = BackendPool(options)
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
@@ -414,15 +494,15 @@ class OpenAIEngine:
         """The configured model, else the first one a backend lists."""
         if self.options.model:
             return self.options.model
-        for backend in self.backends:
+        for backend in self.pool.backends:
             if backend.models:
                 return backend.models[0]
         return "unknown"
 
     @property
-    def ready(self) -> bool:
-        """True while at least one backend is healthy."""
-        return any(b.healthy for b in self.backends)
+    def health(self) -> EngineHealth:
+        """``ready`` while a backend is usable, else ``loading`` or ``no_healthy_backend``."""
+        return self.pool.health()
 
     def model_for(self, backend: Backend) -> str:
         """The model name to send to ``backend``."""
@@ -442,37 +522,13 @@ class OpenAIEngine:
         await self.client.aclose()
 
     async def check_health(self) -> None:
-        """Probe ``/v1/models`` on every backend (it also tells the served model names)."""
-        await asyncio.gather(*(self._probe(b) for b in self.backends))
-
-    async def _probe(self, backend: Backend) -> None:
-        try:
-            response = await self.client.get(
-                backend.url + "/v1/models", headers=self.headers, timeout=5.0
-            )
-            response.raise_for_status()
-            listed = response.json().get("data", [])
-            backend.models = [m["id"] for m in listed]
-            backend.vllm = any(m.get("owned_by") == "vllm" for m in listed)
-            backend.healthy = True
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            if backend.healthy:
-                log.warning("backend %s is unhealthy: %r", backend.url, exc)
-            backend.healthy = False
+        """Probe every backend once."""
+        await self.pool.check(self.client, self.headers)
 
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.health_interval_s)
             await self.check_health()
-
-    def pick(self) -> Backend:
-        """The healthy backend with the fewest requests in flight."""
-        healthy = [b for b in self.backends if b.healthy]
-        if not healthy:
-            raise EngineNotReadyError(
-                "no healthy backend", retry_after_s=self.options.health_interval_s
-            )
-        return min(healthy, key=lambda b: b.in_flight)
 
     def sample(
         self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str

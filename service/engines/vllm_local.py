@@ -20,10 +20,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service import metrics
-from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
+from service.engines.base import (
+    BYTES_PER_TOKEN,
+    STREAM_INTERVAL,
+    EngineHealth,
+    HealthStatus,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    TokenLogprob,
+    max_candidate_bytes,
+)
 from service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
+LOAD_S = 5.0
+"""Retry-After while the engine loads: about when a client may find it ready."""
+BACKEND_LABEL = "in-process"
+"""The in-process engine's ``backend`` label in ``bestofk_backend_up``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +51,8 @@ class VllmOptions:
     enforce_eager: bool = False
     dtype: str = "auto"
     seed: int = 0
+    max_bytes_per_token: int = BYTES_PER_TOKEN
+    """A candidate's byte cap per token (``base.max_candidate_bytes``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Any other ``AsyncEngineArgs`` field, passed through unchanged."""
 
@@ -45,6 +61,8 @@ class VllmOptions:
 class _Partial:
     text: list[str] = field(default_factory=list)
     tokens: int = 0
+    chars: int = 0
+    capped: bool = False
     logprob: float = 0.0
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -84,16 +102,26 @@ class VllmStream:
         params = engine.sampling_params(k, sampling)
         partial: dict[int, _Partial] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
+        # vLLM stops at max_tokens itself; text is capped too, as for remote backends (a
+        # vocabulary of huge tokens), counted in characters: one addition per delta.
+        max_chars = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
         outputs = llm.generate(engine_input, params, request_id)
         try:
             async for out in outputs:
                 self.prompt_tokens = len(out.prompt_token_ids or ())
                 for child in out.outputs:
                     acc = partial.setdefault(child.index, _Partial())
-                    acc.text.append(child.text)
                     n_new = len(child.token_ids)
-                    acc.tokens += n_new
                     self.completion_tokens += n_new
+                    if acc.capped:
+                        continue
+                    acc.chars += len(child.text)
+                    if acc.chars > max_chars:
+                        acc.capped = True
+                        yield _sample(child.index, acc, "length", sampling)
+                        continue
+                    acc.text.append(child.text)
+                    acc.tokens += n_new
                     for token_id, position in zip(
                         child.token_ids, child.logprobs or (), strict=False
                     ):
@@ -104,18 +132,22 @@ class VllmStream:
                         if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
-                        yield Sample(
-                            index=child.index,
-                            text="".join(acc.text),
-                            finish_reason=child.finish_reason,
-                            tokens=acc.tokens,
-                            cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
-                            logprobs=acc.logprobs,
-                        )
+                        yield _sample(child.index, acc, child.finish_reason, sampling)
         except Exception as exc:
             raise engine.translate(exc) from exc
         finally:
             await outputs.aclose()
+
+
+def _sample(index: int, acc: _Partial, finish_reason: str, sampling: SamplingConfig) -> Sample:
+    return Sample(
+        index=index,
+        text="".join(acc.text),
+        finish_reason=finish_reason,
+        tokens=acc.tokens,
+        cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
+        logprobs=acc.logprobs,
+    )
 
 
 def _token_logprob(token_id: int, chosen: Any, position: Mapping[int, Any]) -> TokenLogprob:
@@ -146,10 +178,10 @@ class VllmEngine:
     def __init__(self, options: VllmOptions) -> None:
         self.options = options
         self._llm: Any = None
-        self._status = "loading"
+        self._status: HealthStatus = "loading"
         self._dead = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self.restarts = 0
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
 
     @property
     def model_name(self) -> str:
@@ -157,28 +189,25 @@ class VllmEngine:
         return self.options.served_model_name or self.options.model
 
     @property
-    def ready(self) -> bool:
-        """True once the engine has loaded and is still alive."""
-        return self._llm is not None and not self._llm.errored
-
-    @property
-    def status(self) -> str:
-        """``loading``, ``ready``, ``engine_dead`` or ``restarting``."""
-        if self._status == "ready" and not self.ready:
-            return "engine_dead"
-        return self._status
+    def health(self) -> EngineHealth:
+        """``loading``, ``ready``, ``engine_dead`` (noticed, not yet restarting) or
+        ``restarting``."""
+        status = self._status
+        if status == "ready" and (self._llm is None or self._llm.errored):
+            status = "engine_dead"
+        detail = {
+            "loading": "the model is loading",
+            "engine_dead": "the vLLM engine core died; it is being restarted",
+            "restarting": "the vLLM engine is restarting after its core died",
+        }.get(status, "")
+        return EngineHealth(status, 0.0 if status == "ready" else LOAD_S, detail)
 
     @property
     def llm(self) -> Any:
         """The ``AsyncLLM``; raises EngineNotReadyError unless it can take a request."""
-        if not self.ready:
-            status = self.status
-            reason = {
-                "loading": "the model is still loading",
-                "engine_dead": "the vLLM engine died and is being restarted",
-                "restarting": "the vLLM engine is restarting after a failure",
-            }.get(status, f"the vLLM engine is {status}")
-            raise EngineNotReadyError(reason, retry_after_s=5)
+        health = self.health
+        if not health.ready:
+            raise EngineNotReadyError(health.detail, retry_after_s=health.retry_after_s)
         return self._llm
 
     def translate(self, exc: Exception) -> Exception:
@@ -191,7 +220,7 @@ class VllmEngine:
             return EngineNotReadyError(
                 "the vLLM engine died while serving this request; it is being restarted, "
                 "retry shortly",
-                retry_after_s=5,
+                retry_after_s=LOAD_S,
             )
         if isinstance(exc, VLLMClientError | ValueError):
             return InvalidRequestError(f"the engine rejected the request: {exc}", param="prompt")
@@ -201,6 +230,7 @@ class VllmEngine:
         """Load the engine (the server answers /health meanwhile), then supervise it."""
         self._llm = await self._build()
         self._status = "ready"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
         log.info("vLLM engine ready: %s", self.model_name)
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -208,13 +238,14 @@ class VllmEngine:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dead.wait(), WATCH_INTERVAL_S)
-            if self.ready:
+            if self.health.ready:
                 self._dead.clear()
                 continue
             await self._restart()
 
     async def _restart(self) -> None:
         self._status = "engine_dead"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
         died = time.monotonic()
         metrics.ENGINE_RESTARTS.inc()
         log.error("the vLLM engine died; restarting it (requests meanwhile get 503)")
@@ -233,9 +264,9 @@ class VllmEngine:
                 await asyncio.sleep(wait)
                 continue
             break
-        self.restarts += 1
         self._dead.clear()
         self._status = "ready"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
         log.warning("vLLM engine restarted, %.1f s after it died", time.monotonic() - died)
 
     async def _build(self) -> Any:

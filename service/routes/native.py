@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import metrics
-from service.engines.base import Prompt
+from service.engines.base import EngineHealth, Prompt
+from service.errors import retry_after
 from service.jobs import JobRequest, new_request_id
 from service.pipeline import RerankResult
 from service.runtime import Runtime
@@ -145,13 +146,17 @@ async def verify(body: VerifyRequest, request: Request) -> RerankResponse:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 once the engine can take requests, 503 while it loads or has no healthy backend."""
+    """200 ``{"status": "ready"}`` while the engine takes requests; else 503 with the status
+    (``loading``, ``no_healthy_backend``, ``engine_dead``…), a ``detail`` and Retry-After."""
     rt: Runtime | None = getattr(request.app.state, "runtime", None)
     if rt is not None and rt.draining:
-        return JSONResponse({"status": "draining"}, status_code=503)
-    ready = rt is not None and rt.engine.ready
-    status = "ok" if ready else getattr(rt.engine, "status", "loading") if rt else "loading"
-    return JSONResponse({"status": status}, status_code=200 if ready else 503)
+        body = {"status": "draining", "detail": "the server is shutting down"}
+        return JSONResponse(body, status_code=503, headers=retry_after(1))
+    state = rt.engine.health if rt is not None else EngineHealth("loading", 1.0, "starting")
+    body = {"status": state.status, "detail": state.detail}
+    if state.ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers=retry_after(state.retry_after_s))
 
 
 @router.get("/metrics")
