@@ -159,10 +159,13 @@ def test_health_says_why_it_is_not_ready(tmp_path: Path) -> None:
 
 
 def test_in_process_engine_health_tells_loading_from_dead() -> None:
-    """Item 9, in-process: loading, ready and a dead engine core read differently."""
+    """Item 9, in-process: loading, ready and a dead engine core read differently (the
+    supervisor's restart is tested on the real engine in test_chaos_engine.py)."""
     engine = VllmEngine(VllmOptions(model="unused"))
     assert engine.health.status == "loading" and engine.health.retry_after_s > 0
-    engine._llm = SimpleNamespace(errored=False)
+    engine._llm, engine._status = SimpleNamespace(errored=False), "ready"
     assert engine.health.status == "ready" and engine.health.ready
     engine._llm = SimpleNamespace(errored=True)
     assert engine.health.status == "engine_dead" and not engine.health.ready
+    engine._llm, engine._status = None, "restarting"
+    assert engine.health.status == "restarting" and engine.health.retry_after_s > 0
