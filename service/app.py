@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import metrics
+from service import metrics, shutdown
 from service.admission import Admission
 from service.engines.base import Engine
 from service.engines.completer import EngineCompleter
@@ -103,12 +103,17 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, exit_on_engine_failure: bool = False
+    settings: Settings,
+    engine: Engine | None = None,
+    exit_on_engine_failure: bool = False,
+    drain_on_signal: bool = False,
 ) -> FastAPI:
     """An app serving ``settings``; ``engine`` overrides the one the settings would build.
 
     ``exit_on_engine_failure``: a server process stops (SIGTERM to itself) when the engine
-    cannot start, rather than answering 503 forever.
+    cannot start, rather than answering 503 forever. ``drain_on_signal``: SIGTERM and SIGINT
+    drain the server before uvicorn stops it (:mod:`service.shutdown`); for the app of a
+    server process, whose main thread runs the loop.
     """
     engine = engine or build_engine(settings)
     resources = VerifierResources(
@@ -151,9 +156,14 @@ def create_app(
         )
         app.state.runtime = runtime
         app.state.engine_loading = loading
+        restore_signals = (
+            shutdown.install(runtime, settings.shutdown_grace_s) if drain_on_signal else None
+        )
         try:
             yield
         finally:
+            if restore_signals is not None:
+                restore_signals()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
@@ -188,7 +198,7 @@ def app_from_env() -> FastAPI:
     Worker processes are spawned, so they cannot be handed a ``Settings`` object; ``bestofk
     serve`` exports its flags as their env twins before starting them.
     """
-    return create_app(Settings(), exit_on_engine_failure=True)
+    return create_app(Settings(), exit_on_engine_failure=True, drain_on_signal=True)
 
 
 def _on_engine_started(task: asyncio.Task[None], exit_on_failure: bool) -> None:

@@ -67,7 +67,7 @@ def serve(
     from service.app import create_app
 
     with _engine_temp_dir(settings.engine == "vllm"):
-        application = create_app(settings, exit_on_engine_failure=True)
+        application = create_app(settings, exit_on_engine_failure=True, drain_on_signal=True)
         _exit_status_on_sigterm(application)
         uvicorn.run(
             application,

@@ -7,7 +7,8 @@
     ├── NotFoundError               404 not_found_error         (unknown model or profile)
     ├── OverloadedError             503 overloaded_error        (carries ``retry_after_s``)
     │   ├── RateLimitedError        429 rate_limit_error
-    │   └── EngineNotReadyError     503 overloaded_error        (the engine's health says when)
+    │   ├── EngineNotReadyError     503 overloaded_error        (the engine's health says when)
+    │   └── ShuttingDownError       503 overloaded_error        (draining after SIGTERM)
     ├── BackendError                502 backend_error           (a remote engine failed)
     └── DeadlineExceededError       504 timeout_error           (nothing verified in time)
 
@@ -107,6 +108,11 @@ class RateLimitedError(OverloadedError):
 class EngineNotReadyError(OverloadedError):
     """The engine is loading or dead, or no backend is usable (Retry-After: when that can next
     change, from the engine's ``health``)."""
+
+
+class ShuttingDownError(OverloadedError):
+    """The server is draining before it stops; another replica (or this one, restarted) will
+    take the request."""
 
 
 class BackendError(BestOfKError):

@@ -105,6 +105,10 @@ EARLY_EXITS = Counter(
 INFLIGHT = Gauge(
     "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
 )
+ENGINE_RESTARTS = Counter(
+    "bestofk_engine_restarts_total",
+    "Times the in-process vLLM engine died and was restarted.",
+)
 BACKEND_UP = Gauge(
     "bestofk_backend_up",
     '1 while a backend takes requests (healthy and not ejected), else 0; backend="in-process" '

@@ -5,6 +5,8 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and disconnects pa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -59,7 +61,20 @@ class RequestMetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413, whether announced or streamed."""
+    """Refuses bodies over ``max_bytes`` with 413, whether announced or sent chunked.
+
+    A declared ``Content-Length`` is checked up front (the HTTP server holds the client to it);
+    a chunked body is read here, up to the bound, and handed on whole, because an error
+    raised from inside the app's body parsing would come out as FastAPI's generic 400.
+
+    Before answering 413 it reads and discards the rest of the body, up to ``DISCARD_BYTES``
+    and ``DISCARD_S``: a client that sends its whole body before reading (Python's urllib, any
+    client without ``Expect: 100-continue``) would otherwise see the connection reset, as the
+    kernel answers unread data on a closed socket with RST, instead of the 413.
+    """
+
+    DISCARD_BYTES = 64 * 1024 * 1024
+    DISCARD_S = 10.0
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -69,40 +84,53 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send)
-            return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLargeError:
-            if not response_started:
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._discard(receive, 0)
                 await self._refuse(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before its body was complete
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                if message.get("more_body", False):
+                    await self._discard(receive, received)
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _discard(self, receive: Receive, received: int) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.DISCARD_S):
+                while received <= self.DISCARD_BYTES:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    received += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
 
     async def _refuse(self, send: Send) -> None:
         await send_error(send, PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes"))
-
-
-class _TooLargeError(Exception):
-    pass
 
 
 class ApiKeyMiddleware:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, EngineNotReadyError, OverloadedError
+from service.errors import DeadlineExceededError, OverloadedError
 from service.selection import Scored, SelectionConfig, combine, ranked, select
 from verifiers import registry
 from verifiers.base import (
@@ -193,11 +193,6 @@ class Pipeline:
 
     async def run(self, job: RerankJob) -> RerankResult:
         """Generate (or take) the candidates, verify them, and choose one."""
-        if job.given is None and not (health := self.engine.health).ready:
-            raise EngineNotReadyError(
-                f"the engine is not ready: {health.status} ({health.detail})",
-                retry_after_s=health.retry_after_s,
-            )
         run = _Run(self, job)
         stream: SampleStream | None = None
         timed_out = False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from service import metrics
 from service.admission import Admission
 from service.engines.base import Engine
-from service.errors import BestOfKError
+from service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from service.jobs import JobFactory
 from service.pipeline import Pipeline, RerankJob, RerankResult
 from service.records.recorder import Recorder
@@ -42,23 +42,91 @@ class Runtime:
     admission: Admission
     recorder: Recorder | None = None
     """Appends every result to the record files (``--record-dir``); None when not recording."""
+    draining: bool = False
+    """Set at SIGTERM (:mod:`service.shutdown`): new requests are refused with 503."""
+    inflight: int = 0
+    _cut: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, job: RerankJob, openai: bool = False) -> AsyncIterator[None]:
+        """Hold an in-flight slot for ``job``, or refuse it now with the reason.
+
+        Everything that can be known before work starts is checked here, so a streaming
+        response can refuse with a proper status before its first byte. ``openai``: refuse
+        overload with 429, which OpenAI clients expect.
+        """
+        if self.draining:
+            raise ShuttingDownError(
+                "the server is shutting down; retry on another replica", retry_after_s=1
+            )
+        if job.given is None and not (health := self.engine.health).ready:
+            raise EngineNotReadyError(
+                f"the engine is not ready: {health.status} ({health.detail})",
+                retry_after_s=health.retry_after_s,
+            )
+        async with self.admission.slot(rate_limit_status=openai):
+            metrics.INFLIGHT.inc()
+            self.inflight += 1
+            self._idle.clear()
+            try:
+                yield
+            finally:
+                self.inflight -= 1
+                metrics.INFLIGHT.dec()
+                if not self.inflight:
+                    self._idle.set()
 
     async def execute(
         self, job: RerankJob, request: Request | None = None, openai: bool = False
     ) -> RerankResult:
-        """Admit and run ``job``; cancel it (aborting generation and sandbox runs) if the
-        client leaves. ``openai``: refuse overload with 429, which OpenAI clients expect."""
-        async with self.admission.slot(rate_limit_status=openai):
-            metrics.INFLIGHT.inc()
-            try:
-                run = self.pipeline.run(job)
-                result = await (run if request is None else cancel_on_disconnect(run, request))
-            finally:
-                metrics.INFLIGHT.dec()
+        """Admit and run ``job``."""
+        async with self.admitted(job, openai):
+            return await self.run(job, request)
+
+    async def run(self, job: RerankJob, request: Request | None = None) -> RerankResult:
+        """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
+        client leaves or the server cuts it at the end of its shutdown grace period."""
+        result = await self._guarded(self.pipeline.run(job), request)
         metrics.observe(result)
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
         return result
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for no request to be in flight; True if none is."""
+        if self.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return not self.inflight
+
+    def cut(self) -> None:
+        """Cancel every job in flight with 503 + Retry-After (the shutdown grace is over)."""
+        self._cut.set()
+
+    async def _guarded(self, work: Awaitable[T], request: Request | None) -> T:
+        task = asyncio.ensure_future(work)
+        watchers: set[asyncio.Task[object]] = {asyncio.create_task(self._cut.wait())}
+        if request is not None:
+            watchers.add(asyncio.create_task(_wait_for_disconnect(request)))
+        try:
+            await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if self._cut.is_set():
+                    log.warning("request cut at the end of the shutdown grace period")
+                    raise ShuttingDownError(
+                        "the server shut down before this request finished; retry it",
+                        retry_after_s=1,
+                    )
+                log.info("client disconnected; request cancelled")
+                raise ClientDisconnectedError("client disconnected")
+        return task.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -66,20 +134,3 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-async def cancel_on_disconnect(work: Awaitable[T], request: Request) -> T:
-    """Await ``work``, cancelling it if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.create_task(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            log.info("client disconnected; request cancelled")
-            raise ClientDisconnectedError("client disconnected")
-    return task.result()

@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     so they close idle connections, not the server: a server closing one just as a client
     reuses it resets that request."""
     shutdown_grace_s: int = Field(default=30, ge=0)
-    """On SIGTERM: new connections are refused and requests in flight get this long to
-    finish before they are cancelled (keep the orchestrator's own grace period longer)."""
+    """On SIGTERM: /health and new requests get 503 at once, requests in flight get this long
+    to finish, then the rest are cut with 503 (keep the orchestrator's grace period longer)."""
     workers: int = Field(default=1, ge=1, le=64)
     """uvicorn worker processes; more than one needs ``backends`` (each would load the model)."""
     config: Path | None = None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.deploy_tools import (
     DEPLOY,
     GENERATOR,
@@ -233,6 +234,9 @@ def test_bestofk_deployment(manifests: list[dict[str, Any]]) -> None:
     assert "--backend=http://vllm:8000" in container["args"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    # Kubernetes' SIGKILL must come after the drain's grace period, not in the middle of it.
+    grace = float(env.get("BESTOFK_SHUTDOWN_GRACE_S") or Settings().shutdown_grace_s)
+    assert pod["terminationGracePeriodSeconds"] > grace + 5
     hpa = _find(manifests, "HorizontalPodAutoscaler", "bestofk")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "bestofk"
     vllm = _find(manifests, "Deployment", "vllm")["spec"]["template"]["spec"]["containers"][0]

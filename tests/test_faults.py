@@ -439,16 +439,18 @@ def test_sigterm_drains_in_flight_work_and_leaves_nothing(
         stopped = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)
 
-        def refused() -> bool:
-            try:
-                httpx.get(server.url + "/health", timeout=1)
-            except httpx.ConnectError:
-                return True
-            except httpx.HTTPError:
-                pass
+        def draining() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                health = httpx.get(server.url + "/health", timeout=1)
+                return health.status_code == 503 and health.json()["status"] == "draining"
             return False
 
-        wait_for(refused, 2, "new connections are refused after SIGTERM")
+        wait_for(draining, 2, "/health says draining after SIGTERM")
+        # The socket still answers during the drain: new work is refused with a status.
+        late = post(server, "/verify", {"candidates": ["42"]})
+        assert late.status_code == 503, late.text
+        assert late.json()["error"]["type"] == "overloaded_error"
+        assert int(late.headers["retry-after"]) >= 1
         request.join(timeout=grace)
         reply = result["reply"]
         assert reply.status_code == 200 and reply.json()["passed"] is True, reply.text
@@ -458,7 +460,34 @@ def test_sigterm_drains_in_flight_work_and_leaves_nothing(
         wait_for(lambda: not any(uid_processes(u) for u in uids), 5, "no sandbox processes left")
         assert list(tmpdir.iterdir()) == []
         log = server.log.read_text()
-        assert "Traceback" not in log and "Waiting for connections to close" in log, log
+        assert "Traceback" not in log and "draining: 1 request(s) in flight" in log, log
+    finally:
+        server.stop()
+
+
+def test_sigterm_past_the_grace_period_cuts_with_503(fake_process: Server, tmp_path: Path) -> None:
+    grace = 2
+    server = start_faulty(
+        tmp_path / "bestofk.log", fake_process.url, BESTOFK_SHUTDOWN_GRACE_S=str(grace)
+    )
+    try:
+        slow = "import time\ndef solve(x):\n    time.sleep(20)\n    return x * x\n"
+        result: dict[str, httpx.Response] = {}
+        request = threading.Thread(
+            target=lambda: result.setdefault(
+                "reply", post(server, "/verify", unit_tests_request(slow, timeout_s=25))
+            )
+        )
+        request.start()
+        time.sleep(0.8)
+        os.kill(server.process.pid, signal.SIGTERM)
+        request.join(timeout=grace + 10)
+        reply = result["reply"]
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["type"] == "overloaded_error"
+        assert int(reply.headers["retry-after"]) >= 1
+        assert server.process.wait(timeout=15) == 0, server.log_tail()
+        assert "cutting 1 request(s) with 503" in server.log.read_text()
     finally:
         server.stop()
 

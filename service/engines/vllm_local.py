@@ -9,9 +9,12 @@ vLLM's generator, which aborts the unfinished children in the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,7 @@ from service.engines.base import (
     BYTES_PER_TOKEN,
     STREAM_INTERVAL,
     EngineHealth,
+    HealthStatus,
     Prompt,
     Sample,
     SamplingConfig,
@@ -130,7 +134,7 @@ class VllmStream:
                     if child.finish_reason is not None:
                         yield _sample(child.index, acc, child.finish_reason, sampling)
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise engine.translate(exc) from exc
         finally:
             await outputs.aclose()
 
@@ -155,21 +159,28 @@ def _token_logprob(token_id: int, chosen: Any, position: Mapping[int, Any]) -> T
     return TokenLogprob(chosen.decoded_token or "", logprob, tuple(top))
 
 
-def _translate(exc: Exception) -> Exception:
-    from vllm.exceptions import VLLMClientError
-
-    if isinstance(exc, VLLMClientError | ValueError):
-        return InvalidRequestError(f"the engine rejected the request: {exc}", param="prompt")
-    return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+"""Waits before each successive restart attempt of a dead engine; the last one repeats."""
+WATCH_INTERVAL_S = 0.5
+"""How often the supervisor looks at the engine; a request that meets the death reports it at
+once, so this only bounds how long an idle server takes to notice."""
 
 
 class VllmEngine:
-    """vLLM's ``AsyncLLM`` in this process (its engine core runs in a child process)."""
+    """vLLM's ``AsyncLLM`` in this process (its engine core runs in a child process).
+
+    A supervisor restarts the engine when its core dies (a crash in a worker, an out-of-memory
+    kill, ``kill -9``): the requests it held get 503 with Retry-After, new ones too until the
+    new engine is up, and ``status`` says ``engine_dead`` then ``restarting``. It keeps trying
+    with backoff; a liveness probe on ``/health`` is the last resort above it.
+    """
 
     def __init__(self, options: VllmOptions) -> None:
         self.options = options
         self._llm: Any = None
-        self._loading: asyncio.Task[None] | None = None
+        self._status: HealthStatus = "loading"
+        self._dead = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
         metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
 
     @property
@@ -179,23 +190,87 @@ class VllmEngine:
 
     @property
     def health(self) -> EngineHealth:
-        """``loading``, ``ready``, or ``engine_dead`` once vLLM's engine core has died."""
-        if self._llm is None:
-            return EngineHealth("loading", LOAD_S, "the model is loading")
-        if self._llm.errored:
-            metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
-            return EngineHealth("engine_dead", LOAD_S, "the vLLM engine core died")
-        return EngineHealth("ready")
+        """``loading``, ``ready``, ``engine_dead`` (noticed, not yet restarting) or
+        ``restarting``."""
+        status = self._status
+        if status == "ready" and (self._llm is None or self._llm.errored):
+            status = "engine_dead"
+        detail = {
+            "loading": "the model is loading",
+            "engine_dead": "the vLLM engine core died; it is being restarted",
+            "restarting": "the vLLM engine is restarting after its core died",
+        }.get(status, "")
+        return EngineHealth(status, 0.0 if status == "ready" else LOAD_S, detail)
 
     @property
     def llm(self) -> Any:
-        """The ``AsyncLLM``; raises EngineNotReadyError while it is loading."""
-        if self._llm is None:
-            raise EngineNotReadyError("the model is still loading", retry_after_s=LOAD_S)
+        """The ``AsyncLLM``; raises EngineNotReadyError unless it can take a request."""
+        health = self.health
+        if not health.ready:
+            raise EngineNotReadyError(health.detail, retry_after_s=health.retry_after_s)
         return self._llm
 
+    def translate(self, exc: Exception) -> Exception:
+        """The bestofk error for an exception out of vLLM while serving a request."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(exc, EngineDeadError) or (self._llm is not None and self._llm.errored):
+            self._dead.set()
+            return EngineNotReadyError(
+                "the vLLM engine died while serving this request; it is being restarted, "
+                "retry shortly",
+                retry_after_s=LOAD_S,
+            )
+        if isinstance(exc, VLLMClientError | ValueError):
+            return InvalidRequestError(f"the engine rejected the request: {exc}", param="prompt")
+        return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
+
     async def start(self) -> None:
-        """Build the engine in a worker thread so the server answers /health while it loads."""
+        """Load the engine (the server answers /health meanwhile), then supervise it."""
+        self._llm = await self._build()
+        self._status = "ready"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
+        log.info("vLLM engine ready: %s", self.model_name)
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dead.wait(), WATCH_INTERVAL_S)
+            if self.health.ready:
+                self._dead.clear()
+                continue
+            await self._restart()
+
+    async def _restart(self) -> None:
+        self._status = "engine_dead"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
+        died = time.monotonic()
+        metrics.ENGINE_RESTARTS.inc()
+        log.error("the vLLM engine died; restarting it (requests meanwhile get 503)")
+        dead, self._llm = self._llm, None
+        if dead is not None:
+            # Kills what is left of the engine core and its workers; may block on their pipes.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(dead.shutdown)
+        self._status = "restarting"
+        for attempt in itertools.count():
+            try:
+                self._llm = await self._build()
+            except Exception as exc:
+                wait = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+                log.error("restarting the vLLM engine failed (%s); next try in %.0f s", exc, wait)
+                await asyncio.sleep(wait)
+                continue
+            break
+        self._dead.clear()
+        self._status = "ready"
+        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
+        log.warning("vLLM engine restarted, %.1f s after it died", time.monotonic() - died)
+
+    async def _build(self) -> Any:
+        """Build an ``AsyncLLM`` in a worker thread, so the loop keeps answering meanwhile."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -217,12 +292,14 @@ class VllmEngine:
             **opts.extra,
         }
         args = AsyncEngineArgs(**kwargs)
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
-        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
-        log.info("vLLM engine ready: %s", self.model_name)
+        return await asyncio.to_thread(AsyncLLM.from_engine_args, args)
 
     async def close(self) -> None:
-        """Shut the engine core process down."""
+        """Stop supervising and shut the engine core process down."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         if self._llm is not None:
             llm, self._llm = self._llm, None
             llm.shutdown()

@@ -149,6 +149,9 @@ async def health(request: Request) -> JSONResponse:
     """200 ``{"status": "ready"}`` while the engine takes requests; else 503 with the status
     (``loading``, ``no_healthy_backend``, ``engine_dead``…), a ``detail`` and Retry-After."""
     rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    if rt is not None and rt.draining:
+        body = {"status": "draining", "detail": "the server is shutting down"}
+        return JSONResponse(body, status_code=503, headers=retry_after(1))
     state = rt.engine.health if rt is not None else EngineHealth("loading", 1.0, "starting")
     body = {"status": state.status, "detail": state.detail}
     if state.ready:

@@ -274,8 +274,11 @@ async def _respond(
 ) -> JSONResponse | StreamingResponse:
     headers = {"X-Request-Id": job.request_id}
     if body.stream:
+        events = _stream(rt, job, body, renderer)
+        # Admission happens before the first event: a refusal is still a status, not an event.
+        first = await anext(events)
         return StreamingResponse(
-            _stream(rt, job, body, renderer, request),
+            _prepend(first, events),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
@@ -292,29 +295,39 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 async def _stream(
-    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer, request: Request
+    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer
 ) -> AsyncIterator[bytes]:
-    """SSE: comments while verifying, then the chosen completion as chunks, usage, [DONE]."""
-    # Starlette cancels this generator when the client goes, which cancels the work.
-    work = asyncio.ensure_future(rt.execute(job, openai=True))
-    try:
-        while not work.done():
-            done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
-            if not done:
-                # Comments keep proxies and clients from timing out; SSE parsers skip them.
-                yield b": verifying candidates\n\n"
-        result = work.result()
-    except BestOfKError as exc:
-        # The status line has gone out already; the error travels as an SSE event.
-        yield _sse(exc.body())
-        yield _sse("[DONE]")
-        return
-    finally:
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
+    """SSE: comments while verifying, then the chosen completion as chunks, usage, [DONE].
+
+    The first event is yielded only once the job is admitted; until then errors raise."""
+    async with rt.admitted(job, openai=True):
+        # Comments keep proxies and clients from timing out; SSE parsers skip them.
+        yield b": verifying candidates\n\n"
+        # Starlette cancels this generator when the client goes, which cancels the work.
+        work = asyncio.ensure_future(rt.run(job))
+        try:
+            while not work.done():
+                done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
+                if not done:
+                    yield b": verifying candidates\n\n"
+            result = work.result()
+        except BestOfKError as exc:
+            # The status line has gone out already; the error travels as an SSE event.
+            yield _sse(exc.body())
+            yield _sse("[DONE]")
+            return
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
     base = _envelope(job, renderer, result.model, chunk=True)
     top = result.top(body.n)
     for position, scored in enumerate(top):

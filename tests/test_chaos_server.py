@@ -1,0 +1,119 @@
+"""Chaos at the HTTP edge, over the misbehaving fake backend: a streaming request refused before
+its first byte, and a too-large body answered with 413 to clients that send it all first."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import Server
+from tests.test_faults import set_mode, start_fake, start_faulty
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "What's 5!?"}]}
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    backend = start_fake(tmp_path_factory.mktemp("logs") / "fake.log")
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@pytest.fixture(scope="module")
+def one_slot(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """bestofk that runs one request at a time and queues none."""
+    server = start_faulty(
+        tmp_path_factory.mktemp("logs") / "bestofk.log",
+        fake.url,
+        BESTOFK_LIMITS__MAX_INFLIGHT="1",
+        BESTOFK_LIMITS__MAX_QUEUED="0",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_streaming_overload_is_a_429_before_the_stream(fake: Server, one_slot: Server) -> None:
+    set_mode(fake, "slow")
+    try:
+        hog = threading.Thread(
+            target=lambda: httpx.post(
+                one_slot.url + "/generate",
+                json={"prompt": "x", "k": 1, "timeout_s": 3},
+                timeout=10,
+            )
+        )
+        hog.start()
+        try:
+            for _ in range(50):  # until the hog holds the slot
+                reply = httpx.post(
+                    one_slot.url + "/v1/chat/completions",
+                    json={**CHAT, "stream": True},
+                    timeout=10,
+                )
+                if reply.status_code != 200:
+                    break
+            assert reply.status_code == 429, reply.text
+            assert reply.headers["content-type"].startswith("application/json")
+            assert reply.json()["error"]["type"] == "rate_limit_error"
+            assert int(reply.headers["retry-after"]) >= 1
+        finally:
+            hog.join()
+    finally:
+        set_mode(fake, "ok")
+
+
+def test_streaming_without_a_healthy_backend_is_a_503(fake: Server, one_slot: Server) -> None:
+    set_mode(fake, "down")
+    try:
+        for _ in range(100):  # until the health check has seen the backend go down
+            reply = httpx.post(
+                one_slot.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10
+            )
+            if reply.status_code != 200:
+                break
+            threading.Event().wait(0.1)
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["type"] == "overloaded_error"
+        assert "retry-after" in reply.headers
+    finally:
+        set_mode(fake, "ok")
+        one_slot.wait_ready(30)
+
+
+def test_too_large_body_is_a_413_for_clients_that_send_it_all(one_slot: Server) -> None:
+    body = json.dumps({"candidates": ["x" * (5 * 1024 * 1024)]}).encode()
+    request = urllib.request.Request(
+        one_slot.url + "/verify", data=body, headers={"content-type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 413
+    assert json.loads(info.value.read())["error"]["type"] == "invalid_request_error"
+    assert httpx.get(one_slot.url + "/health", timeout=5).status_code == 200
+
+
+def test_chunked_too_large_body_is_a_413(one_slot: Server, tmp_path: Path) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"candidates": ["'
+        for _ in range(80):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    reply = httpx.post(
+        one_slot.url + "/verify",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 413, reply.text
