@@ -1,16 +1,16 @@
 """Chaos on the remote engine's backends: each test reproduces one failure found by probing a
 running service (issue 14: wedged backend, runaway output, killed backend, misleading health)
-against real bestofk processes over real :mod:`tests.fake_backend` servers on loopback."""
+against real bestofk processes over real :mod:`tests.fake_backend` servers on loopback. The
+in-process engine's statuses (``engine_dead``, ``restarting``) are tested on a real engine in
+``test_chaos_engine.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.engines.vllm_local import VllmEngine, VllmOptions
 from tests.servers import Server, engine_env, free_port, start_bestofk
 from tests.test_faults import (
     error_of,
@@ -156,16 +156,3 @@ def test_health_says_why_it_is_not_ready(tmp_path: Path) -> None:
         assert 15 <= int(refused.headers["retry-after"]) <= 30, refused.headers
     finally:
         server.stop()
-
-
-def test_in_process_engine_health_tells_loading_from_dead() -> None:
-    """Item 9, in-process: loading, ready and a dead engine core read differently (the
-    supervisor's restart is tested on the real engine in test_chaos_engine.py)."""
-    engine = VllmEngine(VllmOptions(model="unused"))
-    assert engine.health.status == "loading" and engine.health.retry_after_s > 0
-    engine._llm, engine._status = SimpleNamespace(errored=False), "ready"
-    assert engine.health.status == "ready" and engine.health.ready
-    engine._llm = SimpleNamespace(errored=True)
-    assert engine.health.status == "engine_dead" and not engine.health.ready
-    engine._llm, engine._status = None, "restarting"
-    assert engine.health.status == "restarting" and engine.health.retry_after_s > 0

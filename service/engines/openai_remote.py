@@ -256,6 +256,10 @@ class RemoteStream:
             raise pool.failed(backend, exc, down=True) from None
         except BackendError as exc:
             raise pool.failed(backend, exc) from None
+        except (GeneratorExit, asyncio.CancelledError):
+            if finished:  # closed by early exit or the deadline after candidates came: it works
+                pool.succeeded(backend)
+            raise
         if finished < n:
             # Without this a stream that ends early would leave nothing to choose from.
             raise pool.failed(
