@@ -71,7 +71,9 @@ def children(pid: int) -> list[int]:
     return []
 
 
-def health_while(work: Callable[[], httpx.Response], server: Server) -> tuple[httpx.Response, list[float]]:
+def health_while(
+    work: Callable[[], httpx.Response], server: Server
+) -> tuple[httpx.Response, list[float]]:
     """Run ``work`` in a thread; meanwhile time every /health answered. Returns the work's
     response and the latencies of the /health probes that completed while it was running."""
     result: list[httpx.Response] = []
@@ -137,10 +139,11 @@ def test_schema_bomb_is_cut_at_the_deadline_and_leaves_nothing_running(chaos: Se
 def test_large_valid_candidates_leave_health_responsive(chaos: Server) -> None:
     pid = chaos.process.pid
     before = rss_bytes(pid)
+    integers = {"type": "array", "items": {"type": "integer"}}
     body = {
         "candidates": [big_json_array()] * 64,
-        "verifiers": [{"type": "json_schema", "schema": {"type": "array", "items": {"type": "integer"}}}],
-    }  # fmt: skip
+        "verifiers": [{"type": "json_schema", "schema": integers}],
+    }
     reply, latencies = health_while(lambda: post(chaos, "/verify", body, timeout=120), chaos)
     assert reply.status_code == 200, reply.text
     assert reply.json()["stats"]["passing"] == 64
