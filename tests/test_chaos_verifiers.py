@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,10 +67,12 @@ def tree_cpu_ticks(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
+    """Direct children of ``pid``, forked by any of its threads."""
+    found = []
     with contextlib.suppress(OSError, ValueError):
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def health_while(
@@ -124,11 +128,12 @@ def test_schema_bomb_is_cut_at_the_deadline_and_leaves_nothing_running(chaos: Se
     else:
         assert reply.status_code == 504 and error_of(reply)["type"] == "timeout_error"
     # Nothing keeps validating once the answer is out: the server's whole process tree idles.
-    time.sleep(0.5)
+    # (The killed worker's replacement starts meanwhile: a fraction of a second of imports.)
+    time.sleep(1)
     ticks = tree_cpu_ticks(pid)
-    time.sleep(1.5)
+    time.sleep(3)
     burnt = tree_cpu_ticks(pid) - ticks
-    assert burnt < 25, f"{burnt} ticks of CPU burnt in 1.5 s after the answer"
+    assert burnt < 60, f"{burnt} ticks of CPU burnt in the 3 s after the answer"
     growth = rss_bytes(pid) - before
     assert growth < 200 << 20, f"server RSS grew by {growth >> 20} MiB"
     # The next request is served as usual.
@@ -160,8 +165,49 @@ def test_runaway_vote_extract_is_a_400_and_never_blocks_the_loop(chaos: Server) 
     error = error_of(reply)
     assert error["param"] == "selection.extract" and "time budget" in error["message"], error
     # Slow but within the pattern's budget: served, and the loop stays free meanwhile.
-    body = {"candidates": ["a" * 27 + "!"] * 16, "selection": vote}
+    body = {"candidates": ["a" * 27 + "!"] * 8, "selection": vote}
     reply, latencies = health_while(lambda: post(chaos, "/verify", body), chaos)
     assert reply.status_code == 200, reply.text
     assert latencies, "no /health was answered while the extract pattern ran"
     assert max(latencies) < HEALTH_LATENCY_S, latencies
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``."""
+    found, todo = [], children(pid)
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children(current)
+    return found
+
+
+def test_verifier_workers_under_several_uvicorn_workers_end_with_the_server(
+    tmp_path: Path,
+) -> None:
+    fake = start_fake(tmp_path / "fake.log")
+    try:
+        server = start_faulty(tmp_path / "bestofk.log", fake.url, BESTOFK_WORKERS="2")
+        try:
+            integers = {"type": "array", "items": {"type": "integer"}}
+            body = {"candidates": [big_json_array(4000)] * 8,
+                    "verifiers": [{"type": "json_schema", "schema": integers}]}  # fmt: skip
+            for _ in range(6):  # connections spread over both uvicorn workers
+                reply = post(server, "/verify", body)
+                assert reply.status_code == 200 and reply.json()["stats"]["passing"] == 8
+            workers = [
+                pid
+                for pid in descendants(server.process.pid)
+                if b"verifiers.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            assert len(workers) >= 2, "no verifier worker processes checked the big candidates"
+            os.kill(server.process.pid, signal.SIGTERM)
+            assert server.process.wait(timeout=60) == 0, server.log_tail()
+            deadline = time.monotonic() + 5
+            while any(Path(f"/proc/{pid}").exists() for pid in workers):
+                assert time.monotonic() < deadline, "verifier workers outlived the server"
+                time.sleep(0.05)
+        finally:
+            server.stop()
+    finally:
+        fake.stop()
