@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     verifier_timeout_s: float = Field(default=5.0, gt=0)
     """One check's wall time in a worker; past it the worker is killed and the verdict is an
     error (the request's own deadline stops it sooner)."""
-    verifier_memory_mib: int = Field(default=512, ge=128)
+    verifier_memory_mib: int = Field(default=512, ge=256)
     """Each verifier worker's address space (RLIMIT_AS); past it the verdict is an error."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     verifier_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)

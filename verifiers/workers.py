@@ -41,7 +41,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -157,8 +156,6 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._starting = 0
         self._waiters: deque[asyncio.Future[_Worker]] = deque()
-        self._pending: set[Future[Any]] = set()
-        """Starts and reaps on the spawner thread, waited for by :meth:`close`."""
         self._mean_job_s = 0.05
         self._closed = False
 
@@ -215,12 +212,13 @@ class WorkerPool:
             self._closed = True
             workers, self._workers = list(self._workers), set()
             self._idle.clear()
-            pending = list(self._pending)
             waiters, self._waiters = list(self._waiters), deque()
         for waiter in waiters:
             with contextlib.suppress(RuntimeError):  # its loop is closed
                 waiter.get_loop().call_soon_threadsafe(_fail, waiter, "the pool closed")
-        wait_all(pending, timeout=10)  # a start finishing now kills its own worker
+        # The spawner thread works in order: once this no-op ran, every start and reap queued
+        # before it is done, and a start that finished after the close killed its own worker.
+        on_spawner_thread(lambda: None).result(timeout=30)
         for worker in workers:
             worker.kill()
             worker.reap()
@@ -257,9 +255,7 @@ class WorkerPool:
         """Start workers up to ``size`` (called with the lock held)."""
         while not self._closed and len(self._workers) + self._starting < self._size:
             self._starting += 1
-            started = on_spawner_thread(lambda: _Worker(self.limits))
-            self._pending.add(started)
-            started.add_done_callback(self._started)
+            on_spawner_thread(lambda: _Worker(self.limits)).add_done_callback(self._started)
 
     def _started(self, started: Future[_Worker]) -> None:
         """On the spawner thread: a start finished."""
@@ -267,13 +263,12 @@ class WorkerPool:
         worker = None if error is not None else started.result()
         orphans: list[asyncio.Future[_Worker]] = []
         with self._lock:
-            self._pending.discard(started)
             self._starting -= 1
             closed = self._closed
             if worker is not None and not closed:
                 self._workers.add(worker)
-            elif not self._workers and not self._starting:  # nothing else will serve them
-                orphans, self._waiters = list(self._waiters), deque()
+            elif worker is None and not self._workers and not self._starting:
+                orphans, self._waiters = list(self._waiters), deque()  # none left to serve them
         if worker is not None and closed:
             worker.kill()
             worker.reap()
@@ -310,14 +305,8 @@ class WorkerPool:
         worker.kill()
         with self._lock:
             self._workers.discard(worker)
-            reaped = on_spawner_thread(worker.reap)
-            self._pending.add(reaped)
+            on_spawner_thread(worker.reap)
             self._fill()
-        reaped.add_done_callback(self._done_reaping)
-
-    def _done_reaping(self, reaped: Future[None]) -> None:
-        with self._lock:
-            self._pending.discard(reaped)
 
 
 def _fail(waiter: asyncio.Future[_Worker], why: str) -> None:
