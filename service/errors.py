@@ -1,18 +1,23 @@
-"""Every error a client can meet, each mapped to one HTTP status and one OpenAI error type.
+"""Every error a client can meet, each mapped to one HTTP status, one OpenAI error type and
+a default ``code``.
 
-    BestOfKError                    500 internal_error
-    ├── InvalidRequestError         400 invalid_request_error   (carries ``param``)
-    │   └── PayloadTooLargeError    413 invalid_request_error
-    ├── AuthenticationError         401 authentication_error
-    ├── NotFoundError               404 not_found_error         (unknown model or profile)
-    ├── OverloadedError             503 overloaded_error        (carries ``retry_after_s``)
-    │   ├── RateLimitedError        429 rate_limit_error
-    │   └── EngineNotReadyError     503 overloaded_error
-    ├── BackendError                502 backend_error           (a remote engine failed)
-    └── DeadlineExceededError       504 timeout_error           (nothing verified in time)
+    BestOfKError                    500 internal_error          internal_error
+    ├── InvalidRequestError         400 invalid_request_error   invalid_value   (carries ``param``)
+    │   └── PayloadTooLargeError    413 invalid_request_error   payload_too_large
+    ├── AuthenticationError         401 authentication_error    invalid_api_key
+    ├── NotFoundError               404 not_found_error         not_found       (model_not_found,
+    │                                                                            profile_not_found)
+    ├── OverloadedError             503 overloaded_error        overloaded      (``retry_after_s``)
+    │   ├── RateLimitedError        429 rate_limit_error        rate_limit_exceeded
+    │   └── EngineNotReadyError     503 overloaded_error        engine_not_ready
+    ├── BackendError                502 backend_error           backend_error   (a remote engine)
+    └── DeadlineExceededError       504 timeout_error           timeout         (nothing verified)
 
 Native and OpenAI routes render them the same way: ``{"error": {message, type, param, code}}``
-with the status above, plus ``Retry-After`` for the overload family.
+with the status above, plus ``Retry-After`` for the overload family and ``WWW-Authenticate``
+for 401. ``code`` is always a string, as in OpenAI's API (``invalid_api_key``,
+``model_not_found``…), never the status number: clients switch on it, the status is the
+HTTP status line.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class BestOfKError(Exception):
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str] = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -43,7 +49,7 @@ class BestOfKError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code if self.code is not None else self.status_code,
+                "code": self.code or self.default_code,
             }
         }
 
@@ -53,12 +59,14 @@ class InvalidRequestError(BestOfKError):
 
     status_code = 400
     error_type = "invalid_request_error"
+    default_code = "invalid_value"
 
 
 class PayloadTooLargeError(InvalidRequestError):
     """The body, prompt or a list in it is larger than the configured limit."""
 
     status_code = 413
+    default_code = "payload_too_large"
 
 
 class AuthenticationError(BestOfKError):
@@ -66,6 +74,11 @@ class AuthenticationError(BestOfKError):
 
     status_code = 401
     error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        """The scheme to authenticate with (RFC 9110: a 401 must name one)."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFoundError(BestOfKError):
@@ -73,6 +86,7 @@ class NotFoundError(BestOfKError):
 
     status_code = 404
     error_type = "not_found_error"
+    default_code = "not_found"
 
 
 class OverloadedError(BestOfKError):
@@ -80,6 +94,7 @@ class OverloadedError(BestOfKError):
 
     status_code = 503
     error_type = "overloaded_error"
+    default_code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -95,10 +110,13 @@ class RateLimitedError(OverloadedError):
 
     status_code = 429
     error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
 
 class EngineNotReadyError(OverloadedError):
     """The engine is still loading, or no backend is healthy."""
+
+    default_code = "engine_not_ready"
 
 
 class BackendError(BestOfKError):
@@ -106,6 +124,7 @@ class BackendError(BestOfKError):
 
     status_code = 502
     error_type = "backend_error"
+    default_code = "backend_error"
 
 
 class DeadlineExceededError(BestOfKError):
@@ -113,3 +132,4 @@ class DeadlineExceededError(BestOfKError):
 
     status_code = 504
     error_type = "timeout_error"
+    default_code = "timeout"

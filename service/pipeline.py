@@ -13,13 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, EngineNotReadyError, OverloadedError
+from service.errors import (
+    DeadlineExceededError,
+    EngineNotReadyError,
+    InvalidRequestError,
+    OverloadedError,
+)
 from service.selection import Scored, SelectionConfig, combine, ranked, select
 from verifiers import registry
 from verifiers.base import (
     Candidate,
     RequestContext,
     SetVerifier,
+    TargetNotAllowedError,
     Verdict,
     Verifier,
     VerifierCapacityError,
@@ -38,8 +44,11 @@ class RerankJob:
     request_id: str
     prompt: Prompt
     k: int
+    """Candidates to sample (for ``/verify``: the number given)."""
     sampling: SamplingConfig
     specs: Sequence[VerifierSpec]
+    k_requested: int | None = None
+    """The K asked for (or defaulted) when it differs from ``k``: greedy sampling has one."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     early_exit_min_score: float | None = None
     given: Sequence[str] | None = None
@@ -80,6 +89,15 @@ class RerankResult:
     timing: Timing
     by_logprob: bool = True
     """Ties between equal scores go to the higher mean logprob (else the lower index)."""
+    sampled: bool = True
+    """The candidates came from the engine (False for ``/verify``)."""
+    k_requested: int | None = None
+    """The K asked for or defaulted, when greedy sampling collapsed ``k`` to 1."""
+
+    @property
+    def generated(self) -> int:
+        """Candidates the engine finished (none for ``/verify``, which ranks given ones)."""
+        return len(self.candidates) if self.sampled else 0
 
     @property
     def passing(self) -> int:
@@ -195,7 +213,17 @@ class Pipeline:
         """Generate (or take) the candidates, verify them, and choose one."""
         if job.given is None and not self.engine.ready:
             raise EngineNotReadyError("the engine is not ready (loading, or no healthy backend)")
-        run = _Run(self, job)
+        try:
+            run = _Run(self, job)
+        except TargetNotAllowedError as exc:
+            raise InvalidRequestError(
+                f"{exc}: the operator lists the judge endpoints and reward models requests may "
+                "name in BESTOFK_VERIFIER_TARGETS (the verifier_targets setting), or sets "
+                "BESTOFK_ALLOW_ANY_VERIFIER_TARGET=1 for trusted clients; a judge without an "
+                "endpoint uses the serving model and needs no entry",
+                param="verifiers",
+                code="verifier_target_not_allowed",
+            ) from None
         stream: SampleStream | None = None
         timed_out = False
         try:
@@ -280,7 +308,7 @@ class Pipeline:
             model=self.engine.model_name,
             chosen=select(candidates, job.selection),
             candidates=candidates,
-            k=job.k if job.given is None else len(job.given),
+            k=job.k,
             early_exit=run.early_exit,
             partial=timed_out,
             prompt_tokens=stream.prompt_tokens if stream else 0,
@@ -288,4 +316,6 @@ class Pipeline:
             verifier_tokens=sum(v.tokens for s in candidates for v in s.verdicts),
             timing=timing,
             by_logprob=job.selection.by_logprob,
+            sampled=job.given is None,
+            k_requested=job.k_requested,
         )

@@ -145,6 +145,18 @@ class VerifierCapacityError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class TargetNotAllowedError(ValueError):
+    """A spec names an endpoint or model outside ``VerifierResources.allowed_models``.
+
+    Raised when the verifier is built, before anything is generated: the request, not a
+    verdict, should fail, since every candidate's verdict would be this same error."""
+
+    def __init__(self, target: str, what: str) -> None:
+        super().__init__(f"{what} {target!r} is not among the targets this server allows")
+        self.target = target
+        self.what = what
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """The one doorway for CPU-bound verifier work: run it in a worker thread, off the loop."""
     return await anyio.to_thread.run_sync(fn, *args)

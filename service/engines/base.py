@@ -18,6 +18,9 @@ output processor build, a backend's API server serialise and this process parse,
 token per candidate. It also bounds how far ``usage`` undercounts a candidate aborted by early
 exit (tokens generated since its last delta are never reported)."""
 
+GREEDY_BELOW = 1e-5
+"""vLLM's ``_SAMPLING_EPS``: a temperature below it means greedy decoding."""
+
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
@@ -71,6 +74,12 @@ class SamplingConfig:
     ``top_logprobs`` None, spares the engine computing and sending them."""
     json_schema: Mapping[str, Any] | None = None
     """Constrain decoding to this schema where the engine supports structured outputs."""
+
+    @property
+    def greedy(self) -> bool:
+        """Whether this is greedy decoding, by vLLM's rule (temperature below 1e-5): every
+        sample would be the same, and vLLM refuses more than one."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def wants_logprobs(self) -> bool:

@@ -45,6 +45,8 @@ class RemoteOptions:
     urls: Sequence[str]
     model: str | None = None
     """Model name to send; None takes the first one the backend lists."""
+    served_model_name: str | None = None
+    """The name clients use; None: the model name sent."""
     api_key: str | None = None
     supports_n: bool | None = None
     """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
@@ -378,15 +380,20 @@ def _add_logprobs(acc: _Choice, raw: Any, chat: bool) -> int:
 
 async def _raise_for_status(response: httpx.Response, n: int) -> None:
     raw = (await response.aread()).decode("utf-8", "replace")
+    param = None
     try:
-        message = json.loads(raw)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+        error = json.loads(raw)["error"]
+        message, param = error["message"], error.get("param")
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = raw[:500]
     status = response.status_code
     if status == 400 and n > 1 and "n" in str(message).lower().split("'"):
         raise _NRefusedError(message)
     if status in (400, 422):
-        raise InvalidRequestError(f"the backend rejected the request: {message}")
+        raise InvalidRequestError(
+            f"the backend rejected the request: {message}",
+            param=param if isinstance(param, str) else None,
+        )
     raise BackendError(f"backend answered {status}: {message}")
 
 
@@ -411,7 +418,9 @@ class OpenAIEngine:
 
     @property
     def model_name(self) -> str:
-        """The configured model, else the first one a backend lists."""
+        """The served name, else the configured model, else the first one a backend lists."""
+        if self.options.served_model_name:
+            return self.options.served_model_name
         if self.options.model:
             return self.options.model
         for backend in self.backends:
@@ -426,7 +435,7 @@ class OpenAIEngine:
 
     def model_for(self, backend: Backend) -> str:
         """The model name to send to ``backend``."""
-        return self.options.model or (backend.models[0] if backend.models else self.model_name)
+        return self.options.model or (backend.models[0] if backend.models else "unknown")
 
     async def start(self) -> None:
         """Check every backend once, then keep checking in the background."""

@@ -77,7 +77,12 @@ class VllmStream:
     ) -> AsyncGenerator[Sample, None]:
         llm = engine.llm
         engine_input = await engine.render(prompt)
-        params = engine.sampling_params(k, sampling)
+        try:
+            # vLLM validates here and again in generate (against the model: vocabulary,
+            # context length): a value it refuses is the client's error, never a 500.
+            params = engine.sampling_params(k, sampling)
+        except Exception as exc:
+            raise _translate(exc) from exc
         partial: dict[int, _Partial] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
         outputs = llm.generate(engine_input, params, request_id)
@@ -127,7 +132,8 @@ def _translate(exc: Exception) -> Exception:
     from vllm.exceptions import VLLMClientError
 
     if isinstance(exc, VLLMClientError | ValueError):
-        return InvalidRequestError(f"the engine rejected the request: {exc}", param="prompt")
+        param = getattr(exc, "parameter", None)
+        return InvalidRequestError(f"the engine rejected the request: {exc}", param=param)
     return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
 
 

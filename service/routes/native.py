@@ -78,7 +78,8 @@ def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
         candidates=[candidate_out(s) for s in result.candidates] if return_candidates else None,
         stats=Stats(
             k=result.k,
-            generated=len(result.candidates),
+            k_requested=result.k_requested or result.k,
+            generated=result.generated,
             passing=result.passing,
             first_sample_passed=result.first_sample_passed,
             early_exit=result.early_exit,

@@ -37,11 +37,15 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
     if not raw:
         return None
     try:
-        return {int(token): bias for token, bias in raw.items()}
+        bias: dict[int, float] | None = {int(token): value for token, value in raw.items()}
     except ValueError:
+        bias = None
+    if bias is None or any(token < 0 for token in bias):
         raise InvalidRequestError(
-            "logit_bias keys must be token ids (integers as strings)", param="logit_bias"
-        ) from None
+            "logit_bias keys must be token ids (non-negative integers as strings)",
+            param="logit_bias",
+        )
+    return bias  # ids past the vocabulary: the engine knows its size and refuses them
 
 
 def _job(
@@ -72,14 +76,13 @@ def _job(
         "top_logprobs": top_logprobs,
         "json_schema": json_schema,
     }
-    # Without best_of, K is the profile's or the server's default, raised to n if n is larger.
-    k = body.best_of or (body.n if body.n > rt.settings.default_k else None)
     return rt.jobs.build(
         new_request_id(prefix),
         JobRequest(
             prompt=prompt,
             model=body.model,
-            k=k,
+            k=body.best_of,
+            n=body.n,
             sampling=sampling,
             verifiers=specs,
             profile=body.profile,
