@@ -59,6 +59,12 @@ class SamplingConfig:
 
     temperature: float = 0.8
     top_p: float = 1.0
+    top_k: int = 0
+    """vLLM's extension: sample from the k likeliest tokens; 0 (or -1) for all."""
+    min_p: float = 0.0
+    """vLLM's extension: drop tokens less likely than this share of the likeliest one."""
+    repetition_penalty: float = 1.0
+    """vLLM's extension: above 1 discourages tokens already in the prompt or output."""
     max_tokens: int = 256
     min_tokens: int = 0
     """End-of-sequence is suppressed until this many tokens (vLLM's ``min_tokens``)."""

@@ -281,8 +281,14 @@ def _request_body(
         "presence_penalty": sampling.presence_penalty,
         "frequency_penalty": sampling.frequency_penalty,
     }
-    if sampling.min_tokens:
-        body["min_tokens"] = sampling.min_tokens  # a vLLM extension
+    # vLLM's extensions, sent only when set: a stricter server could refuse them.
+    extensions = {
+        "min_tokens": (sampling.min_tokens, 0),
+        "top_k": (sampling.top_k, 0),
+        "min_p": (sampling.min_p, 0.0),
+        "repetition_penalty": (sampling.repetition_penalty, 1.0),
+    }
+    body.update({name: value for name, (value, off) in extensions.items() if value != off})
     if vllm:
         # Only to vLLM: a stricter server could refuse the unknown fields.
         body["stream_interval"] = STREAM_INTERVAL
@@ -348,7 +354,16 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk must be a JSON object")
     if "error" in chunk:
-        raise BackendError(f"backend error mid-stream: {chunk['error']}")
+        error = chunk["error"]
+        # vLLM validates some fields (logit_bias against the vocabulary) only once the
+        # stream has begun: a refusal of the request, sent as an event after the 200.
+        if isinstance(error, dict) and str(error.get("code")) in ("400", "422"):
+            param = error.get("param")
+            raise InvalidRequestError(
+                f"the backend rejected the request: {error.get('message')}",
+                param=param if isinstance(param, str) else None,
+            )
+        raise BackendError(f"backend error mid-stream: {error}")
     return chunk
 
 

@@ -76,6 +76,15 @@ class VllmStream:
         request_id: str,
     ) -> AsyncGenerator[Sample, None]:
         llm = engine.llm
+        limit = llm.model_config.max_model_len
+        if sampling.max_tokens > limit:
+            # As vLLM's OpenAI server refuses it, so both engines answer alike (vLLM itself
+            # would quietly stop each candidate at the context length).
+            raise InvalidRequestError(
+                f"max_tokens={sampling.max_tokens} cannot be greater than the model's "
+                f"max_model_len={limit}",
+                param="max_tokens",
+            )
         engine_input = await engine.render(prompt)
         try:
             # vLLM validates here and again in generate (against the model: vocabulary,
@@ -226,6 +235,9 @@ class VllmEngine:
             n=k,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_tokens,
             min_tokens=sampling.min_tokens,
             stop=list(sampling.stop) or None,

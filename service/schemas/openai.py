@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
 
@@ -66,6 +73,11 @@ class BestOfKFields(BaseModel):
     model: str
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    """vLLM's extensions (``top_k``, ``min_p``, ``repetition_penalty``), as its server takes
+    them."""
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
@@ -111,6 +123,13 @@ class ChatCompletionRequest(BestOfKFields):
     reasoning_effort: str | None = None
     modalities: list[str] | None = None
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
     @field_validator("tools")
     @classmethod
     def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -131,8 +150,6 @@ class ChatCompletionRequest(BestOfKFields):
     def _supported(self) -> ChatCompletionRequest:
         if self.modalities and self.modalities != ["text"]:
             raise ValueError("only the 'text' modality is supported")
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
 
