@@ -7,7 +7,6 @@ which also counts what reached the backend.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -131,11 +130,11 @@ def test_temperature_zero_samples_one_candidate_on_both_engines(any_server: Serv
 BAD_SAMPLING = [
     ("empty stop string", {"stop": [""]}, "stop"),
     ("too many stop strings", {"stop": [str(i) for i in range(17)]}, "stop"),
-    ("logit_bias out of range", {"logit_bias": {"5": 1000}}, "logit_bias"),
+    ("logit_bias out of range", {"logit_bias": {"5": 1000}}, "logit_bias.5"),
     ("logit_bias negative id", {"logit_bias": {"-1": 1}}, "logit_bias"),
     ("logit_bias id past the vocabulary", {"logit_bias": {"99999": 1}}, "logit_bias"),
     ("top_logprobs over 20", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ("top_logprobs without logprobs", {"top_logprobs": 2}, None),
+    ("top_logprobs without logprobs", {"top_logprobs": 2}, "top_logprobs"),
     ("negative seed", {"seed": -1}, "seed"),
     ("seed past 64 bits", {"seed": 2**64}, "seed"),
     ("min_tokens over max_tokens", {"min_tokens": 9, "max_tokens": 8}, "min_tokens"),
@@ -145,6 +144,10 @@ BAD_SAMPLING = [
     ("n over max_k", {"n": 17}, "n"),
     ("best_of over max_k", {"best_of": 17}, "k"),
     ("max_tokens over the limit", {"max_tokens": 10**9}, "max_tokens"),
+    ("max_tokens over max_model_len", {"max_tokens": 1000}, "max_tokens"),
+    ("top_k below -1", {"top_k": -5}, "top_k"),
+    ("min_p over 1", {"min_p": 2}, "min_p"),
+    ("repetition_penalty 0", {"repetition_penalty": 0}, "repetition_penalty"),
     ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("tool_choice", {"tool_choice": "auto"}, "tool_choice"),
 ]
@@ -161,6 +164,15 @@ def test_sampling_the_engine_refuses_is_a_400(
     assert reply.status_code == 400, reply.text
     error = error_of(reply)
     assert error["type"] == "invalid_request_error" and error["param"] == param, error
+
+
+def test_vllm_sampling_extensions_are_honoured(any_server: Server) -> None:
+    # top_k=1 leaves one token to sample at each step: every candidate is the same text.
+    body = {"prompt": PROMPT, "k": 4, "sampling": {"temperature": 1.0, "max_tokens": 8,
+            "top_k": 1, "min_p": 0.1, "repetition_penalty": 1.1}}  # fmt: skip
+    reply = post(any_server, "/generate", body)
+    assert reply.status_code == 200, reply.text
+    assert len({c["text"] for c in reply.json()["candidates"]}) == 1
 
 
 def test_nan_temperature_is_a_400(server: Server) -> None:
@@ -324,7 +336,3 @@ def test_shutdown_leaks_no_semaphore_or_shared_memory(tmp_path: Path) -> None:
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "leaked" not in text and "resource_tracker" not in text, text[-3000:]
-
-
-def _json(reply: httpx.Response) -> Any:
-    return json.loads(reply.text)
