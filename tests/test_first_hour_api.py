@@ -211,6 +211,23 @@ def test_default_k_is_visible_and_n_raises_it(server: Server) -> None:
     assert k_of(n=2, best_of=3) == 3  # an explicit best_of is K
 
 
+def test_k_rules() -> None:
+    jobs = JobFactory(
+        Settings(default_k=6, limits={"max_k": 10}, profiles={"p": {"k": 3}}),
+        build_engine(Settings()),
+    )
+
+    def job(**fields: Any) -> tuple[int, int | None]:
+        built = jobs.build("id", JobRequest(prompt=None, **fields))
+        return built.k, built.k_requested
+
+    assert job() == (6, 6) and job(n=8) == (8, 8) and job(profile="p", n=2) == (3, 3)
+    assert job(k=2, n=1) == (2, 2)
+    assert job(sampling={"temperature": 0}) == (1, 6)  # greedy: one candidate
+    assert job(given=["a", "b"]) == (2, 2)
+    assert jobs.default_k() == 6 and jobs.default_k("p") == 3
+
+
 # --- 7. a verifier target the server does not allow is refused before generating -------------
 
 
