@@ -12,22 +12,21 @@ import asyncio
 import logging
 import math
 import os
-import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from service.engines.base import STREAM_INTERVAL, Prompt, Sample, SamplingConfig, TokenLogprob
 from service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 SHUTDOWN_TIMEOUT_S = 60.0
 """How long the engine core may take to stop before vLLM kills it. vLLM's default, 5 s, is
-less than the CPU build needs on a busy machine: the core was killed before its executor's
-worker unlinked its shared-memory queue, and the resource tracker reported the leak at exit."""
+less than the CPU build needs on a busy machine: the core and its worker were killed
+mid-teardown ("force killing remaining processes"), leaving their shared memory and
+semaphores to the resource tracker's warning at exit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,22 +153,6 @@ def _translate(exc: Exception) -> Exception:
     return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
 
 
-def _deaf_to_sigint(build: Callable[..., T], *args: Any) -> T:
-    """``build(*args)`` with SIGINT blocked in this thread, so the engine processes it starts
-    inherit the blocked signal (a spawned child keeps its parent thread's signal mask).
-
-    Ctrl-C in a terminal signals the whole process group. The engine core and its worker then
-    died of it at the same moment as the server began its orderly shutdown, before the
-    worker's shared-memory queue was unlinked: the resource tracker reported leaked shared
-    memory at exit. Now only the server hears Ctrl-C, and it stops the engine in order
-    (SIGTERM to the core, which closes its workers)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return build(*args)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 class VllmEngine:
     """vLLM's ``AsyncLLM`` in this process (its engine core runs in a child process)."""
 
@@ -218,7 +201,7 @@ class VllmEngine:
             **opts.extra,
         }
         args = AsyncEngineArgs(**kwargs)
-        self._llm = await asyncio.to_thread(_deaf_to_sigint, AsyncLLM.from_engine_args, args)
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         log.info("vLLM engine ready: %s", self.model_name)
 
     async def close(self) -> None:
