@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +44,7 @@ def build_engine(settings: Settings) -> Engine:
             RemoteOptions(
                 urls=settings.backends,
                 model=settings.backend_model,
+                served_model_name=settings.served_model_name,
                 api_key=settings.backend_api_key,
                 supports_n=settings.backend_supports_n,
                 health_interval_s=settings.backend_health_interval_s,
@@ -58,7 +60,7 @@ def build_engine(settings: Settings) -> Engine:
     return VllmEngine(
         VllmOptions(
             model=settings.model,
-            served_model_name=settings.served_model_name,
+            served_model_name=settings.model_name,
             max_model_len=v.max_model_len,
             gpu_memory_utilization=v.gpu_memory_utilization,
             enforce_eager=v.enforce_eager,
@@ -98,9 +100,15 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     envelope too, so clients meet one error shape."""
     assert isinstance(exc, StarletteHTTPException)
     error = NotFoundError if exc.status_code == 404 else InvalidRequestError
-    body = error(str(exc.detail)).body()
-    body["error"]["code"] = exc.status_code
+    # The phrase as a code, in OpenAI's string form: 405 -> "method_not_allowed".
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    body = error(str(exc.detail), code=code).body()
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers in the envelope (Starlette logs the traceback after this)."""
+    return _error_response(BestOfKError(f"internal error: {type(exc).__name__}"))
 
 
 def create_app(
@@ -190,6 +198,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BestOfKError, _bestofk_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(native.router)
     app.include_router(openai.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)

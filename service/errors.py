@@ -1,19 +1,24 @@
-"""Every error a client can meet, each mapped to one HTTP status and one OpenAI error type.
+"""Every error a client can meet, each mapped to one HTTP status, one OpenAI error type and
+a default ``code``.
 
-    BestOfKError                    500 internal_error
-    ├── InvalidRequestError         400 invalid_request_error   (carries ``param``)
-    │   └── PayloadTooLargeError    413 invalid_request_error
-    ├── AuthenticationError         401 authentication_error
-    ├── NotFoundError               404 not_found_error         (unknown model or profile)
-    ├── OverloadedError             503 overloaded_error        (carries ``retry_after_s``)
-    │   ├── RateLimitedError        429 rate_limit_error
-    │   ├── EngineNotReadyError     503 overloaded_error        (the engine's health says when)
-    │   └── ShuttingDownError       503 overloaded_error        (draining after SIGTERM)
-    ├── BackendError                502 backend_error           (a remote engine failed)
-    └── DeadlineExceededError       504 timeout_error           (nothing verified in time)
+    BestOfKError                    500 internal_error          internal_error
+    ├── InvalidRequestError         400 invalid_request_error   invalid_value   (carries ``param``)
+    │   └── PayloadTooLargeError    413 invalid_request_error   payload_too_large
+    ├── AuthenticationError         401 authentication_error    invalid_api_key
+    ├── NotFoundError               404 not_found_error         not_found       (model_not_found,
+    │                                                                            profile_not_found)
+    ├── OverloadedError             503 overloaded_error        overloaded      (``retry_after_s``)
+    │   ├── RateLimitedError        429 rate_limit_error        rate_limit_exceeded
+    │   ├── EngineNotReadyError     503 overloaded_error        engine_not_ready (health: when)
+    │   └── ShuttingDownError       503 overloaded_error        shutting_down   (at SIGTERM)
+    ├── BackendError                502 backend_error           backend_error   (a remote engine)
+    └── DeadlineExceededError       504 timeout_error           timeout         (nothing verified)
 
 Native and OpenAI routes render them the same way: ``{"error": {message, type, param, code}}``
-with the status above, plus ``Retry-After`` for the overload family.
+with the status above, plus ``Retry-After`` for the overload family and ``WWW-Authenticate``
+for 401. ``code`` is always a string, as in OpenAI's API (``invalid_api_key``,
+``model_not_found``…), never the status number: clients switch on it, the status is the
+HTTP status line.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class BestOfKError(Exception):
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str] = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -45,7 +51,7 @@ class BestOfKError(Exception):
                 "message": self.message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code if self.code is not None else self.status_code,
+                "code": self.code or self.default_code,
             }
         }
 
@@ -55,12 +61,14 @@ class InvalidRequestError(BestOfKError):
 
     status_code = 400
     error_type = "invalid_request_error"
+    default_code = "invalid_value"
 
 
 class PayloadTooLargeError(InvalidRequestError):
     """The body, prompt or a list in it is larger than the configured limit."""
 
     status_code = 413
+    default_code = "payload_too_large"
 
 
 class AuthenticationError(BestOfKError):
@@ -68,6 +76,11 @@ class AuthenticationError(BestOfKError):
 
     status_code = 401
     error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        """The scheme to authenticate with (RFC 9110: a 401 must name one)."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFoundError(BestOfKError):
@@ -75,6 +88,7 @@ class NotFoundError(BestOfKError):
 
     status_code = 404
     error_type = "not_found_error"
+    default_code = "not_found"
 
 
 class OverloadedError(BestOfKError):
@@ -82,6 +96,7 @@ class OverloadedError(BestOfKError):
 
     status_code = 503
     error_type = "overloaded_error"
+    default_code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -103,16 +118,21 @@ class RateLimitedError(OverloadedError):
 
     status_code = 429
     error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
 
 class EngineNotReadyError(OverloadedError):
     """The engine is loading or dead, or no backend is usable (Retry-After: when that can next
     change, from the engine's ``health``)."""
 
+    default_code = "engine_not_ready"
+
 
 class ShuttingDownError(OverloadedError):
     """The server is draining before it stops; another replica (or this one, restarted) will
     take the request."""
+
+    default_code = "shutting_down"
 
 
 class BackendError(BestOfKError):
@@ -120,6 +140,7 @@ class BackendError(BestOfKError):
 
     status_code = 502
     error_type = "backend_error"
+    default_code = "backend_error"
 
 
 class DeadlineExceededError(BestOfKError):
@@ -127,3 +148,4 @@ class DeadlineExceededError(BestOfKError):
 
     status_code = 504
     error_type = "timeout_error"
+    default_code = "timeout"

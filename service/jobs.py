@@ -27,6 +27,9 @@ class JobRequest:
     prompt: Prompt | None
     model: str | None = None
     k: int | None = None
+    n: int = 1
+    """Candidates the client wants back (OpenAI's ``n``): a K left to the default is at least
+    this."""
     sampling: Mapping[str, Any] | None = None
     verifiers: Sequence[VerifierSpec] = ()
     profile: str | None = None
@@ -85,12 +88,9 @@ class JobFactory:
             )
         prompt = req.prompt or Prompt(text="")
         self._check_prompt(prompt)
-        # Like max_tokens below: a K the client did not ask for never exceeds the limit.
-        k = req.k or min((profile.k if profile else None) or self.settings.default_k, limits.max_k)
+        k = self._k(req, profile)
         if req.given is not None:
             self._check_given(req.given)
-        elif k > limits.max_k:
-            raise InvalidRequestError(f"k={k} exceeds the limit of {limits.max_k}", param="k")
         timeout = min(req.timeout_s or limits.request_timeout_s, limits.request_timeout_s)
         min_score = req.early_exit_min_score
         if min_score is None and profile is not None:
@@ -100,7 +100,10 @@ class JobFactory:
         return RerankJob(
             request_id=request_id,
             prompt=prompt,
-            k=k,
+            # Greedy decoding has one candidate: K more would be K copies of it (vLLM refuses
+            # n > 1 outright). Sample one; stats.k_requested keeps what was asked.
+            k=1 if sampling.greedy and req.given is None else k,
+            k_requested=k,
             sampling=sampling,
             specs=specs,
             selection=selection,
@@ -110,6 +113,28 @@ class JobFactory:
             profile=profile_name,
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
+
+    def _k(self, req: JobRequest, profile: Profile | None) -> int:
+        """The request's K, else max(n, the profile's or server's default K)."""
+        limits = self.settings.limits
+        if req.given is not None:
+            return len(req.given)
+        if req.k is not None:
+            if req.k > limits.max_k:
+                raise InvalidRequestError(
+                    f"k={req.k} exceeds the limit of {limits.max_k}", param="k"
+                )
+            return req.k
+        if req.n > limits.max_k:
+            raise InvalidRequestError(f"n={req.n} exceeds the limit of {limits.max_k}", param="n")
+        # A default the operator set above the limit is capped, never a refusal of a request
+        # that asked for nothing.
+        default = (profile.k if profile else None) or self.settings.default_k
+        return max(req.n, min(default, limits.max_k))
+
+    def default_k(self, profile: str | None = None) -> int:
+        """The K a request without ``k``/``best_of`` gets, server-wide or under ``profile``."""
+        return self._k(JobRequest(prompt=None), self._profile(profile))
 
     def _profile(self, name: str | None) -> Profile | None:
         if name is None:

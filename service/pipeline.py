@@ -21,6 +21,7 @@ from verifiers.base import (
     Candidate,
     RequestContext,
     SetVerifier,
+    TargetNotAllowedError,
     Verdict,
     Verifier,
     VerifierCapacityError,
@@ -40,8 +41,11 @@ class RerankJob:
     request_id: str
     prompt: Prompt
     k: int
+    """Candidates to sample (for ``/verify``: the number given)."""
     sampling: SamplingConfig
     specs: Sequence[VerifierSpec]
+    k_requested: int | None = None
+    """The K asked for (or defaulted) when it differs from ``k``: greedy sampling has one."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     early_exit_min_score: float | None = None
     given: Sequence[str] | None = None
@@ -82,6 +86,15 @@ class RerankResult:
     timing: Timing
     by_logprob: bool = True
     """Ties between equal scores go to the higher mean logprob (else the lower index)."""
+    sampled: bool = True
+    """The candidates came from the engine (False for ``/verify``)."""
+    k_requested: int | None = None
+    """The K asked for or defaulted, when greedy sampling collapsed ``k`` to 1."""
+
+    @property
+    def generated(self) -> int:
+        """Candidates the engine finished (none for ``/verify``, which ranks given ones)."""
+        return len(self.candidates) if self.sampled else 0
 
     @property
     def passing(self) -> int:
@@ -197,7 +210,17 @@ class Pipeline:
 
     async def run(self, job: RerankJob) -> RerankResult:
         """Generate (or take) the candidates, verify them, and choose one."""
-        run = _Run(self, job)
+        try:
+            run = _Run(self, job)
+        except TargetNotAllowedError as exc:
+            raise InvalidRequestError(
+                f"{exc}: the operator lists the judge endpoints and reward models requests may "
+                "name in BESTOFK_VERIFIER_TARGETS (the verifier_targets setting), or sets "
+                "BESTOFK_ALLOW_ANY_VERIFIER_TARGET=1 for trusted clients; a judge without an "
+                "endpoint uses the serving model and needs no entry",
+                param="verifiers",
+                code="verifier_target_not_allowed",
+            ) from None
         stream: SampleStream | None = None
         timed_out = False
         try:
@@ -307,7 +330,7 @@ class Pipeline:
             model=self.engine.model_name,
             chosen=select(candidates, job.selection, run.answers),
             candidates=candidates,
-            k=job.k if job.given is None else len(job.given),
+            k=job.k,
             early_exit=run.early_exit,
             partial=timed_out,
             prompt_tokens=stream.prompt_tokens if stream else 0,
@@ -315,4 +338,6 @@ class Pipeline:
             verifier_tokens=sum(v.tokens for s in candidates for v in s.verdicts),
             timing=timing,
             by_logprob=job.selection.by_logprob,
+            sampled=job.given is None,
+            k_requested=job.k_requested,
         )

@@ -29,6 +29,7 @@ class ClientDisconnectedError(BestOfKError):
 
     status_code = 499
     error_type = "client_closed_request"
+    default_code = "client_closed_request"
 
 
 @dataclass(slots=True)

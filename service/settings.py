@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +23,16 @@ from service.engines.base import BYTES_PER_TOKEN
 from service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
+DEMO_NAME = "demo"
+"""The name the bundled demo model is served as."""
+DEMO_PROFILES: dict[str, dict[str, Any]] = {
+    "digits": {
+        "verifiers": [
+            {"type": "regex", "pattern": r"^\d+$", "mode": "fullmatch", "required": True}
+        ],
+    },
+}
+"""The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
 
 
 class Limits(BaseModel):
@@ -70,6 +80,7 @@ class Profile(BaseModel):
 
     verifiers: list[dict[str, Any]] = Field(default_factory=list)
     k: int | None = Field(default=None, ge=1)
+    """The profile's default K (a request's ``k``/``best_of`` wins); None: ``default_k``."""
     selection: SelectionDefaults | None = None
     early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
 
@@ -100,6 +111,9 @@ class Settings(BaseSettings):
     model: str = str(DEMO_MODEL)
     """Model path or name for the in-process engine (ignored with backends)."""
     served_model_name: str | None = None
+    """The model name clients send and responses carry. None: ``demo`` for the bundled model,
+    the directory's name for a local path, the ``model`` argument itself for a hub id (see
+    :attr:`model_name`); with backends, the first model they list."""
     backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """OpenAI-compatible backend URLs; any given switches to the ``openai`` engine."""
     backend_model: str | None = None
@@ -139,8 +153,11 @@ class Settings(BaseSettings):
     record_redact: list[str] = Field(default_factory=list)
     """Regexes whose matches in prompts are recorded as ``[REDACTED]`` (env: a JSON list)."""
     default_k: int = Field(default=8, ge=1)
+    """K for a request that names none (no ``k``/``best_of``; a profile's ``k`` wins). An
+    OpenAI request's ``n`` raises it: K = max(n, default)."""
     default_max_tokens: int = Field(default=256, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
+    """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
     """Server-wide selection defaults, e.g. ``BESTOFK_SELECTION__TIE_BREAK=index`` to spare the
     engine computing logprobs for clients that cannot send ``selection``."""
@@ -185,6 +202,36 @@ class Settings(BaseSettings):
             except re.error as exc:
                 raise ValueError(f"record_redact: {pattern!r} is no regex: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _demo_profiles(self) -> Settings:
+        # Only for the bundled model, and only when no profiles were configured at all:
+        # a configured set is the whole set, as for any other dict setting.
+        if "profiles" not in self.model_fields_set and self.serves_demo:
+            self.profiles = {n: Profile.model_validate(p) for n, p in DEMO_PROFILES.items()}
+        return self
+
+    @property
+    def serves_demo(self) -> bool:
+        """Whether this is the embedded default: the bundled model, in process."""
+        return self.engine == "vllm" and Path(self.model).resolve() == DEMO_MODEL
+
+    @property
+    def model_name(self) -> str | None:
+        """The served name; None when backends are to tell it.
+
+        vLLM serves ``--model`` verbatim, which suits a hub id (``Qwen/Qwen3-8B``) but turns a
+        local path into an absolute path every client would have to repeat: a local directory
+        is served by its own name, as ``vllm serve`` users pass with ``--served-model-name``.
+        """
+        if self.served_model_name:
+            return self.served_model_name
+        if self.engine == "openai":
+            return None
+        if self.serves_demo:
+            return DEMO_NAME
+        path = Path(self.model)
+        return path.resolve().name if path.is_dir() else self.model
 
     @property
     def engine(self) -> Literal["vllm", "openai"]:

@@ -575,7 +575,8 @@ def test_input_limits_answer_a_clear_4xx(
 def test_framework_errors_use_the_error_envelope(faulty: Server) -> None:
     assert error_of(httpx.get(faulty.url + "/nope", timeout=5))["type"] == "not_found_error"
     wrong_method = httpx.delete(faulty.url + "/generate", timeout=5)
-    assert wrong_method.status_code == 405 and error_of(wrong_method)["code"] == 405
+    assert wrong_method.status_code == 405
+    assert error_of(wrong_method)["code"] == "method_not_allowed"
     deep = "[" * 100_000 + "]" * 100_000
     reply = httpx.post(
         faulty.url + "/generate", content=deep, headers={"content-type": "application/json"}

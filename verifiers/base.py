@@ -179,6 +179,18 @@ async def run_bounded(workers: WorkerPool | None, fn: Callable[..., T], *args: A
     return await workers.run(fn, *args)
 
 
+class TargetNotAllowedError(ValueError):
+    """A spec names an endpoint or model outside ``VerifierResources.allowed_models``.
+
+    Raised when the verifier is built, before anything is generated: the request, not a
+    verdict, should fail, since every candidate's verdict would be this same error."""
+
+    def __init__(self, target: str, what: str) -> None:
+        super().__init__(f"{what} {target!r} is not among the targets this server allows")
+        self.target = target
+        self.what = what
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """The doorway for blocking calls that wait rather than compute (a model, a sandbox's
     pipes): run in a worker thread, off the loop. CPU-bound checks use :func:`run_bounded`."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from verifiers.base import Completion
+from verifiers.base import Completion, TargetNotAllowedError
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_ERROR_CHARS = 300
@@ -28,14 +28,15 @@ def base_url(url: str) -> str:
 
 
 def check_allowed(url: str | None, model: str | None, allowed: frozenset[str] | None) -> None:
-    """Raise ValueError when the server restricts model access and this one is not allowed."""
+    """Raise TargetNotAllowedError when the server restricts model access and this endpoint
+    (or, without one, this local model) is not allowed."""
     if allowed is None:
         return
-    for name in (base_url(url) if url else None, model if not url else None):
-        if name is not None and name not in allowed:
-            raise ValueError(
-                f"{name!r} is not among the models this server allows verifiers to use"
-            )
+    if url is not None:
+        if base_url(url) not in allowed:
+            raise TargetNotAllowedError(base_url(url), "endpoint")
+    elif model is not None and model not in allowed:
+        raise TargetNotAllowedError(model, "model")
 
 
 async def post_json(client: httpx.AsyncClient, url: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from verifiers.base import (
     Completer,
     Completion,
     RequestContext,
+    TargetNotAllowedError,
     Verdict,
     VerifierResources,
     VerifierSpec,
@@ -149,6 +150,8 @@ class _Asker:
         self.model: Completer | None = None
         try:
             self.model = judge_model(spec, resources)
+        except TargetNotAllowedError:
+            raise  # the request fails before generating, not each verdict after
         except ValueError as exc:
             self.unavailable = str(exc)
         self._calls = 0

@@ -123,11 +123,8 @@ class RewardModelVerifier:
         assert isinstance(spec, RewardModelSpec)
         self.spec = spec
         self._engine_args = {**DEFAULT_ENGINE_ARGS, **resources.extras.get(ENGINE_ARGS_KEY, {})}
-        self._unavailable: str | None = None
-        try:
-            check_allowed(spec.endpoint, spec.model, resources.allowed_models)
-        except ValueError as exc:
-            self._unavailable = str(exc)
+        # A target the server does not allow fails the request here, before generating.
+        check_allowed(spec.endpoint, spec.model, resources.allowed_models)
         self._batches: Coalescer[str, list[float]] = Coalescer(self._score_batch)
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
@@ -135,8 +132,6 @@ class RewardModelVerifier:
         return await timed("reward_model", lambda: self._verify(ctx, candidate))
 
     async def _verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
-        if self._unavailable is not None:
-            return Verdict.failure("reward_model", self._unavailable)
         text = self.spec.template.format_map({"prompt": ctx.prompt, "candidate": candidate.text})
         try:
             raw = await self._batches.submit(text)

@@ -54,6 +54,8 @@ class RemoteOptions:
     urls: Sequence[str]
     model: str | None = None
     """Model name to send; None takes the first one the backend lists."""
+    served_model_name: str | None = None
+    """The name clients use; None: the model name sent."""
     api_key: str | None = None
     supports_n: bool | None = None
     """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""

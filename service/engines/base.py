@@ -22,6 +22,9 @@ BYTES_PER_TOKEN = 64
 and code run 3-5 bytes a token, CJK under 8), so only a backend that ignores ``max_tokens`` or
 sends text no tokenizer made reaches it."""
 
+GREEDY_BELOW = 1e-5
+"""vLLM's ``_SAMPLING_EPS``: a temperature below it means greedy decoding."""
+
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
@@ -60,6 +63,12 @@ class SamplingConfig:
 
     temperature: float = 0.8
     top_p: float = 1.0
+    top_k: int = 0
+    """vLLM's extension: sample from the k likeliest tokens; 0 (or -1) for all."""
+    min_p: float = 0.0
+    """vLLM's extension: drop tokens less likely than this share of the likeliest one."""
+    repetition_penalty: float = 1.0
+    """vLLM's extension: above 1 discourages tokens already in the prompt or output."""
     max_tokens: int = 256
     min_tokens: int = 0
     """End-of-sequence is suppressed until this many tokens (vLLM's ``min_tokens``)."""
@@ -75,6 +84,12 @@ class SamplingConfig:
     ``top_logprobs`` None, spares the engine computing and sending them."""
     json_schema: Mapping[str, Any] | None = None
     """Constrain decoding to this schema where the engine supports structured outputs."""
+
+    @property
+    def greedy(self) -> bool:
+        """Whether this is greedy decoding, by vLLM's rule (temperature below 1e-5): every
+        sample would be the same, and vLLM refuses more than one."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def wants_logprobs(self) -> bool:

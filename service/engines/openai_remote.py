@@ -354,8 +354,14 @@ def _request_body(
         "presence_penalty": sampling.presence_penalty,
         "frequency_penalty": sampling.frequency_penalty,
     }
-    if sampling.min_tokens:
-        body["min_tokens"] = sampling.min_tokens  # a vLLM extension
+    # vLLM's extensions, sent only when set: a stricter server could refuse them.
+    extensions = {
+        "min_tokens": (sampling.min_tokens, 0),
+        "top_k": (sampling.top_k, 0),
+        "min_p": (sampling.min_p, 0.0),
+        "repetition_penalty": (sampling.repetition_penalty, 1.0),
+    }
+    body.update({name: value for name, (value, off) in extensions.items() if value != off})
     if vllm:
         # Only to vLLM: a stricter server could refuse the unknown fields.
         body["stream_interval"] = STREAM_INTERVAL
@@ -427,7 +433,16 @@ def _parse_chunk(data: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk must be a JSON object")
     if "error" in chunk:
-        raise BackendError(f"backend error mid-stream: {chunk['error']}")
+        error = chunk["error"]
+        # vLLM validates some fields (logit_bias against the vocabulary) only once the
+        # stream has begun: a refusal of the request, sent as an event after the 200.
+        if isinstance(error, dict) and str(error.get("code")) in ("400", "422"):
+            param = error.get("param")
+            raise InvalidRequestError(
+                f"the backend rejected the request: {error.get('message')}",
+                param=param if isinstance(param, str) else None,
+            )
+        raise BackendError(f"backend error mid-stream: {error}")
     return chunk
 
 
@@ -466,15 +481,20 @@ def _add_logprobs(acc: _Choice, entries: list[LogprobEntry]) -> None:
 
 async def _raise_for_status(response: httpx.Response, n: int) -> None:
     raw = (await response.aread()).decode("utf-8", "replace")
+    param = None
     try:
-        message = json.loads(raw)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+        error = json.loads(raw)["error"]
+        message, param = error["message"], error.get("param")
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = raw[:500]
     status = response.status_code
     if status == 400 and n > 1 and "n" in str(message).lower().split("'"):
         raise _NRefusedError(message)
     if status in (400, 422):
-        raise InvalidRequestError(f"the backend rejected the request: {message}")
+        raise InvalidRequestError(
+            f"the backend rejected the request: {message}",
+            param=param if isinstance(param, str) else None,
+        )
     raise BackendError(f"backend answered {status}: {message}")
 
 
@@ -495,7 +515,9 @@ class OpenAIEngine:
 
     @property
     def model_name(self) -> str:
-        """The configured model, else the first one a backend lists."""
+        """The served name, else the configured model, else the first one a backend lists."""
+        if self.options.served_model_name:
+            return self.options.served_model_name
         if self.options.model:
             return self.options.model
         for backend in self.pool.backends:
@@ -510,7 +532,7 @@ class OpenAIEngine:
 
     def model_for(self, backend: Backend) -> str:
         """The model name to send to ``backend``."""
-        return self.options.model or (backend.models[0] if backend.models else self.model_name)
+        return self.options.model or (backend.models[0] if backend.models else "unknown")
 
     async def start(self) -> None:
         """Check every backend once, then keep checking in the background."""

@@ -40,6 +40,13 @@ BACKEND_LABEL = "in-process"
 """The in-process engine's ``backend`` label in ``bestofk_backend_up``."""
 
 
+SHUTDOWN_TIMEOUT_S = 60.0
+"""How long the engine core may take to stop before vLLM kills it. vLLM's default, 5 s, is
+less than the CPU build needs on a busy machine: the core and its worker were killed
+mid-teardown ("force killing remaining processes"), leaving their shared memory and
+semaphores to the resource tracker's warning at exit."""
+
+
 @dataclass(frozen=True, slots=True)
 class VllmOptions:
     """How to build the in-process engine (a subset of vLLM's engine args, plus a passthrough)."""
@@ -98,8 +105,22 @@ class VllmStream:
         request_id: str,
     ) -> AsyncGenerator[Sample, None]:
         llm = engine.llm
+        limit = llm.model_config.max_model_len
+        if sampling.max_tokens > limit:
+            # As vLLM's OpenAI server refuses it, so both engines answer alike (vLLM itself
+            # would quietly stop each candidate at the context length).
+            raise InvalidRequestError(
+                f"max_tokens={sampling.max_tokens} cannot be greater than the model's "
+                f"max_model_len={limit}",
+                param="max_tokens",
+            )
         engine_input = await engine.render(prompt)
-        params = engine.sampling_params(k, sampling)
+        try:
+            # vLLM validates here and again in generate (against the model: vocabulary,
+            # context length): a value it refuses is the client's error, never a 500.
+            params = engine.sampling_params(k, sampling)
+        except Exception as exc:
+            raise engine.translate(exc) from exc
         partial: dict[int, _Partial] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
         # vLLM stops at max_tokens itself; text is capped too, as for remote backends (a
@@ -223,7 +244,8 @@ class VllmEngine:
                 retry_after_s=LOAD_S,
             )
         if isinstance(exc, VLLMClientError | ValueError):
-            return InvalidRequestError(f"the engine rejected the request: {exc}", param="prompt")
+            param = getattr(exc, "parameter", None)
+            return InvalidRequestError(f"the engine rejected the request: {exc}", param=param)
         return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
 
     async def start(self) -> None:
@@ -295,14 +317,16 @@ class VllmEngine:
         return await asyncio.to_thread(AsyncLLM.from_engine_args, args)
 
     async def close(self) -> None:
-        """Stop supervising and shut the engine core process down."""
+        """Stop supervising, then shut the engine core down, giving it time to release what it
+        holds."""
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._llm is not None:
             llm, self._llm = self._llm, None
-            llm.shutdown()
+            # Joins the engine's processes: blocking, so off the loop.
+            await asyncio.to_thread(llm.shutdown, timeout=SHUTDOWN_TIMEOUT_S)
 
     async def render(self, prompt: Prompt) -> Any:
         """Tokenize (and apply the chat template) through vLLM's own renderer, off the loop."""
@@ -336,6 +360,9 @@ class VllmEngine:
             n=k,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_tokens,
             min_tokens=sampling.min_tokens,
             stop=list(sampling.stop) or None,

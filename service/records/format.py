@@ -260,7 +260,7 @@ def build(
         ),
         stats=StatsRecord(
             k=result.k,
-            generated=len(result.candidates),
+            generated=result.generated,
             passing=result.passing,
             first_sample_passed=result.first_sample_passed,
             early_exit=result.early_exit,

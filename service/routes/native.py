@@ -79,7 +79,8 @@ def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
         candidates=[candidate_out(s) for s in result.candidates] if return_candidates else None,
         stats=Stats(
             k=result.k,
-            generated=len(result.candidates),
+            k_requested=result.k_requested or result.k,
+            generated=result.generated,
             passing=result.passing,
             first_sample_passed=result.first_sample_passed,
             early_exit=result.early_exit,
@@ -168,11 +169,21 @@ async def metrics_endpoint() -> Response:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, object]:
-    """The served model, plus one ``NAME@PROFILE`` entry per configured profile."""
+    """The served model, plus one ``NAME@PROFILE`` entry per configured profile, each with
+    the K a request without ``best_of`` gets (``default_k``)."""
     rt = runtime(request)
     name = rt.engine.model_name
-    ids = [name, *(f"{name}@{p}" for p in sorted(rt.settings.profiles))]
+    entries = [(name, None), *((f"{name}@{p}", p) for p in sorted(rt.settings.profiles))]
     return {
         "object": "list",
-        "data": [{"id": i, "object": "model", "created": 0, "owned_by": "bestofk"} for i in ids],
+        "data": [
+            {
+                "id": model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "bestofk",
+                "default_k": rt.jobs.default_k(profile),
+            }
+            for model_id, profile in entries
+        ],
     }

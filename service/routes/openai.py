@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,11 +37,15 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
     if not raw:
         return None
     try:
-        return {int(token): bias for token, bias in raw.items()}
+        bias: dict[int, float] | None = {int(token): value for token, value in raw.items()}
     except ValueError:
+        bias = None
+    if bias is None or any(token < 0 for token in bias):
         raise InvalidRequestError(
-            "logit_bias keys must be token ids (integers as strings)", param="logit_bias"
-        ) from None
+            "logit_bias keys must be token ids (non-negative integers as strings)",
+            param="logit_bias",
+        )
+    return bias  # ids past the vocabulary: the engine knows its size and refuses them
 
 
 def _job(
@@ -62,6 +66,9 @@ def _job(
     sampling = {
         "temperature": body.temperature,
         "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repetition_penalty": body.repetition_penalty,
         "max_tokens": max_tokens,
         "min_tokens": body.min_tokens,
         "stop": body.stop,
@@ -72,14 +79,13 @@ def _job(
         "top_logprobs": top_logprobs,
         "json_schema": json_schema,
     }
-    # Without best_of, K is the profile's or the server's default, raised to n if n is larger.
-    k = body.best_of or (body.n if body.n > rt.settings.default_k else None)
     return rt.jobs.build(
         new_request_id(prefix),
         JobRequest(
             prompt=prompt,
             model=body.model,
-            k=k,
+            k=body.best_of,
+            n=body.n,
             sampling=sampling,
             verifiers=specs,
             profile=body.profile,
@@ -142,13 +148,18 @@ class _Renderer:
     object_name = ""
     chunk_object_name = ""
 
-    def __init__(self, body: BestOfKFields) -> None:
+    def __init__(self, body: BestOfKFields, want_logprobs: bool) -> None:
         self.body = body
+        self.want_logprobs = want_logprobs
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         raise NotImplementedError
 
-    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
+    def delta(
+        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+    ) -> dict[str, Any]:
+        """A content chunk; ``tokens`` are the logprobs of the tokens ``text`` shows, which
+        travel with it as they do from vLLM (when the client asked for logprobs)."""
         raise NotImplementedError
 
     def finish(self, position: int, scored: Scored) -> dict[str, Any]:
@@ -160,34 +171,40 @@ class _ChatRenderer(_Renderer):
     chunk_object_name = "chat.completion.chunk"
 
     def __init__(self, body: ChatCompletionRequest) -> None:
-        super().__init__(body)
-        self.want_logprobs = body.logprobs
+        super().__init__(body, body.logprobs)
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         return {
             "index": position,
             "message": {"role": "assistant", "content": scored.candidate.text},
             "finish_reason": scored.candidate.finish_reason or "stop",
-            "logprobs": self._logprobs(scored),
+            "logprobs": self._logprobs(visible_logprobs(scored)),
         }
 
-    def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
+    def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any] | None:
         if not self.want_logprobs:
             return None
-        return {"content": [_chat_token(t) for t in visible_logprobs(scored)]}
+        return {"content": [_chat_token(t) for t in tokens]}
 
-    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
+    def delta(
+        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+    ) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": text}
         if first:
             delta["role"] = "assistant"
-        return {"index": position, "delta": delta, "finish_reason": None, "logprobs": None}
+        return {
+            "index": position,
+            "delta": delta,
+            "finish_reason": None,
+            "logprobs": self._logprobs(tokens),
+        }
 
     def finish(self, position: int, scored: Scored) -> dict[str, Any]:
         return {
             "index": position,
             "delta": {},
             "finish_reason": scored.candidate.finish_reason or "stop",
-            "logprobs": self._logprobs(scored),
+            "logprobs": None,
         }
 
 
@@ -203,22 +220,22 @@ class _CompletionRenderer(_Renderer):
     chunk_object_name = "text_completion"
 
     def __init__(self, body: CompletionRequest) -> None:
-        super().__init__(body)
-        self.want_logprobs = body.logprobs is not None
+        super().__init__(body, body.logprobs is not None)
+        self._offsets: dict[int, int] = {}
+        """Per choice: where the next streamed chunk starts in its text (``text_offset``)."""
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         return {
             "index": position,
             "text": scored.candidate.text,
             "finish_reason": scored.candidate.finish_reason or "stop",
-            "logprobs": self._logprobs(scored),
+            "logprobs": self._logprobs(visible_logprobs(scored), 0),
         }
 
-    def _logprobs(self, scored: Scored) -> dict[str, Any] | None:
+    def _logprobs(self, tokens: Sequence[TokenLogprob], start: int) -> dict[str, Any] | None:
         if not self.want_logprobs:
             return None
-        tokens = visible_logprobs(scored)
-        offsets, offset = [], 0
+        offsets, offset = [], start
         for t in tokens:
             offsets.append(offset)
             offset += len(t.token)
@@ -229,15 +246,24 @@ class _CompletionRenderer(_Renderer):
             "text_offset": offsets,
         }
 
-    def delta(self, position: int, text: str, first: bool) -> dict[str, Any]:
-        return {"index": position, "text": text, "finish_reason": None, "logprobs": None}
+    def delta(
+        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+    ) -> dict[str, Any]:
+        start = self._offsets.get(position, 0)
+        self._offsets[position] = start + len(text)
+        return {
+            "index": position,
+            "text": text,
+            "finish_reason": None,
+            "logprobs": self._logprobs(tokens, start),
+        }
 
     def finish(self, position: int, scored: Scored) -> dict[str, Any]:
         return {
             "index": position,
             "text": "",
             "finish_reason": scored.candidate.finish_reason or "stop",
-            "logprobs": self._logprobs(scored),
+            "logprobs": None,
         }
 
 
@@ -331,8 +357,8 @@ async def _stream(
     base = _envelope(job, renderer, result.model, chunk=True)
     top = result.top(body.n)
     for position, scored in enumerate(top):
-        for i, piece in enumerate(_pieces(scored)):
-            yield _sse({**base, "choices": [renderer.delta(position, piece, i == 0)]})
+        for i, (piece, tokens) in enumerate(_pieces(scored)):
+            yield _sse({**base, "choices": [renderer.delta(position, piece, i == 0, tokens)]})
         last = {**base, "choices": [renderer.finish(position, scored)]}
         if position == len(top) - 1:
             last["bestofk"] = render(result, body.return_candidates).model_dump()
@@ -342,11 +368,14 @@ async def _stream(
     yield _sse("[DONE]")
 
 
-def _pieces(scored: Scored) -> list[str]:
-    """The text as the tokens it was generated in when known, else as words."""
+def _pieces(scored: Scored) -> list[tuple[str, list[TokenLogprob]]]:
+    """The text as the tokens it was generated in, each with its logprob, when they spell it;
+    else, with logprobs, the whole text in one piece carrying them all; else as words."""
     text = scored.candidate.text
-    tokens = [t.token for t in visible_logprobs(scored)]
-    if tokens and "".join(tokens) == text:
-        return tokens
-    pieces = [w for w in text.split(" ")]
-    return [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)] or [""]
+    tokens = visible_logprobs(scored)
+    if tokens and "".join(t.token for t in tokens) == text:
+        return [(t.token, [t]) for t in tokens]
+    if tokens:
+        return [(text, tokens)]
+    words = text.split(" ")
+    return [(w + (" " if i < len(words) - 1 else ""), []) for i, w in enumerate(words)]

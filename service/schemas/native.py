@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from verifiers.base import VerifierSpec
 from verifiers.registry import parse_spec
@@ -23,6 +30,21 @@ def _parse_specs(value: Any) -> Any:
 
 VerifierSpecs = Annotated[list[VerifierSpec], BeforeValidator(_parse_specs)]
 """Each spec validated against its own type's fields; errors name the field."""
+
+MAX_STOP = 16
+
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    stops = [value] if isinstance(value, str) else value or []
+    if len(stops) > MAX_STOP:
+        raise ValueError(f"at most {MAX_STOP} stop strings")
+    if any(not s for s in stops):
+        raise ValueError("a stop string must not be empty")  # vLLM refuses it
+    return value
+
+
+Stop = Annotated[str | list[str] | None, AfterValidator(_check_stop)]
+"""``stop``: one string or a list of at most 16, none empty."""
 
 
 class Strict(BaseModel):
@@ -45,9 +67,13 @@ class Sampling(Strict):
 
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1)
+    """vLLM's: the k likeliest tokens only; 0 or -1 for all."""
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
-    stop: str | list[str] | None = Field(default=None, max_length=16)
+    stop: Stop = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -137,7 +163,11 @@ class Stats(BaseModel):
     """What the K candidates looked like."""
 
     k: int
+    """Candidates sampled (for ``/verify``: given)."""
+    k_requested: int
+    """The K asked for, or the default; greedy sampling (temperature 0) samples 1."""
     generated: int
+    """Candidates the engine finished: fewer than ``k`` after early exit, 0 for ``/verify``."""
     passing: int
     first_sample_passed: bool
     early_exit: bool

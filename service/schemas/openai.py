@@ -7,12 +7,19 @@ client) are accepted and ignored, as vLLM does.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
+from service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
 
 
 class StreamOptions(BaseModel):
@@ -66,15 +73,21 @@ class BestOfKFields(BaseModel):
     model: str
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    """vLLM's extensions (``top_k``, ``min_p``, ``repetition_penalty``), as its server takes
+    them."""
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
     """vLLM's extension: end-of-sequence is suppressed until this many tokens."""
-    stop: str | list[str] | None = Field(default=None)
+    stop: Stop = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    """Token id (as a string) → bias in [-100, 100], as OpenAI bounds it."""
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -110,10 +123,31 @@ class ChatCompletionRequest(BestOfKFields):
     reasoning_effort: str | None = None
     modalities: list[str] | None = None
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        # Verifiers judge text; a tool call is no candidate they can check, and tools left
+        # out of the prompt would silently change what the model was asked.
+        if value:
+            raise ValueError("tools are not supported by bestofk; leave 'tools' out")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none"):
+            raise ValueError("tools are not supported by bestofk; leave 'tool_choice' out")
+        return value
+
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.tools and self.tool_choice not in (None, "none"):
-            raise ValueError("tools are not supported by bestofk; leave 'tools' out")
         if self.modalities and self.modalities != ["text"]:
             raise ValueError("only the 'text' modality is supported")
         return self
