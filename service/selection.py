@@ -98,9 +98,7 @@ def select(scored: Sequence[Scored], config: SelectionConfig) -> Scored:
     pool = [s for s in order if s.required_ok] or order
     if config.policy == "sample":
         rng = random.Random(config.seed)
-        top = max(s.score for s in pool)
-        weights = [math.exp(config.beta * (s.score - top)) for s in pool]
-        return rng.choices(pool, weights=weights, k=1)[0]
+        return rng.choices(pool, weights=_sample_weights(pool, config.beta), k=1)[0]
     clusters: dict[str, list[Scored]] = defaultdict(list)
     for s in pool:
         clusters[answer_key(s.candidate.text, config.extract)].append(s)
@@ -114,3 +112,23 @@ def select(scored: Sequence[Scored], config: SelectionConfig) -> Scored:
         ),
     )
     return heaviest[0]
+
+
+def _sample_weights(pool: Sequence[Scored], beta: float) -> list[float]:
+    """exp(β·score), relative to the top score so that large β cannot overflow."""
+    top = max(s.score for s in pool)
+    return [math.exp(beta * (s.score - top)) for s in pool]
+
+
+def choice_probabilities(
+    scored: Sequence[Scored], config: SelectionConfig
+) -> list[tuple[Scored, float]]:
+    """What :func:`select` chooses, as probabilities: the one candidate ``argmax`` and ``vote``
+    choose, or every candidate ``sample`` may draw with its chance (offline evaluation)."""
+    if config.policy != "sample":
+        return [(select(scored, config), 1.0)]
+    order = ranked(scored, config.by_logprob)
+    pool = [s for s in order if s.required_ok] or order
+    weights = _sample_weights(pool, config.beta)
+    total = sum(weights)
+    return [(s, w / total) for s, w in zip(pool, weights, strict=True)]
