@@ -23,7 +23,26 @@ from rich.table import Table
 
 from service.selection import Policy, TieBreak
 
-app = typer.Typer(help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
+
+class _Group(typer.core.TyperGroup):
+    """Help without typer's type placeholders (``<str>``, ``<bool>``): options name their
+    value (``--url URL``), arguments their metavar, and flags take none."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:  # typer's vendored click types
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            return None
+        for param in [*command.params, command.get_help_option(ctx)]:
+            if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_flag", False):
+                param.display_type_rich = _no_type  # type: ignore[union-attr]
+        return command
+
+
+def _no_type(ctx: object) -> None:
+    return None
+
+
+app = typer.Typer(cls=_Group, help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
 console = Console()
 DEFAULT_URL = "http://127.0.0.1:8000"
 """Where ``bestofk serve`` listens by default: clients try it before loading a model."""
@@ -660,55 +679,85 @@ def _int_list(text: str, name: str) -> list[int]:
 @app.command()
 def bench(
     model: Annotated[
-        str | None, typer.Option(help="Model for the vLLM backend (default: the demo model).")
+        str | None,
+        typer.Option(metavar="PATH", help="Model for the vLLM backend (default: the demo model)."),
     ] = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,8,32",
-    k: Annotated[str, typer.Option(help="Comma-separated K values.")] = "4,8,16",
-    requests: Annotated[int, typer.Option(min=1, help="Requests per mode per cell.")] = 8,
+    concurrency: Annotated[
+        str, typer.Option(metavar="N,...", help="Comma-separated concurrencies.")
+    ] = "1,8,32",
+    k: Annotated[str, typer.Option(metavar="K,...", help="Comma-separated K values.")] = "4,8,16",
+    requests: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Requests per mode per cell.")
+    ] = 8,
     min_rounds: Annotated[
-        int, typer.Option(min=1, help="Least bursts of `concurrency` requests per mode per cell.")
+        int,
+        typer.Option(
+            min=1, metavar="N", help="Least bursts of `concurrency` requests per mode per cell."
+        ),
     ] = 2,
     big_cell_requests: Annotated[
         int | None,
-        typer.Option(min=1, help="At most this many where concurrency x K >= 256."),
+        typer.Option(min=1, metavar="N", help="At most this many where concurrency x K >= 256."),
     ] = None,
     modes: Annotated[
         str,
-        typer.Option(help="Modes a..g, i (in-process) and j (judge); see `bestofk bench --help`."),
+        typer.Option(
+            metavar="MODE,...",
+            help="Modes a..g, i (in-process) and j (judge), as listed above.",
+        ),
     ] = "a,b,c,i,d,e,f,g,j",
     workload: Annotated[
         str,
         typer.Option(
+            metavar="NAME",
             help="`code`: the demo's code tasks (~40-token answers); `short`: one factorial "
-            "prompt (2-3 token answers, where a request's fixed cost dominates)."
+            "prompt (2-3 token answers, where a request's fixed cost dominates).",
         ),
     ] = "code",
     tie_break: Annotated[
         str,
         typer.Option(
+            metavar="NAME",
             help="bestofk's selection.tie_break: `logprob` (the default) or `index` (the "
-            "engine computes no logprobs)."
+            "engine computes no logprobs).",
         ),
     ] = "logprob",
     no_targets: Annotated[
-        bool, typer.Option("--no-targets", help="Only the grid: skip early exit, /health, RSS.")
+        bool,
+        typer.Option(
+            "--no-targets", metavar="", help="Only the grid: skip early exit, /health, RSS."
+        ),
     ] = False,
     logs: Annotated[
-        Path | None, typer.Option(help="Server logs here (default: a temp dir).")
+        Path | None, typer.Option(metavar="DIR", help="Server logs here (default: a temp dir).")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", metavar="FILE", help="Write the report here.")
+    ] = None,
     markdown_out: Annotated[
-        Path | None, typer.Option("--markdown", help="Write the markdown table here.")
+        Path | None,
+        typer.Option("--markdown", metavar="FILE", help="Write the markdown table here."),
     ] = None,
-    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    plot_out: Annotated[
+        Path | None, typer.Option("--plot", metavar="FILE", help="Write a PNG plot here.")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            help="The servers listen on consecutive ports from PORT: vLLM, bestofk, the "
+            "in-process bestofk, then one OptiLLM per K (default: free ports).",
+        ),
+    ] = None,
 ) -> None:
     """Side-by-side performance run: direct vLLM, naive fan-outs, OptiLLM and bestofk.
 
     Starts one vLLM server, a bestofk over it and a bestofk with its own in-process engine,
     then times, interleaved: (a) direct n=1, (b) direct n=K, (c) bestofk regex over the
     server, (i) the same in-process, (d) bestofk unit_tests on the demo code tasks, (e) K
-    sequential n=1 calls, (f) K concurrent n=1 calls, (g) OptiLLM bon (if installed in
-    /tmp/optillm-venv) and (j) bestofk judge, its comparable.
+    sequential n=1 calls, (f) K concurrent n=1 calls, (g) OptiLLM bon (from the venv at
+    $OPTILLM_VENV, default /tmp/optillm-venv, when installed there) and (j) bestofk judge, its
+    comparable.
     """
     from service import bench as bench_lib
     from service.bench.modes import ALL_MODES, WORKLOADS
@@ -732,6 +781,7 @@ def bench(
         workload=workload,
         tie_break=tie_break,
         targets=not no_targets,
+        port=port,
     )
     _engine_env()
     report = bench_lib.run(str(model or DEMO_MODEL), config, logs, log=console.print)
@@ -746,7 +796,8 @@ def bench(
 
 
 RecordsArg = Annotated[
-    Path, typer.Argument(help="A record file, or a --record-dir directory of them.")
+    Path,
+    typer.Argument(metavar="RECORDS", help="A record file, or a --record-dir directory of them."),
 ]
 
 
@@ -761,23 +812,47 @@ def export(
             "kto: {prompt, completion, label}.",
         ),
     ],
-    out: Annotated[Path, typer.Option(help="The JSONL file to write.")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="The JSONL file to write.")],
     min_margin: Annotated[
-        float, typer.Option(help="dpo: least chosen score minus rejected score.")
+        float, typer.Option(metavar="X", help="dpo: least chosen score minus rejected score.")
     ] = 0.0,
-    max_pairs: Annotated[int, typer.Option(min=1, help="dpo: most pairs per prompt.")] = 4,
+    max_pairs: Annotated[
+        int, typer.Option(min=1, metavar="N", help="dpo: most pairs per prompt.")
+    ] = 4,
     max_per_prompt: Annotated[
-        int | None, typer.Option(min=1, help="rsft/kto: most completions per prompt (and label).")
+        int | None,
+        typer.Option(min=1, metavar="N", help="rsft/kto: most completions per prompt (and label)."),
     ] = None,
     only: Annotated[
         Literal["text", "chat"] | None,
-        typer.Option(help="Only text prompts, or only chat prompts (a file holds one kind)."),
+        typer.Option(
+            help="Only text prompts, or only chat prompts (a file holds one kind; default: the "
+            "kind with more prompts)."
+        ),
+    ] = None,
+    source: Annotated[
+        Literal["generate", "verify", "all"],
+        typer.Option(
+            help="generate: the model's own samples; verify: candidates clients sent to /verify "
+            "(no samples of the model); all: both."
+        ),
+    ] = "generate",
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME", help="Only these profiles; '-' for none (repeatable)."),
+    ] = None,
+    verifier: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TYPE",
+            help="Only records scored by a verifier of this type, e.g. --verifier exact "
+            "--verifier unit_tests leaves out judge-only records (repeatable).",
+        ),
     ] = None,
 ) -> None:
     """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
-    from service.records.export import ExportError, ExportOptions, write_jsonl
+    from service.records.export import ExportOptions, write_jsonl
     from service.records.export import export as export_records
-    from service.records.format import RecordFormatError
     from service.records.reader import read_records
 
     options = ExportOptions(
@@ -786,24 +861,38 @@ def export(
         max_pairs=max_pairs,
         max_per_prompt=max_per_prompt,
         only=only,
+        source=None if source == "all" else source,
+        profiles=frozenset(profile or ()),
+        verifiers=frozenset(verifier or ()),
     )
-    try:
-        result = export_records(read_records(records), options)
-    except (ExportError, RecordFormatError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    result = export_records(read_records(records), options)
     rows = write_jsonl(result.rows, out)
     console.print(
         f"{rows} {fmt} rows for {result.prompts} prompts from {result.used} of "
         f"{result.records} records → {out}"
     )
+    if result.left_out:
+        reasons = ", ".join(f"{n} {_LEFT_OUT[why]}" for why, n in sorted(result.left_out.items()))
+        console.print(f"left out: {reasons}", highlight=False)
+
+
+_LEFT_OUT = {
+    "source": "of another --source",
+    "profile": "of other profiles",
+    "verifier": "without a --verifier type",
+    "no_verdicts": "without verifiers",
+    "partial": "cut short by their deadline",
+    "text": "with text prompts (--only text to export them)",
+    "chat": "with chat prompts (--only chat to export them)",
+}
 
 
 @app.command()
 def stats(
     records: RecordsArg,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the report here as JSON ('-': stdout).")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Write the report here as JSON ('-': stdout)."),
     ] = None,
     source: Annotated[
         Literal["generate", "verify"] | None,
@@ -812,14 +901,9 @@ def stats(
 ) -> None:
     """pass@1 vs pass@K per profile and verifier: would training on these verdicts pay?"""
     from service.records import stats as record_stats
-    from service.records.format import RecordFormatError
     from service.records.reader import read_records
 
-    try:
-        report = record_stats.compute(read_records(records), source=source)
-    except (RecordFormatError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    report = record_stats.compute(read_records(records), source=source)
     text = json.dumps(report.to_dict(), indent=2)
     if json_out is not None and str(json_out) == "-":
         print(text)  # only the JSON on stdout, for a pipe
