@@ -590,7 +590,7 @@ async def _collect(
     from service import evaluation
 
     async with _client(target.url, target.model, target.api_key) as client:
-        with Progress(console=console) as progress:
+        with Progress(console=Console(stderr=True)) as progress:
             bar = progress.add_task("sampling", total=len(tasks))
             return await evaluation.collect(
                 client, tasks, n, signals, sampling, on_done=lambda: progress.advance(bar)
@@ -869,11 +869,12 @@ def export(
     rows = write_jsonl(result.rows, out)
     console.print(
         f"{rows} {fmt} rows for {result.prompts} prompts from {result.used} of "
-        f"{result.records} records → {out}"
+        f"{result.records} records → {out}",
+        soft_wrap=True,
     )
     if result.left_out:
         reasons = ", ".join(f"{n} {_LEFT_OUT[why]}" for why, n in sorted(result.left_out.items()))
-        console.print(f"left out: {reasons}", highlight=False)
+        console.print(f"left out: {reasons}", highlight=False, soft_wrap=True)
 
 
 _LEFT_OUT = {
