@@ -1,0 +1,227 @@
+"""The README is a test: every shell, Python and YAML example of README.md and demo/README.md
+runs verbatim, and a broken one fails here.
+
+The examples run against the session's in-process server (``server``): commands that find the
+server themselves get it through ``BESTOFK_URL``, and the address the text spells out
+(``127.0.0.1:8000``, ``localhost:8000``) is the only thing rewritten, to that server's. They run
+in a scratch directory holding ``demo/tasks.jsonl``, the demo model and ``records/`` (the
+session server's record directory), so an example that writes ``demo/eval.json`` cannot
+overwrite the committed one. Servers (``make serve``, ``bestofk serve ...``) are started, on a
+free port through ``BESTOFK_PORT``, until ``/health`` answers, then stopped: a CPU engine takes
+a minute or two to load, so "answers" means 200, or 503 while the engine loads (the flags, the
+config, the port and the app all passed by then). A YAML example must load as the server's
+settings.
+
+A block preceded by ``<!-- not tested: reason -->`` is skipped with that reason; there must be
+few of those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, VENV_BIN, Server, engine_env, free_port
+
+DOCS = (ROOT / "README.md", ROOT / "demo" / "README.md")
+NOT_TESTED = re.compile(r"<!--\s*not tested:\s*(?P<reason>\S.*?)\s*-->")
+MAX_NOT_TESTED = 6
+"""Examples the suite cannot run (GPU, remote hosts, PyPI, the 10-minute bench) must be few."""
+SERVE = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:make serve|bestofk serve)\b")
+DEFAULT_ADDRESSES = ("127.0.0.1:8000", "localhost:8000")
+COMMAND_TIMEOUT_S = 300.0
+SERVE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Example:
+    """One fenced block of a doc."""
+
+    doc: Path
+    line: int
+    language: str
+    text: str
+    not_tested: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+
+
+def examples(doc: Path) -> list[Example]:
+    """Every fenced block of ``doc`` (fences at the start of a line), with the ``not tested``
+    reason of the comment right before it, if any."""
+    lines = doc.read_text().splitlines()
+    found = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("```"):
+            i += 1
+            continue
+        language = lines[i][3:].strip()
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        marked = NOT_TESTED.search(previous)
+        text = "\n".join(lines[i + 1 : end]) + "\n"
+        found.append(Example(doc, i + 1, language, text, marked and marked["reason"]))
+        i = end + 1
+    return found
+
+
+ALL = [e for doc in DOCS for e in examples(doc)]
+
+
+def commands(script: str) -> list[str]:
+    """A shell block's commands: one per line, backslash continuations joined."""
+    out, current = [], ""
+    for line in script.splitlines():
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        current += line
+        if current.strip() and not current.lstrip().startswith("#"):
+            out.append(current.strip())
+        current = ""
+    return out
+
+
+def test_every_example_is_run_or_says_why_not() -> None:
+    assert len(ALL) >= 10
+    for example in ALL:
+        assert example.language in ("bash", "python", "yaml"), (
+            f"{example.id}: a fenced block needs a language this test runs (bash, python, "
+            f"yaml), not {example.language!r}"
+        )
+    skipped = [e.id for e in ALL if e.not_tested]
+    assert len(skipped) <= MAX_NOT_TESTED, f"too many untested examples: {skipped}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, server_records: Path) -> Path:
+    """A scratch checkout: what the examples read, nothing they could overwrite."""
+    path = tmp_path_factory.mktemp("readme")
+    (path / "demo").mkdir()
+    shutil.copy(ROOT / "demo" / "tasks.jsonl", path / "demo" / "tasks.jsonl")
+    (path / "demo" / "model").symlink_to(ROOT / "demo" / "model")
+    (path / "records").symlink_to(server_records)
+    return path
+
+
+def example_env(server: Server) -> dict[str, str]:
+    """The venv's tools first on PATH, the session server as the CLI's server; no keys."""
+    env = engine_env(BESTOFK_URL=server.url)
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    for name in ("BESTOFK_API_KEY", "OPENAI_API_KEY", "BESTOFK_CONFIG", "BESTOFK_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def on_server(text: str, server: Server) -> str:
+    """``text`` with the default address the docs spell out replaced by the server's."""
+    address = server.url.removeprefix("http://")
+    for default in DEFAULT_ADDRESSES:
+        text = text.replace(default, address)
+    return text
+
+
+@pytest.mark.parametrize("example", ALL, ids=[e.id for e in ALL])
+def test_example(example: Example, server: Server, workdir: Path) -> None:
+    if example.not_tested:
+        pytest.skip(f"marked in the doc: {example.not_tested}")
+    env = example_env(server)
+    if example.language == "yaml":
+        check_settings(example.text, workdir)
+    elif example.language == "python":
+        script = workdir / f"example_{example.line}.py"
+        script.write_text(on_server(example.text, server))
+        run(f"{sys.executable} {script.name}", workdir, env, example)
+    else:
+        for command in commands(example.text):
+            if SERVE.match(command):
+                check_serve(command, ROOT if command.startswith("make") else workdir, example)
+            else:
+                out = run(on_server(command, server), workdir, env, example)
+                if command.startswith("curl"):
+                    assert '"error"' not in out[:200], f"{example.id}: {command}\n{out}"
+
+
+def run(command: str, cwd: Path, env: dict[str, str], example: Example) -> str:
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=COMMAND_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, (
+        f"{example.id}: `{command}` exited {done.returncode}\n"
+        f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    )
+    return done.stdout
+
+
+def check_settings(text: str, workdir: Path) -> None:
+    """The YAML example is a valid settings file, read the way ``--config`` reads it."""
+    config = workdir / "example-config.yaml"
+    config.write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-c", "from service.settings import Settings; Settings()"],
+        env={**os.environ, "BESTOFK_CONFIG": str(config)}, capture_output=True, text=True,
+        timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def check_serve(command: str, cwd: Path, example: Example) -> None:
+    """Start the server on a free port, wait for /health to answer, stop it."""
+    port = free_port()
+    env = engine_env(BESTOFK_PORT=str(port))
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    if command.startswith("make") and not (ROOT / ".venv" / ".installed").is_file():
+        pytest.fail(f"{example.id}: `{command}` needs the venv `make install` builds in {ROOT}")
+    log = cwd / f"serve-{example.line}-{port}.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    with stopped(process):
+        deadline = time.monotonic() + SERVE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"{example.id}: `{command}` exited {process.returncode}:\n"
+                    + log.read_text(errors="replace")[-3000:]
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                if reply.status_code == 200 or (
+                    reply.status_code == 503 and reply.json().get("status") == "loading"
+                ):
+                    return
+            time.sleep(0.5)
+        pytest.fail(f"{example.id}: `{command}`: no /health in {SERVE_TIMEOUT_S} s")
+
+
+@contextlib.contextmanager
+def stopped(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
