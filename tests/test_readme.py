@@ -6,11 +6,13 @@ server themselves get it through ``BESTOFK_URL``, and the address the text spell
 (``127.0.0.1:8000``, ``localhost:8000``) is the only thing rewritten, to that server's. They run
 in a scratch directory holding ``demo/tasks.jsonl``, the demo model and ``records/`` (the
 session server's record directory), so an example that writes ``demo/eval.json`` cannot
-overwrite the committed one. Servers (``make serve``, ``bestofk serve ...``) are started, on a
-free port through ``BESTOFK_PORT``, until ``/health`` answers, then stopped: a CPU engine takes
-a minute or two to load, so "answers" means 200, or 503 while the engine loads (the flags, the
-config, the port and the app all passed by then). A YAML example must load as the server's
-settings.
+overwrite the committed one. A block runs as one bash script, except that servers (``make
+serve``, ``bestofk serve ...``, each on a line of its own) are started on a free port through
+``BESTOFK_PORT`` until ``/health`` answers, then stopped: a CPU engine takes a minute or two to
+load, so "answers" means 200, or 503 while the engine loads (the flags, the config, the port
+and the app all passed by then). The servers start two at a time in the background as soon as
+the module does, so their start-up overlaps the other examples. A YAML example must load as the
+server's settings.
 
 A block preceded by ``<!-- not tested: reason -->`` is skipped with that reason; there must be
 few of those.
@@ -18,6 +20,7 @@ few of those.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -84,7 +87,7 @@ ALL = [e for doc in DOCS for e in examples(doc)]
 
 
 def commands(script: str) -> list[str]:
-    """A shell block's commands: one per line, backslash continuations joined."""
+    """A shell block's logical lines: backslash continuations joined, comments dropped."""
     out, current = [], ""
     for line in script.splitlines():
         if line.rstrip().endswith("\\"):
@@ -106,6 +109,26 @@ def test_every_example_is_run_or_says_why_not() -> None:
         )
     skipped = [e.id for e in ALL if e.not_tested]
     assert len(skipped) <= MAX_NOT_TESTED, f"too many untested examples: {skipped}"
+
+
+def serve_commands(example: Example) -> list[str]:
+    """The block's server commands (none for a block of other commands)."""
+    if example.language != "bash" or example.not_tested:
+        return []
+    return [c for c in commands(example.text) if SERVE.match(c)]
+
+
+@pytest.fixture(scope="module")
+def serve_checks(workdir: Path) -> Iterator[dict[str, concurrent.futures.Future[str | None]]]:
+    """Every doc's server commands, checked in the background; command → its failure or None."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        yield {
+            command: pool.submit(
+                check_serve, command, ROOT if command.startswith("make") else workdir
+            )
+            for example in ALL
+            for command in serve_commands(example)
+        }
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +160,12 @@ def on_server(text: str, server: Server) -> str:
 
 
 @pytest.mark.parametrize("example", ALL, ids=[e.id for e in ALL])
-def test_example(example: Example, server: Server, workdir: Path) -> None:
+def test_example(
+    example: Example,
+    server: Server,
+    workdir: Path,
+    serve_checks: dict[str, concurrent.futures.Future[str | None]],
+) -> None:
     if example.not_tested:
         pytest.skip(f"marked in the doc: {example.not_tested}")
     env = example_env(server)
@@ -147,23 +175,27 @@ def test_example(example: Example, server: Server, workdir: Path) -> None:
         script = workdir / f"example_{example.line}.py"
         script.write_text(on_server(example.text, server))
         run(f"{sys.executable} {script.name}", workdir, env, example)
+    elif not serve_commands(example):
+        out = run(on_server(example.text, server), workdir, env, example)
+        if example.text.startswith("curl"):
+            assert out.startswith("{") and '"error"' not in out[:200], f"{example.id}:\n{out}"
     else:
         for command in commands(example.text):
             if SERVE.match(command):
-                check_serve(command, ROOT if command.startswith("make") else workdir, example)
+                failure = serve_checks[command].result()
+                assert failure is None, f"{example.id}: {failure}"
             else:
-                out = run(on_server(command, server), workdir, env, example)
-                if command.startswith("curl"):
-                    assert '"error"' not in out[:200], f"{example.id}: {command}\n{out}"
+                run(on_server(command, server), workdir, env, example)
 
 
-def run(command: str, cwd: Path, env: dict[str, str], example: Example) -> str:
+def run(script: str, cwd: Path, env: dict[str, str], example: Example) -> str:
+    """Run ``script`` with bash, stopping at the first failing command."""
     done = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=COMMAND_TIMEOUT_S,
+        ["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=COMMAND_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, (
-        f"{example.id}: `{command}` exited {done.returncode}\n"
+        f"{example.id}: `{script.strip()}` exited {done.returncode}\n"
         f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     )
     return done.stdout
@@ -181,14 +213,14 @@ def check_settings(text: str, workdir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def check_serve(command: str, cwd: Path, example: Example) -> None:
-    """Start the server on a free port, wait for /health to answer, stop it."""
+def check_serve(command: str, cwd: Path) -> str | None:
+    """Start the server on a free port, wait for /health to answer, stop it; why it failed."""
     port = free_port()
     env = engine_env(BESTOFK_PORT=str(port))
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     if command.startswith("make") and not (ROOT / ".venv" / ".installed").is_file():
-        pytest.fail(f"{example.id}: `{command}` needs the venv `make install` builds in {ROOT}")
-    log = cwd / f"serve-{example.line}-{port}.log"
+        return f"`{command}` needs the venv `make install` builds in {ROOT}"
+    log = cwd / f"serve-{port}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
             ["bash", "-c", command], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -198,18 +230,16 @@ def check_serve(command: str, cwd: Path, example: Example) -> None:
         deadline = time.monotonic() + SERVE_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                pytest.fail(
-                    f"{example.id}: `{command}` exited {process.returncode}:\n"
-                    + log.read_text(errors="replace")[-3000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
+                output = log.read_text(errors="replace")[-3000:]
+                return f"`{command}` exited {process.returncode}:\n{output}"
+            with contextlib.suppress(httpx.HTTPError, ValueError):
                 reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
                 if reply.status_code == 200 or (
                     reply.status_code == 503 and reply.json().get("status") == "loading"
                 ):
-                    return
+                    return None
             time.sleep(0.5)
-        pytest.fail(f"{example.id}: `{command}`: no /health in {SERVE_TIMEOUT_S} s")
+        return f"`{command}`: no /health in {SERVE_TIMEOUT_S} s"
 
 
 @contextlib.contextmanager
