@@ -123,9 +123,7 @@ def serve_checks(workdir: Path) -> Iterator[dict[str, concurrent.futures.Future[
     """Every doc's server commands, checked in the background; command → its failure or None."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         yield {
-            command: pool.submit(
-                check_serve, command, ROOT if command.startswith("make") else workdir
-            )
+            command: pool.submit(check_serve, command, workdir)
             for example in ALL
             for command in serve_commands(example)
         }
@@ -213,14 +211,18 @@ def check_settings(text: str, workdir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def check_serve(command: str, cwd: Path) -> str | None:
-    """Start the server on a free port, wait for /health to answer, stop it; why it failed."""
+def check_serve(command: str, workdir: Path) -> str | None:
+    """Start the server on a free port, wait for /health to answer, stop it; why it failed.
+
+    ``make`` runs in the checkout (the Makefile and its venv are there), the rest in
+    ``workdir``, where the log goes too."""
+    cwd = ROOT if command.startswith("make") else workdir
     port = free_port()
     env = engine_env(BESTOFK_PORT=str(port))
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     if command.startswith("make") and not (ROOT / ".venv" / ".installed").is_file():
         return f"`{command}` needs the venv `make install` builds in {ROOT}"
-    log = cwd / f"serve-{port}.log"
+    log = workdir / f"serve-{port}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
             ["bash", "-c", command], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
