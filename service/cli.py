@@ -442,27 +442,32 @@ def generate(
     }
     if k is not None:
         body["k"] = k
-    response = asyncio.run(_generate_once(body, url, model, api_key))
+    response = asyncio.run(_generate_once(body, _Target(url, model, api_key)))
     _print(response)
 
 
-async def _generate_once(
-    body: dict[str, Any], url: str | None, model: str | None, api_key: str | None
-) -> Any:
-    async with _client(url, model, api_key) as client:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Target:
+    """Where requests go: a server URL, a model to load in-process, and the key to send."""
+
+    url: str | None
+    model: str | None
+    api_key: str | None
+
+
+async def _generate_once(body: dict[str, Any], target: _Target) -> Any:
+    async with _client(target) as client:
         reply = await client.post("/generate", json=body, timeout=600)
     reply.raise_for_status()
     return reply.json()
 
 
 @contextlib.asynccontextmanager
-async def _client(
-    url: str | None, model: str | None, api_key: str | None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for the server at ``url`` (or the default one, when it answers), or for an
-    in-process one over ``model``."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    base = _server_url(url, model)
+async def _client(target: _Target) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for the server at ``target.url`` (or the default one, when it answers), or for
+    an in-process one over ``target.model``."""
+    headers = {"authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    base = _server_url(target.url, target.model)
     if base is not None:
         async with httpx.AsyncClient(base_url=base, headers=headers) as client:
             yield client
@@ -473,12 +478,13 @@ async def _client(
     # The table is the output: the engine's logs (and its processes', which inherit the
     # environment) go to stderr.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    settings = _settings(model=model)
+    settings = _settings(model=target.model)
     _check_model(settings.model)
     err = Console(stderr=True)
+    why = "" if target.model else f"no server at {DEFAULT_URL}: "
     err.print(
-        f"no server at {DEFAULT_URL}: loading {settings.model} in-process, which takes a "
-        "minute (`bestofk serve` once, and every call after takes a second)"
+        f"{why}loading {settings.model} in-process, which takes a minute (`bestofk serve` once, "
+        "and every call after takes a second)"
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -571,15 +577,6 @@ def evaluate(
         evaluation.plot(report, plot_out)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Target:
-    """Where requests go: a server URL, a model to load in-process, and the key to send."""
-
-    url: str | None
-    model: str | None
-    api_key: str | None
-
-
 async def _collect(
     tasks: Any,
     n: int,
@@ -589,7 +586,7 @@ async def _collect(
 ) -> Any:
     from service import evaluation
 
-    async with _client(target.url, target.model, target.api_key) as client:
+    async with _client(target) as client:
         with Progress(console=Console(stderr=True)) as progress:
             bar = progress.add_task("sampling", total=len(tasks))
             return await evaluation.collect(

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from service import cli
@@ -78,7 +77,9 @@ def test_generate_uses_the_server_in_bestofk_url_and_says_when_nothing_verified(
     assert "loading" not in run.stderr  # no engine of its own
     assert "4 candidates" in run.stdout
     # No verifier: no pass/fail column full of "no", and the footer says how it chose.
-    assert " no " not in run.stdout and "passed" not in run.stdout
+    assert "passed" not in run.stdout and not any(
+        cell.strip() == "no" for line in run.stdout.splitlines() for cell in line.split("│")
+    )
     assert "no verifier" in run.stdout and "mean logprob" in run.stdout
     exact = ("--verifier", "exact:reference=120")
     judged = bestofk("generate", PROMPT, "--k", "4", "--max-tokens", "16", *exact,
@@ -132,12 +133,10 @@ def test_in_process_generate_keeps_engine_logs_off_stdout(tmp_path: Path) -> Non
 def keyed_server(
     vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """bestofk over the session's vLLM server with vLLM's flag names: --api-key and
-    --served-model-name."""
+    """bestofk over the session's vLLM server, keyed with vLLM's flag name, --api-key."""
     log = tmp_path_factory.mktemp("logs") / "bestofk-keyed.log"
     env = engine_env(BESTOFK_CONFIG=str(CONFIG))
-    server = start_bestofk(log, "--backend", vllm_backend.url, "--api-key", KEY,
-                           "--served-model-name", "keyed", env=env)  # fmt: skip
+    server = start_bestofk(log, "--backend", vllm_backend.url, "--api-key", KEY, env=env)
     with running(server, 120):
         yield server
 
@@ -159,8 +158,6 @@ def test_generate_and_eval_send_the_api_key_from_the_flag_or_the_env(
     one_line_error(bestofk(*eval_args), "401", "--api-key")
     run = bestofk(*eval_args, env={"BESTOFK_API_KEY": KEY})
     assert run.returncode == 0, run.stderr
-    models = httpx.get(keyed_server.url + "/v1/models", headers={"authorization": f"Bearer {KEY}"})
-    assert models.json()["data"][0]["id"] == "keyed"
 
 
 def test_expected_failures_end_in_one_line(tmp_path: Path) -> None:

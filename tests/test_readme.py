@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +43,10 @@ DOCS = (ROOT / "README.md", ROOT / "demo" / "README.md")
 NOT_TESTED = re.compile(r"<!--\s*not tested:\s*(?P<reason>\S.*?)\s*-->")
 MAX_NOT_TESTED = 6
 """Examples the suite cannot run (GPU, remote hosts, PyPI, the 10-minute bench) must be few."""
-SERVE = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*(?:make serve|bestofk serve)\b")
+SERVE = re.compile(
+    r"""^(?:[A-Z_][A-Z0-9_]*=(?:'[^']*'|"[^"]*"|\S+)\s+)*(?:make serve|bestofk serve)\b"""
+)
+"""A server command, after any ``NAME=value`` environment assignments (quoted or not)."""
 DEFAULT_ADDRESSES = ("127.0.0.1:8000", "localhost:8000")
 COMMAND_TIMEOUT_S = 300.0
 SERVE_TIMEOUT_S = 120.0
@@ -187,16 +191,22 @@ def test_example(
 
 
 def run(script: str, cwd: Path, env: dict[str, str], example: Example) -> str:
-    """Run ``script`` with bash, stopping at the first failing command."""
-    done = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=COMMAND_TIMEOUT_S,
+    """Run ``script`` with bash, stopping at the first failing command; on a timeout its whole
+    process group goes, so nothing it started outlives it."""
+    process = subprocess.Popen(
+        ["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    assert done.returncode == 0, (
-        f"{example.id}: `{script.strip()}` exited {done.returncode}\n"
-        f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    with stopped(process):
+        try:
+            stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{example.id}: `{script.strip()}` ran past {COMMAND_TIMEOUT_S} s")
+    assert process.returncode == 0, (
+        f"{example.id}: `{script.strip()}` exited {process.returncode}\n"
+        f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
     )
-    return done.stdout
+    return stdout
 
 
 def check_settings(text: str, workdir: Path) -> None:
@@ -245,7 +255,7 @@ def check_serve(command: str, workdir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def stopped(process: subprocess.Popen[bytes]) -> Iterator[None]:
+def stopped(process: subprocess.Popen[Any]) -> Iterator[None]:
     """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive."""
     try:
         yield
