@@ -595,7 +595,7 @@ async def _collect(
 
 
 def _print_report(report: Any) -> None:
-    table = Table(title="best-of-k accuracy (pass@k is the ceiling)")
+    table = Table(title="best-of-k accuracy by signal/policy (pass@k is the ceiling)")
     table.add_column("family")
     table.add_column("tasks")
     table.add_column("pass@1")
@@ -608,7 +608,7 @@ def _print_report(report: Any) -> None:
             *(f"{row['pass@k'][k]:.2f}" for k in report.ks),
         )  # fmt: skip
         for name, curve in row["best_of_k"].items():
-            table.add_row("", "", "", f"best-of-k {name}", *(f"{curve[k]:.2f}" for k in report.ks))
+            table.add_row("", "", "", name, *(f"{curve[k]:.2f}" for k in report.ks))
         table.add_row(
             "", "", "", "tokens/request",
             *(f"{row['tokens_per_request'][k]:.0f}" for k in report.ks), end_section=True,

@@ -278,7 +278,8 @@ def plot(report: Report, path: Path) -> None:
     ks = report.ks
     for ax, family in zip(axes.flat, families, strict=False):
         row = report.rows[family]
-        ax.plot(ks, [row["pass@k"][k] for k in ks], "k--", label="pass@k (ceiling)")
+        # Drawn last of the lines: best-of-k reaching the ceiling would hide it.
+        ax.plot(ks, [row["pass@k"][k] for k in ks], "k--", label="pass@k (ceiling)", zorder=5)
         ax.axhline(row["pass@1"], color="grey", linestyle=":", label="pass@1")
         for name, curve in row["best_of_k"].items():
             ax.plot(ks, [curve[k] for k in ks], marker="o", label=f"best-of-k {name}")
