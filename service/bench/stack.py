@@ -10,6 +10,7 @@ since the grid runs one mode's burst after another.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -85,27 +86,40 @@ def started(
     optillm_ks: Sequence[int] = (),
     local: bool = True,
     log: Callable[[str], None] = print,
+    port: int | None = None,
 ) -> Iterator[Stack]:
     """Start the servers (an OptiLLM per K in ``optillm_ks``; the in-process bestofk if
-    ``local``), yield them ready, stop them."""
+    ``local``), yield them ready, stop them. ``port``: they listen on consecutive ports from
+    it (vLLM, bestofk, the in-process bestofk, then OptiLLM per K); default: free ones."""
     logs.mkdir(parents=True, exist_ok=True)
+    ports = itertools.count(port) if port else iter(free_port, None)
     with contextlib.ExitStack() as stack:
         log(f"starting vLLM on {model} (logs in {logs})")
         vllm = stack.enter_context(
             running(
                 start_vllm_openai(
-                    logs / "vllm.log", model, SERVED_NAME, "--max-num-seqs", BENCH_MAX_NUM_SEQS
+                    logs / "vllm.log",
+                    model,
+                    SERVED_NAME,
+                    "--max-num-seqs",
+                    BENCH_MAX_NUM_SEQS,
+                    port=next(ports),
                 ),
                 VLLM_START_S,
             )
         )
         log(f"vLLM ready at {vllm.url}; starting bestofk --backend {vllm.url}")
         service = start_bestofk(
-            logs / "bestofk.log", "--backend", vllm.url, env=engine_env(**SERVICE_ENV)
+            logs / "bestofk.log",
+            "--backend",
+            vllm.url,
+            env=engine_env(**SERVICE_ENV),
+            port=next(ports),
         )
         stack.callback(service.stop)
         skipped: dict[str, str] = {}
-        proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log)
+        local_port = next(ports)
+        proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log, ports)
         service.wait_ready(120)
         in_process = None
         if local:
@@ -115,6 +129,7 @@ def started(
                 "--model",
                 model,
                 env=engine_env(**SERVICE_ENV, **LOCAL_ENV),
+                port=local_port,
             )
             stack.callback(in_process.stop)
             in_process.wait_ready(VLLM_START_S)
@@ -139,6 +154,7 @@ def _start_optillm(
     logs: Path,
     skipped: dict[str, str],
     log: Callable[[str], None],
+    ports: Iterator[int],
 ) -> dict[int, str]:
     """One OptiLLM per K, started side by side; on any failure (g) is skipped with why."""
     if not ks:
@@ -148,7 +164,7 @@ def _start_optillm(
     env = {**engine_env(), "OPENAI_API_KEY": "sk-bench", "HF_HUB_OFFLINE": "1"}
     servers: dict[int, Server] = {}
     for k in ks:
-        port = free_port()
+        port = next(ports)
         command = optillm_command(port, backend, k)
         if isinstance(command, str):
             skipped["g"] = command

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from service.records.format import Record
+from service.records.format import Record, Source
 
 ExportFormat = Literal["dpo", "rsft", "kto"]
 PromptKind = Literal["text", "chat"]
 FORMATS: tuple[ExportFormat, ...] = ("dpo", "rsft", "kto")
+NO_PROFILE = "-"
+"""The ``profiles`` entry for requests that named no profile."""
 
 
 class ExportError(ValueError):
@@ -49,7 +51,13 @@ class ExportOptions:
     max_per_prompt: int | None = None
     """``rsft``: the most completions per prompt; ``kto``: per prompt and label."""
     only: PromptKind | None = None
-    """Export only text prompts or only chat prompts."""
+    """Export only text prompts or only chat prompts (None: the kind with more prompts)."""
+    source: Source | None = "generate"
+    """Only records of this source; None: all (``verify`` candidates came from a client)."""
+    profiles: frozenset[str] = frozenset()
+    """Only records of these profiles (``-``: no profile); empty: all."""
+    verifiers: frozenset[str] = frozenset()
+    """Only records scored by a verifier of one of these types; empty: all."""
 
 
 @dataclass(slots=True)
@@ -59,6 +67,7 @@ class _Group:
     passing: dict[str, float] = field(default_factory=dict)
     """Text → score, in order of first appearance."""
     failing: dict[str, float] = field(default_factory=dict)
+    records: int = 0
 
 
 @dataclass(slots=True)
@@ -72,26 +81,47 @@ class ExportResult:
     """Records that contributed candidates."""
     prompts: int = 0
     """Distinct prompts with at least one row."""
+    left_out: dict[str, int] = field(default_factory=dict)
+    """Records not used, by reason (``source``, ``profile``, ``verifier``, ``no_verdicts``,
+    ``partial``, and ``text``/``chat`` for the prompt kind not exported)."""
 
 
 def export(records: Iterable[Record], options: ExportOptions) -> ExportResult:
     """The dataset rows for ``records`` in ``options.format``."""
     if options.format not in FORMATS:
         raise ExportError(f"unknown format {options.format!r}; choose one of {', '.join(FORMATS)}")
-    groups, read, used = _collect(records, options.only)
+    groups, read, left_out = _collect(records, options)
     kinds = {g.chat for g in groups}
     if len(kinds) > 1:
-        raise ExportError(
-            "the records mix text prompts and chat messages, and one dataset column holds one "
-            "type: export them separately with --only text and --only chat"
-        )
+        # One dataset column holds one type: keep the kind with more prompts, count the other.
+        chat = sum(g.chat for g in groups) > len(groups) / 2
+        dropped = [g for g in groups if g.chat != chat]
+        left_out["text" if chat else "chat"] = sum(g.records for g in dropped)
+        groups = [g for g in groups if g.chat == chat]
     rows: list[dict[str, Any]] = []
     prompts = 0
     for group in groups:
         made = _rows(group, options)
         prompts += bool(made)
         rows.extend(made)
-    return ExportResult(rows=rows, records=read, used=used, prompts=prompts)
+    used = sum(g.records for g in groups)
+    return ExportResult(rows=rows, records=read, used=used, prompts=prompts, left_out=left_out)
+
+
+def _reason_to_skip(record: Record, options: ExportOptions) -> str | None:
+    if options.source is not None and record.source != options.source:
+        return "source"
+    if options.profiles and (record.profile or NO_PROFILE) not in options.profiles:
+        return "profile"
+    if options.verifiers and not options.verifiers & {v.get("type") for v in record.verifiers}:
+        return "verifier"
+    if options.only is not None and record.is_chat != (options.only == "chat"):
+        return "chat" if record.is_chat else "text"
+    if not record.has_verdicts:
+        return "no_verdicts"
+    if record.stats.partial:
+        return "partial"
+    return None
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: Path) -> int:
@@ -105,20 +135,23 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: Path) -> int:
     return count
 
 
-def _collect(records: Iterable[Record], only: PromptKind | None) -> tuple[list[_Group], int, int]:
+def _collect(
+    records: Iterable[Record], options: ExportOptions
+) -> tuple[list[_Group], int, dict[str, int]]:
     groups: dict[str, _Group] = {}
-    read = used = 0
+    read = 0
+    left_out: dict[str, int] = {}
     for record in records:
         read += 1
-        if not record.has_verdicts or record.stats.partial:
-            continue
-        if only is not None and record.is_chat != (only == "chat"):
+        reason = _reason_to_skip(record, options)
+        if reason is not None:
+            left_out[reason] = left_out.get(reason, 0) + 1
             continue
         prompt: str | list[dict[str, Any]] = (
             record.messages if record.messages is not None else record.prompt or ""
         )
         group = groups.setdefault(record.prompt_key, _Group(prompt, record.is_chat))
-        used += 1
+        group.records += 1
         for c in record.candidates:
             if not c.verdicts or c.verifier_error:
                 continue
@@ -133,7 +166,7 @@ def _collect(records: Iterable[Record], only: PromptKind | None) -> tuple[list[_
     for group in groups.values():
         for text in group.passing.keys() & group.failing.keys():
             del group.passing[text], group.failing[text]
-    return list(groups.values()), read, used
+    return list(groups.values()), read, left_out
 
 
 def _rows(group: _Group, options: ExportOptions) -> list[dict[str, Any]]:
