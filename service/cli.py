@@ -576,14 +576,18 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to save the trained model.")],
     trl_arg: Annotated[
         list[str] | None,
-        typer.Option(help="A TRL config field, key=value (JSON value), e.g. max_steps=60 (repeatable)."),
+        typer.Option(
+            help="A TRL config field, key=value (JSON value), e.g. max_steps=60 (repeatable)."
+        ),
     ] = None,
     trl_config: Annotated[
         Path | None, typer.Option(help="A YAML/JSON mapping of TRL config fields.")
     ] = None,
     source: Annotated[
         Literal["generate", "verify", "any"],
-        typer.Option(help="Records of sampled requests (the model's own samples), /verify, or any."),
+        typer.Option(
+            help="Records of sampled requests (the model's own samples), /verify, or any."
+        ),
     ] = "generate",
     keep_judge_only: Annotated[
         bool, typer.Option("--keep-judge-only", help="Keep records scored only by an LLM judge.")

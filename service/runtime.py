@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -59,6 +59,24 @@ class Runtime:
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
         return result
+
+    async def execute_batch(
+        self, jobs: Sequence[RerankJob], request: Request | None = None
+    ) -> list[RerankResult]:
+        """Run ``jobs`` concurrently as one admitted request (a batch endpoint such as
+        ``/get_reward`` holds one slot, not one per job); cancel all if the client leaves."""
+        async with self.admission.slot():
+            metrics.INFLIGHT.inc()
+            try:
+                run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
+                results = await (run if request is None else cancel_on_disconnect(run, request))
+            finally:
+                metrics.INFLIGHT.dec()
+        for job, result in zip(jobs, results, strict=True):
+            metrics.observe(result)
+            if self.recorder is not None:
+                self.recorder.submit(job, result, job.profile)
+        return list(results)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -128,7 +128,9 @@ class BestOfKReward:
         try:
             reply = await client.post("/verify", json=body)
         except httpx.HTTPError as exc:
-            log.warning("bestofk /verify failed (%s): reward 0 for %d completions", exc, len(indices))
+            log.warning(
+                "bestofk /verify failed (%s): reward 0 for %d completions", exc, len(indices)
+            )
             return None
         if reply.status_code != 200:
             log.warning(

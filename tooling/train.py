@@ -168,7 +168,9 @@ def grpo_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def dataset(records: Iterable[Record], options: TrainOptions) -> tuple[list[dict[str, Any]], int, int]:
+def dataset(
+    records: Iterable[Record], options: TrainOptions
+) -> tuple[list[dict[str, Any]], int, int]:
     """(rows, records read, records used) for ``options.method``."""
     chosen = select(records, options)
     if options.method == "grpo":
@@ -222,10 +224,13 @@ def train(records: Iterable[Record], options: TrainOptions) -> TrainResult:
     elif options.method == "dpo":
         from trl import DPOTrainer
 
-        trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=model, args=config, train_dataset=data, processing_class=tokenizer
+        )
     else:
-        from tooling.reward import BestOfKReward
         from trl import GRPOTrainer
+
+        from tooling.reward import BestOfKReward
 
         assert options.reward_url is not None  # checked above
         reward = BestOfKReward(
