@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, Request
 from service.engines.base import Prompt
 from service.errors import InvalidRequestError
 from service.jobs import JobRequest, new_request_id
-from service.routes.native import runtime
+from service.runtime import Runtime
 from service.schemas.reward import RewardRequest, RewardResponse
 from verifiers.base import VerifierSpec
 from verifiers.registry import InvalidVerifierSpecError, parse_spec
@@ -82,7 +82,7 @@ async def get_reward(
 ) -> RewardResponse:
     """One reward per sample from the verify pipeline."""
     arrived = time.perf_counter()
-    rt = runtime(request)
+    rt: Runtime = request.app.state.runtime
     labels = body.labels or [None] * len(body.query)
     groups: dict[tuple[str, str], tuple[list[VerifierSpec], list[int], list[str]]] = {}
     for i, (query, prompt, label) in enumerate(zip(body.query, body.prompts, labels, strict=True)):
