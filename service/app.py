@@ -25,7 +25,7 @@ from service.jobs import JobFactory
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from service.pipeline import Pipeline
 from service.records.recorder import Recorder
-from service.routes import native, openai
+from service.routes import native, openai, reward
 from service.runtime import Runtime
 from service.settings import Settings
 from verifiers.base import VerifierResources
@@ -201,6 +201,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(native.router)
     app.include_router(openai.router)
+    app.include_router(reward.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)

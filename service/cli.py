@@ -963,6 +963,89 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+@app.command()
+def train(
+    records: RecordsArg,
+    method: Annotated[
+        Literal["rsft", "dpo", "grpo"],
+        typer.Option(
+            help="rsft: SFT on passing candidates; dpo: DPO+SFT on pass/fail pairs; grpo: "
+            "on-policy RL on the recorded prompts, rewarded by --reward-url's /verify."
+        ),
+    ],
+    base: Annotated[str, typer.Option(help="The model to start from (path or hub name).")],
+    out: Annotated[Path, typer.Option(help="Where to save the trained model.")],
+    trl_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A TRL config field, key=value (JSON value), e.g. max_steps=60 (repeatable)."
+        ),
+    ] = None,
+    trl_config: Annotated[
+        Path | None, typer.Option(help="A YAML/JSON mapping of TRL config fields.")
+    ] = None,
+    source: Annotated[
+        Literal["generate", "verify", "any"],
+        typer.Option(
+            help="Records of sampled requests (the model's own samples), /verify, or any."
+        ),
+    ] = "generate",
+    keep_judge_only: Annotated[
+        bool, typer.Option("--keep-judge-only", help="Keep records scored only by an LLM judge.")
+    ] = False,
+    min_margin: Annotated[float, typer.Option(help="dpo: least chosen minus rejected.")] = 0.0,
+    max_pairs: Annotated[int, typer.Option(min=1, help="dpo: most pairs per prompt.")] = 4,
+    max_per_prompt: Annotated[
+        int | None, typer.Option(min=1, help="rsft: most completions per prompt.")
+    ] = None,
+    only: Annotated[
+        Literal["text", "chat"] | None, typer.Option(help="Only text, or only chat prompts.")
+    ] = None,
+    reward_url: Annotated[
+        str | None, typer.Option(help="grpo: the bestofk server whose /verify is the reward.")
+    ] = None,
+    reward_profile: Annotated[
+        str | None, typer.Option(help="grpo: a server profile applied to every prompt.")
+    ] = None,
+    reward_field: Annotated[
+        Literal["passed", "score"], typer.Option(help="grpo: reward = passed (1/0) or score.")
+    ] = "passed",
+) -> None:
+    """Train the next model on the recorded verdicts (needs `pip install 'bestofk[train]'`)."""
+    try:
+        from tooling import train as training
+    except ImportError as exc:
+        console.print(f"[red]{exc}[/red]: install the extra, `pip install 'bestofk[train]'`")
+        raise typer.Exit(1) from None
+    from service.records.format import RecordFormatError
+    from service.records.reader import read_records
+
+    try:
+        options = training.TrainOptions(
+            method=method,
+            base=base,
+            out=out,
+            trl_args=training.parse_trl_args(trl_arg or [], trl_config),
+            source=None if source == "any" else source,
+            skip_judge_only=not keep_judge_only,
+            min_margin=min_margin,
+            max_pairs=max_pairs,
+            max_per_prompt=max_per_prompt,
+            only=only,
+            reward_url=reward_url,
+            reward_profile=reward_profile,
+            reward_field=reward_field,
+        )
+        result = training.train(read_records(records), options)
+    except (training.TrainError, RecordFormatError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{method}: {result.rows} rows for {result.prompts} prompts from {result.used} of "
+        f"{result.records} records, trained in {result.train_seconds:.1f} s → {out}"
+    )
+
+
 def main() -> None:
     """Console-script entry point: expected failures end as one line on stderr and exit 1."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -50,8 +50,8 @@ class Runtime:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @contextlib.asynccontextmanager
-    async def admitted(self, job: RerankJob, openai: bool = False) -> AsyncIterator[None]:
-        """Hold an in-flight slot for ``job``, or refuse it now with the reason.
+    async def admitted(self, *, needs_engine: bool, openai: bool = False) -> AsyncIterator[None]:
+        """Hold an in-flight slot, or refuse the request now with the reason.
 
         Everything that can be known before work starts is checked here, so a streaming
         response can refuse with a proper status before its first byte. ``openai``: refuse
@@ -61,7 +61,7 @@ class Runtime:
             raise ShuttingDownError(
                 "the server is shutting down; retry on another replica", retry_after_s=1
             )
-        if job.given is None and not (health := self.engine.health).ready:
+        if needs_engine and not (health := self.engine.health).ready:
             raise EngineNotReadyError(
                 f"the engine is not ready: {health.status} ({health.detail})",
                 retry_after_s=health.retry_after_s,
@@ -82,17 +82,20 @@ class Runtime:
         self, job: RerankJob, request: Request | None = None, openai: bool = False
     ) -> RerankResult:
         """Admit and run ``job``."""
-        async with self.admitted(job, openai):
+        async with self.admitted(needs_engine=job.given is None, openai=openai):
             return await self.run(job, request)
 
     async def run(self, job: RerankJob, request: Request | None = None) -> RerankResult:
         """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
         client leaves or the server cuts it at the end of its shutdown grace period."""
         result = await self._guarded(self.pipeline.run(job), request)
+        self._finished(job, result)
+        return result
+
+    def _finished(self, job: RerankJob, result: RerankResult) -> None:
         metrics.observe(result)
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
-        return result
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for no request to be in flight; True if none is."""
@@ -128,6 +131,18 @@ class Runtime:
                 log.info("client disconnected; request cancelled")
                 raise ClientDisconnectedError("client disconnected")
         return task.result()
+
+    async def execute_batch(
+        self, jobs: Sequence[RerankJob], request: Request | None = None
+    ) -> list[RerankResult]:
+        """Run ``jobs`` concurrently as one admitted request (a batch endpoint such as
+        ``/get_reward`` holds one slot, not one per job); cancel all if the client leaves."""
+        async with self.admitted(needs_engine=any(job.given is None for job in jobs)):
+            run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
+            results = await self._guarded(run, request)
+        for job, result in zip(jobs, results, strict=True):
+            self._finished(job, result)
+        return list(results)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
