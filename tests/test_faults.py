@@ -413,6 +413,24 @@ def test_client_disconnect_kills_the_sandbox_run(small_sandbox: Server) -> None:
 # --- shutdown --------------------------------------------------------------------------------
 
 
+def sleeping_verify_then_sigterm(
+    server: Server, sleep_s: float
+) -> tuple[threading.Thread, dict[str, httpx.Response]]:
+    """A /verify whose sandboxed test sleeps ``sleep_s``, SIGTERM once it runs; the thread
+    and where its reply lands."""
+    slow = f"import time\ndef solve(x):\n    time.sleep({sleep_s})\n    return x * x\n"
+    result: dict[str, httpx.Response] = {}
+    request = threading.Thread(
+        target=lambda: result.setdefault(
+            "reply", post(server, "/verify", unit_tests_request(slow, timeout_s=sleep_s + 8))
+        )
+    )
+    request.start()
+    time.sleep(0.8)  # the run is in its sandbox now
+    os.kill(server.process.pid, signal.SIGTERM)
+    return request, result
+
+
 def test_sigterm_drains_in_flight_work_and_leaves_nothing(
     fake_process: Server, tmp_path: Path
 ) -> None:
@@ -427,17 +445,8 @@ def test_sigterm_drains_in_flight_work_and_leaves_nothing(
     )
     try:
         uids = slot_uids(server)
-        slow = "import time\ndef solve(x):\n    time.sleep(2)\n    return x * x\n"
-        result: dict[str, httpx.Response] = {}
-        request = threading.Thread(
-            target=lambda: result.setdefault(
-                "reply", post(server, "/verify", unit_tests_request(slow, timeout_s=10))
-            )
-        )
-        request.start()
-        time.sleep(0.8)  # the run is in its sandbox now
         stopped = time.monotonic()
-        os.kill(server.process.pid, signal.SIGTERM)
+        request, result = sleeping_verify_then_sigterm(server, 2)
 
         def draining() -> bool:
             with contextlib.suppress(httpx.HTTPError):
@@ -471,16 +480,7 @@ def test_sigterm_past_the_grace_period_cuts_with_503(fake_process: Server, tmp_p
         tmp_path / "bestofk.log", fake_process.url, BESTOFK_SHUTDOWN_GRACE_S=str(grace)
     )
     try:
-        slow = "import time\ndef solve(x):\n    time.sleep(20)\n    return x * x\n"
-        result: dict[str, httpx.Response] = {}
-        request = threading.Thread(
-            target=lambda: result.setdefault(
-                "reply", post(server, "/verify", unit_tests_request(slow, timeout_s=25))
-            )
-        )
-        request.start()
-        time.sleep(0.8)
-        os.kill(server.process.pid, signal.SIGTERM)
+        request, result = sleeping_verify_then_sigterm(server, 20)
         request.join(timeout=grace + 10)
         reply = result["reply"]
         assert reply.status_code == 503, reply.text
