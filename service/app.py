@@ -29,6 +29,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from verifiers.base import VerifierResources
 from verifiers.sandbox import SandboxPool
+from verifiers.workers import WorkerLimits, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,11 @@ def create_app(
             queue_timeout_s=settings.sandbox_queue_timeout_s,
             on_outcome=metrics.record_sandbox_run,
         )
+        resources.workers = WorkerPool(
+            settings.verifier_workers,
+            max_queue=settings.verifier_max_queue,
+            limits=WorkerLimits(settings.verifier_timeout_s, settings.verifier_memory_mib << 20),
+        )
         # The engine loads in the background so /health can say "loading" meanwhile.
         loading = asyncio.create_task(engine.start())
         loading.add_done_callback(
@@ -174,6 +180,7 @@ def create_app(
             finally:
                 try:
                     resources.sandbox.close()
+                    resources.workers.close()
                 finally:
                     if recorder is not None:
                         # Drains the queue and fsyncs; blocking file work, so off the loop.

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, OverloadedError
+from service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
 from service.selection import Scored, SelectionConfig, combine, ranked, select
 from verifiers import registry
+from verifiers.answers import EXTRACT_TIMED_OUT, answer_key
 from verifiers.base import (
     Candidate,
     RequestContext,
@@ -25,6 +26,7 @@ from verifiers.base import (
     VerifierCapacityError,
     VerifierResources,
     VerifierSpec,
+    run_bounded,
     timed,
 )
 
@@ -135,6 +137,8 @@ class _Run:
         self.verify_start: float | None = None
         self.verify_end: float | None = None
         self.early_exit = False
+        self.answers: dict[int, str] = {}
+        """For ``vote``: each candidate's answer key (none when the deadline came first)."""
 
     def ms(self, at: float | None) -> float:
         return 0.0 if at is None else (at - self.job.arrived) * 1000
@@ -206,6 +210,8 @@ class Pipeline:
                     stream = self.engine.sample(job.prompt, job.k, job.sampling, job.request_id)
                     await self._generate_and_verify(run, stream)
                 await run.set_verify()
+                if job.selection.policy == "vote":
+                    run.answers = await self._answers(run)
         except VerifierCapacityError as exc:
             raise OverloadedError(str(exc), retry_after_s=exc.retry_after_s) from None
         except TimeoutError:
@@ -217,6 +223,29 @@ class Pipeline:
             for s in run.scored.values():
                 combine(s, run.specs[: len(s.verdicts)])
         return self._result(run, stream, timed_out)
+
+    async def _answers(self, run: _Run) -> dict[int, str]:
+        """The ``vote`` policy's answer keys, extracted off the loop. A runaway extract pattern
+        is the client's to fix: 400 at the first candidate it runs away on."""
+        extract = run.job.selection.extract
+
+        async def key(index: int) -> str:
+            text = run.scored[index].candidate.text
+            try:
+                return await run_bounded(self.resources.workers, answer_key, text, extract)
+            except (TimeoutError, MemoryError) as exc:
+                why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
+                raise InvalidRequestError(
+                    f"selection.extract: {why} on candidate {index}; simplify the pattern",
+                    param="selection.extract",
+                ) from None
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                keys = {i: tasks.create_task(key(i)) for i in run.scored}
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return {i: task.result() for i, task in keys.items()}
 
     async def _generate_and_verify(self, run: _Run, stream: SampleStream) -> None:
         min_score = run.job.early_exit_min_score
@@ -276,7 +305,7 @@ class Pipeline:
         return RerankResult(
             request_id=job.request_id,
             model=self.engine.model_name,
-            chosen=select(candidates, job.selection),
+            chosen=select(candidates, job.selection, run.answers),
             candidates=candidates,
             k=job.k if job.given is None else len(job.given),
             early_exit=run.early_exit,

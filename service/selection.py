@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,8 +87,15 @@ def ranked(scored: Sequence[Scored], by_logprob: bool = True) -> list[Scored]:
     return sorted(scored, key=lambda s: rank_key(s, by_logprob), reverse=True)
 
 
-def select(scored: Sequence[Scored], config: SelectionConfig) -> Scored:
-    """The chosen candidate under ``config.policy``."""
+def select(
+    scored: Sequence[Scored], config: SelectionConfig, answers: Mapping[int, str] | None = None
+) -> Scored:
+    """The chosen candidate under ``config.policy``.
+
+    ``answers``: for ``vote``, each candidate's answer key by index, extracted off the event
+    loop by the caller (the pipeline); a candidate without one joins no cluster. None: they are
+    extracted here, which only offline callers may afford.
+    """
     if not scored:
         raise ValueError("nothing to select from")
     order = ranked(scored, config.by_logprob)
@@ -101,9 +108,11 @@ def select(scored: Sequence[Scored], config: SelectionConfig) -> Scored:
         top = max(s.score for s in pool)
         weights = [math.exp(config.beta * (s.score - top)) for s in pool]
         return rng.choices(pool, weights=weights, k=1)[0]
-    clusters: dict[str, list[Scored]] = defaultdict(list)
+    if answers is None:
+        answers = {s.candidate.index: answer_key(s.candidate.text, config.extract) for s in pool}
+    clusters: dict[str | int, list[Scored]] = defaultdict(list)
     for s in pool:
-        clusters[answer_key(s.candidate.text, config.extract)].append(s)
+        clusters[answers.get(s.candidate.index, s.candidate.index)].append(s)
     # Cluster weight = sum of member scores; an all-zero field falls back to cluster size.
     heaviest = max(
         clusters.values(),

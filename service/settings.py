@@ -151,6 +151,16 @@ class Settings(BaseSettings):
     sandbox_max_queue: int = Field(default=64, ge=0)
     sandbox_queue_timeout_s: float = Field(default=10.0, gt=0)
     """How long a run may wait for a slot before the request gets 503 + Retry-After."""
+    verifier_workers: int = Field(default=2, ge=1, le=64)
+    """Processes for CPU-bound checks (JSON Schema, regexes, answer extraction, sympy);
+    cheap ones stay on the event loop."""
+    verifier_max_queue: int = Field(default=2048, ge=0)
+    """Checks that may wait for a verifier worker; one more gets 503 + Retry-After."""
+    verifier_timeout_s: float = Field(default=5.0, gt=0)
+    """One check's wall time in a worker; past it the worker is killed and the verdict is an
+    error (the request's own deadline stops it sooner)."""
+    verifier_memory_mib: int = Field(default=512, ge=256)
+    """Each verifier worker's address space (RLIMIT_AS); past it the verdict is an error."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     verifier_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Judge endpoints (base URLs) and reward models (paths or names) that requests and

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from verifiers.sandbox.pool import SandboxPool
+    from verifiers.workers import WorkerPool
 
 T = TypeVar("T")
 
@@ -101,6 +102,8 @@ class VerifierResources:
     """Shared, long-lived things a verifier may use; built once by the app."""
 
     sandbox: SandboxPool | None = None
+    workers: WorkerPool | None = None
+    """Processes for CPU-bound checks (:func:`run_bounded`); None: a default pool."""
     completer: Completer | None = None
     """The serving engine as a judge model (``judge`` without an ``endpoint``)."""
     allowed_models: frozenset[str] | None = None
@@ -145,8 +148,40 @@ class VerifierCapacityError(Exception):
         self.retry_after_s = retry_after_s
 
 
+INLINE_BUDGET_S = 0.0005
+"""The most a check tried inline may hold the event loop before it moves to a worker."""
+INLINE_MAX_CHARS = 1024
+"""Inputs up to this size are small enough to be checked inline when the work is linear."""
+
+
+class NotCheap(Exception):
+    """Raised by a check tried inline (``inline=True``) as soon as it cannot show it will be
+    quick: an input too large, a regex past :data:`INLINE_BUDGET_S`, a schema with branches."""
+
+
+async def run_bounded(workers: WorkerPool | None, fn: Callable[..., T], *args: Any) -> T:
+    """The one doorway for CPU-bound verifier work (regex, JSON Schema, answer extraction).
+
+    First ``fn(*args, inline=True)`` right here on the loop: a regex on "42" or a tiny JSON
+    pays no hop. ``fn`` must then finish within about :data:`INLINE_BUDGET_S` or raise
+    :class:`NotCheap`; if it does, ``fn(*args)`` runs in a worker process of ``workers`` (a
+    default pool when None), under its time and memory budget, killed if the caller is
+    cancelled. ``fn`` must be a module-level function and its arguments picklable.
+    """
+    try:
+        return fn(*args, inline=True)
+    except NotCheap:
+        pass
+    if workers is None:
+        from verifiers.workers import default_pool
+
+        workers = default_pool()
+    return await workers.run(fn, *args)
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """The one doorway for CPU-bound verifier work: run it in a worker thread, off the loop."""
+    """The doorway for blocking calls that wait rather than compute (a model, a sandbox's
+    pipes): run in a worker thread, off the loop. CPU-bound checks use :func:`run_bounded`."""
     return await anyio.to_thread.run_sync(fn, *args)
 
 

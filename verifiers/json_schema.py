@@ -1,7 +1,14 @@
-"""`json_schema`: is the candidate valid JSON that matches a JSON Schema?"""
+"""`json_schema`: is the candidate valid JSON that matches a JSON Schema?
+
+Validation can be exponential in the schema (an ``anyOf`` that doubles at each of 20 levels is
+a 1.4 KB schema with a million ways to fail) and linear in a 60 KB document is still
+milliseconds of pure Python, so it runs in a worker process, bounded in time and memory. Only a
+tiny document against a schema without branches, references or regexes is checked inline.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, ClassVar, Literal
 
@@ -10,15 +17,49 @@ from jsonschema.protocols import Validator
 from pydantic import ConfigDict, Field, field_validator
 
 from verifiers.base import (
+    INLINE_MAX_CHARS,
     Candidate,
+    NotCheap,
     RequestContext,
     Verdict,
     VerifierResources,
     VerifierSpec,
-    run_blocking,
+    run_bounded,
     timed,
 )
 from verifiers.text import fenced_block
+
+_LINEAR_KEYWORDS = frozenset({
+    "$schema", "$id", "$comment", "title", "description", "default", "examples", "deprecated",
+    "readOnly", "writeOnly", "format", "type", "enum", "const", "required", "properties",
+    "additionalProperties", "items", "prefixItems", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "minItems", "maxItems",
+    "minProperties", "maxProperties",
+})  # fmt: skip
+"""Keywords that check each document node at most once per schema node: no branches
+(anyOf, oneOf, not, if), no references, no regexes (pattern), nothing quadratic (uniqueItems).
+``format`` is an annotation here: no format checker is enabled."""
+_SUBSCHEMAS = ("properties", "additionalProperties", "items", "prefixItems")
+MAX_LINEAR_NODES = 64
+
+
+def is_linear(schema: Any, budget: list[int] | None = None) -> bool:
+    """Whether validating against ``schema`` is linear in the document and the schema is
+    small: only :data:`_LINEAR_KEYWORDS`, at most :data:`MAX_LINEAR_NODES` subschemas."""
+    budget = [MAX_LINEAR_NODES] if budget is None else budget
+    if isinstance(schema, bool):
+        return True
+    budget[0] -= 1
+    if not isinstance(schema, dict) or budget[0] < 0 or not schema.keys() <= _LINEAR_KEYWORDS:
+        return False
+    for keyword in _SUBSCHEMAS:
+        value = schema.get(keyword)
+        if keyword == "properties":
+            value = list(value.values()) if isinstance(value, dict) else value
+        subschemas = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(is_linear(sub, budget) for sub in subschemas):
+            return False
+    return True
 
 
 class JsonSchemaSpec(VerifierSpec):
@@ -40,12 +81,23 @@ class JsonSchemaSpec(VerifierSpec):
         return value
 
 
-def _check(validator: Validator, text: str) -> Verdict:
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Validator:
+    # Keyed by the schema's JSON: a worker builds each request's validator once.
+    schema = json.loads(schema_json)
+    validator: Validator = jsonschema.validators.validator_for(schema)(schema)
+    return validator
+
+
+def check_document(schema_json: str, linear: bool, text: str, *, inline: bool = False) -> Verdict:
+    """The json_schema verdict for ``text`` (for :func:`~verifiers.base.run_bounded`)."""
+    if inline and (not linear or len(text) > INLINE_MAX_CHARS):
+        raise NotCheap
     try:
         document = json.loads(fenced_block(text) or text)
     except ValueError as exc:
         return Verdict("json_schema", 0.0, False, f"not valid JSON: {exc}")
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    error = jsonschema.exceptions.best_match(_validator(schema_json).iter_errors(document))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return Verdict("json_schema", 0.0, False, f"schema violation at {where}: {error.message}")
@@ -60,11 +112,11 @@ class JsonSchemaVerifier:
     def __init__(self, spec: VerifierSpec, resources: VerifierResources) -> None:
         assert isinstance(spec, JsonSchemaSpec)
         self.spec = spec
-        cls = jsonschema.validators.validator_for(spec.schema_)
-        self._validator: Validator = cls(spec.schema_)
+        self._schema_json = json.dumps(spec.schema_, sort_keys=True)
+        self._linear = is_linear(spec.schema_)
+        self._workers = resources.workers
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
-        """Parse and validate off the event loop (large documents are CPU work)."""
-        return await timed(
-            "json_schema", lambda: run_blocking(_check, self._validator, candidate.text)
-        )
+        """Inline for a tiny document and a linear schema, else in a worker process."""
+        args = (self._schema_json, self._linear, candidate.text)
+        return await timed("json_schema", lambda: run_bounded(self._workers, check_document, *args))

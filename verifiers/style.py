@@ -13,10 +13,10 @@ from verifiers.base import (
     Verdict,
     VerifierResources,
     VerifierSpec,
-    run_blocking,
+    run_bounded,
     timed,
 )
-from verifiers.regex import bounded_search, compile_pattern
+from verifiers.regex import MatchBudget, compile_pattern
 
 # A sentence ends at . ! ? (or their runs) followed by whitespace or the end of the text.
 _SENTENCE_END = regex.compile(r"[.!?…]+(?=\s|$)")
@@ -24,12 +24,12 @@ _EMOJI = regex.compile(r"[\p{Extended_Pictographic}\p{Regional_Indicator}]")
 MAX_FORBID = 32
 
 
-def count_sentences(text: str) -> int:
+def count_sentences(text: str, budget: MatchBudget | None = None) -> int:
     """Sentences in ``text``; trailing words without a full stop count as one more."""
     stripped = text.strip()
     if not stripped:
         return 0
-    ends = list(_SENTENCE_END.finditer(stripped))
+    ends = (budget or MatchBudget(inline=False)).findall(_SENTENCE_END, stripped)
     tail = stripped[ends[-1].end() :].strip() if ends else stripped
     return len(ends) + (1 if tail else 0)
 
@@ -51,6 +51,38 @@ class StyleSpec(VerifierSpec):
         return value
 
 
+def check_style(spec: StyleSpec, text: str, *, inline: bool = False) -> Verdict:
+    """The style verdict for ``text`` (for :func:`~verifiers.base.run_bounded`): inline, every
+    regex of the check shares one budget; a runaway forbid pattern is an error verdict."""
+    budget = MatchBudget(inline)
+    failures: list[str] = []
+    total = 0
+    if spec.max_sentences is not None:
+        total += 1
+        if (n := count_sentences(text, budget)) > spec.max_sentences:
+            failures.append(f"{n} sentences > {spec.max_sentences}")
+    if spec.max_chars is not None:
+        total += 1
+        if len(text.strip()) > spec.max_chars:
+            failures.append(f"{len(text.strip())} chars > {spec.max_chars}")
+    if spec.no_emoji:
+        total += 1
+        if budget.search(_EMOJI, text):
+            failures.append("contains emoji")
+    for pattern in spec.forbid:
+        total += 1
+        try:
+            hit = budget.search(compile_pattern(pattern), text)
+        except TimeoutError:
+            return Verdict.failure("style", f"forbid pattern {pattern!r} timed out")
+        if hit is not None:
+            failures.append(f"forbidden {pattern!r} found")
+    if total == 0:
+        return Verdict("style", 1.0, True, "no constraints set")
+    score = (total - len(failures)) / total
+    return Verdict("style", score, not failures, "; ".join(failures) or "all constraints hold")
+
+
 class StyleVerifier:
     """Checks each set constraint; passes only when all hold."""
 
@@ -59,37 +91,10 @@ class StyleVerifier:
     def __init__(self, spec: VerifierSpec, resources: VerifierResources) -> None:
         assert isinstance(spec, StyleSpec)
         self.spec = spec
-        self._forbid = [compile_pattern(p) for p in spec.forbid]
+        self._workers = resources.workers
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
-        """Run the checks off the event loop; a runaway forbid pattern is an error verdict."""
-        return await timed("style", lambda: run_blocking(self._check, candidate.text))
-
-    def _check(self, text: str) -> Verdict:
-        failures: list[str] = []
-        total = 0
-        spec = self.spec
-        if spec.max_sentences is not None:
-            total += 1
-            if (n := count_sentences(text)) > spec.max_sentences:
-                failures.append(f"{n} sentences > {spec.max_sentences}")
-        if spec.max_chars is not None:
-            total += 1
-            if len(text.strip()) > spec.max_chars:
-                failures.append(f"{len(text.strip())} chars > {spec.max_chars}")
-        if spec.no_emoji:
-            total += 1
-            if _EMOJI.search(text):
-                failures.append("contains emoji")
-        for pattern, compiled in zip(spec.forbid, self._forbid, strict=True):
-            total += 1
-            try:
-                hit = bounded_search(compiled, text)
-            except TimeoutError:
-                return Verdict.failure("style", f"forbid pattern {pattern!r} timed out")
-            if hit is not None:
-                failures.append(f"forbidden {pattern!r} found")
-        if total == 0:
-            return Verdict("style", 1.0, True, "no constraints set")
-        score = (total - len(failures)) / total
-        return Verdict("style", score, not failures, "; ".join(failures) or "all constraints hold")
+        """Inline when quick, else in a worker process."""
+        return await timed(
+            "style", lambda: run_bounded(self._workers, check_style, self.spec, candidate.text)
+        )

@@ -207,6 +207,8 @@ def _format_number(value: Any) -> str | None:
 
 def looks_symbolic(answer: str) -> bool:
     """Worth handing to sympy: an operator or digit in plain math characters (not a word)."""
+    if len(answer) > 4 * MAX_CHARS:  # LaTeX rewriting never shrinks text this much
+        return False
     text = _from_latex(answer) if "\\" in answer or "{" in answer else answer
     return (
         len(text) <= MAX_CHARS

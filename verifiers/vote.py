@@ -11,6 +11,7 @@ more than one candidate: K distinct answers are no consensus. A lone candidate p
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,14 +19,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from verifiers.answers import answer_key
+from verifiers.answers import EXTRACT_TIMED_OUT, answer_key
 from verifiers.base import (
     Candidate,
     RequestContext,
     Verdict,
+    VerifierCapacityError,
     VerifierResources,
     VerifierSpec,
-    run_blocking,
+    run_bounded,
 )
 from verifiers.regex import MAX_PATTERN_CHARS, compile_pattern
 
@@ -52,38 +54,43 @@ class VoteVerifier:
     def __init__(self, spec: VerifierSpec, resources: VerifierResources) -> None:
         assert isinstance(spec, VoteSpec)
         self.spec = spec
+        self._workers = resources.workers
 
     async def verify_all(
         self, ctx: RequestContext, candidates: Sequence[Candidate]
     ) -> list[Verdict]:
-        """Extraction and sympy run off the event loop."""
+        """Each answer inline when quick, else in a worker process (extraction, sympy)."""
         start = time.perf_counter()
-        verdicts = await run_blocking(self._vote, [c.text for c in candidates])
+        found = await asyncio.gather(
+            *(
+                run_bounded(self._workers, answer_key, c.text, self.spec.extract)
+                for c in candidates
+            ),
+            return_exceptions=True,
+        )
         elapsed = (time.perf_counter() - start) * 1000
-        for verdict in verdicts:
-            verdict.latency_ms = elapsed
-        return verdicts
-
-    def _vote(self, texts: list[str]) -> list[Verdict]:
         keys: list[str | None] = []
         errors: list[str | None] = []
-        for text in texts:
-            try:
-                keys.append(answer_key(text, self.spec.extract))
-                errors.append(None)
-            except TimeoutError:
-                keys.append(None)
-                errors.append("the extract pattern timed out (runaway backtracking)")
+        for result in found:
+            if isinstance(result, VerifierCapacityError) or not isinstance(result, str | Exception):
+                raise result  # the request fails (503), or is cancelled
+            keys.append(result if isinstance(result, str) else None)
+            errors.append(_why(result) if isinstance(result, Exception) else None)
         counts = Counter(k for k in keys if k is not None)
         top = max(counts.values(), default=0)
         verdicts = []
         for key, error in zip(keys, errors, strict=True):
             if key is None:
-                verdicts.append(Verdict.failure("vote", error or "no answer"))
+                verdicts.append(Verdict.failure("vote", error or "no answer", elapsed))
                 continue
             n = counts[key]
-            consensus = n == top and (n > 1 or len(texts) == 1)
-            verdicts.append(
-                Verdict("vote", n / len(texts), consensus, f"answer {key[:60]!r}: {n}/{len(texts)}")
-            )
+            consensus = n == top and (n > 1 or len(candidates) == 1)
+            detail = f"answer {key[:60]!r}: {n}/{len(candidates)}"
+            verdicts.append(Verdict("vote", n / len(candidates), consensus, detail, elapsed))
         return verdicts
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, TimeoutError):
+        return EXTRACT_TIMED_OUT
+    return f"{type(error).__name__}: {error}"

@@ -14,66 +14,27 @@ import contextlib
 import fcntl
 import os
 import pwd
-import queue
 import select
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
 from verifiers.sandbox.bwrap import Launcher
 from verifiers.sandbox.judge import RunEnd, RunEndKind
 from verifiers.sandbox.protocol import Job, ProtocolError, RecordParser, driver_payload
+from verifiers.spawner import on_spawner_thread
 
 GRACE_S = 1.0
 """Time past the job's budget before the service kills a driver that has not finished."""
 
 
-class _Spawner:
-    """Forks every sandbox from one thread that lives as long as the service.
-
-    bwrap's ``--die-with-parent`` is PR_SET_PDEATHSIG, which fires when the *thread* that
-    forked bwrap exits, not the process: a sandbox forked from a worker thread would be killed
-    as soon as the thread pool retired that thread, warm sandboxes first.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], SandboxProcess], Future[SandboxProcess]]]
-        self._jobs = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, start: Callable[[], SandboxProcess]) -> Future[SandboxProcess]:
-        """Run ``start`` on the spawner thread."""
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._serve, name="sandbox-spawner", daemon=True
-                )
-                self._thread.start()
-        done: Future[SandboxProcess] = Future()
-        self._jobs.put((start, done))
-        return done
-
-    def _serve(self) -> None:
-        while True:
-            start, done = self._jobs.get()
-            try:
-                done.set_result(start())
-            except BaseException as exc:
-                done.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
-
-
 def spawn(launcher: Launcher, uid: int | None) -> Future[SandboxProcess]:
-    """Start a sandbox (on the spawner thread); it waits for its job once started."""
-    return _SPAWNER.submit(lambda: SandboxProcess(launcher, uid))
+    """Start a sandbox on the spawner thread (see :mod:`verifiers.spawner` for why); it waits
+    for its job once started."""
+    return on_spawner_thread(lambda: SandboxProcess(launcher, uid))
 
 
 class SandboxProcess:
