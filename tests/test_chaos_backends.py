@@ -156,3 +156,26 @@ def test_health_says_why_it_is_not_ready(tmp_path: Path) -> None:
         assert 15 <= int(refused.headers["retry-after"]) <= 30, refused.headers
     finally:
         server.stop()
+
+
+def test_real_vllm_candidates_stop_at_the_byte_cap(vllm_backend: Server, tmp_path: Path) -> None:
+    """Item 7 on a real ``vllm serve`` stream: with one byte a token, every candidate's text
+    stops within max_tokens bytes (vLLM's own deltas, with and without logprobs)."""
+    server = start_faulty(
+        tmp_path / "bestofk.log", vllm_backend.url, BESTOFK_LIMITS__MAX_BYTES_PER_TOKEN="1"
+    )
+    try:
+        for tie_break in ("logprob", "index"):  # index: token ids count, no logprobs asked
+            body = generate(k=4, selection={"tie_break": tie_break})
+            body["sampling"] = {"max_tokens": 16, "min_tokens": 16, "temperature": 1.0}
+            reply = post(server, "/generate", body)
+            assert reply.status_code == 200, reply.text
+            candidates = reply.json()["candidates"]
+            assert len(candidates) == 4
+            for candidate in candidates:
+                assert candidate["finish_reason"] == "length", candidate
+                assert len(candidate["text"].encode()) <= 16, candidate
+            # Without the cap these 16-token candidates are longer than 16 bytes.
+            assert any(c["tokens"] < 16 for c in candidates), candidates
+    finally:
+        server.stop()

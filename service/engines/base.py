@@ -136,6 +136,9 @@ def max_candidate_bytes(sampling: SamplingConfig, bytes_per_token: int) -> int:
 HealthStatus = Literal[
     "loading", "ready", "no_healthy_backend", "engine_dead", "restarting", "draining"
 ]
+"""What ``/health`` reports. Engines say all but ``draining``, which is the server's own (after
+SIGTERM); ``no_healthy_backend`` is the remote engine's, ``engine_dead`` and ``restarting`` the
+in-process one's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,10 +105,14 @@ class RemoteStream:
         backend = engine.pool.pick()
         first_token_s = engine.pool.first_token_timeout(backend)
         handed_on = False
+        # Each nested stream is closed as its consumer stops (aclosing), not whenever the
+        # garbage collector gets to it: closing is what aborts the work at the backend.
+        first = self._attempt(engine, backend, prompt, k, sampling, first_token_s)
         try:
-            async for sample in self._attempt(engine, backend, prompt, k, sampling, first_token_s):
-                handed_on = True
-                yield sample
+            async with contextlib.aclosing(first) as samples:
+                async for sample in samples:
+                    handed_on = True
+                    yield sample
             return
         except BackendError as exc:
             # Nothing of this request has left the engine yet: another backend can take it
@@ -117,8 +121,11 @@ class RemoteStream:
             if retry is None:
                 raise
             log.warning("request %s: %s; retrying on %s", request_id, exc.message, retry.label)
-        async for sample in self._attempt(engine, retry, prompt, k, sampling, None):
-            yield sample
+        async with contextlib.aclosing(
+            self._attempt(engine, retry, prompt, k, sampling, None)
+        ) as samples:
+            async for sample in samples:
+                yield sample
 
     async def _attempt(
         self,
@@ -128,22 +135,26 @@ class RemoteStream:
         k: int,
         sampling: SamplingConfig,
         first_token_s: float | None,
-    ) -> AsyncIterator[Sample]:
+    ) -> AsyncGenerator[Sample, None]:
         backend.in_flight += 1
         try:
             if backend.supports_n is not False and k > 1:
                 try:
-                    async for sample in self._call(
-                        engine, backend, prompt, k, 0, sampling, first_token_s
-                    ):
-                        yield sample
+                    async with contextlib.aclosing(
+                        self._call(engine, backend, prompt, k, 0, sampling, first_token_s)
+                    ) as samples:
+                        async for sample in samples:
+                            yield sample
                     backend.supports_n = True
                     return
                 except _NRefusedError:
                     log.warning("backend %s refuses n>1; using %d calls of n=1", backend.label, k)
                     backend.supports_n = False
-            async for sample in self._fan_out(engine, backend, prompt, k, sampling, first_token_s):
-                yield sample
+            async with contextlib.aclosing(
+                self._fan_out(engine, backend, prompt, k, sampling, first_token_s)
+            ) as samples:
+                async for sample in samples:
+                    yield sample
         finally:
             backend.in_flight -= 1
 
@@ -155,15 +166,16 @@ class RemoteStream:
         k: int,
         sampling: SamplingConfig,
         first_token_s: float | None,
-    ) -> AsyncIterator[Sample]:
+    ) -> AsyncGenerator[Sample, None]:
         queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
 
         async def one(index: int) -> None:
             try:
-                async for sample in self._call(
-                    engine, backend, prompt, 1, index, sampling, first_token_s
-                ):
-                    await queue.put(sample)
+                async with contextlib.aclosing(
+                    self._call(engine, backend, prompt, 1, index, sampling, first_token_s)
+                ) as samples:
+                    async for sample in samples:
+                        await queue.put(sample)
             except BaseException as exc:
                 await queue.put(exc)
                 raise
@@ -189,7 +201,7 @@ class RemoteStream:
         index_offset: int,
         sampling: SamplingConfig,
         first_token_s: float | None,
-    ) -> AsyncIterator[Sample]:
+    ) -> AsyncGenerator[Sample, None]:
         """One streamed call; ``first_token_s``: give up on the backend (``_NoFirstTokenError``)
         if no token has come by then."""
         pool = engine.pool
