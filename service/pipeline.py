@@ -129,8 +129,8 @@ def _candidate(sample: Sample) -> Candidate:
     )
 
 
-class _Run:
-    """The state of one job while it runs."""
+class JobRun:
+    """The state of one job while it runs, from its verifiers built (:meth:`Pipeline.prepare`)."""
 
     def __init__(self, pipeline: Pipeline, job: RerankJob) -> None:
         self.job = job
@@ -208,10 +208,11 @@ class Pipeline:
         self.engine = engine
         self.resources = resources
 
-    async def run(self, job: RerankJob) -> RerankResult:
-        """Generate (or take) the candidates, verify them, and choose one."""
+    def prepare(self, job: RerankJob) -> JobRun:
+        """Build ``job``'s verifiers: what a spec refuses (a judge endpoint or reward model the
+        server does not allow) is an InvalidRequestError before anything is generated."""
         try:
-            run = _Run(self, job)
+            return JobRun(self, job)
         except TargetNotAllowedError as exc:
             raise InvalidRequestError(
                 f"{exc}: the operator lists the judge endpoints and reward models requests may "
@@ -221,6 +222,10 @@ class Pipeline:
                 param="verifiers",
                 code="verifier_target_not_allowed",
             ) from None
+
+    async def run(self, job: RerankJob, prepared: JobRun | None = None) -> RerankResult:
+        """Generate (or take) the candidates, verify them, and choose one."""
+        run = prepared or self.prepare(job)
         stream: SampleStream | None = None
         timed_out = False
         try:
@@ -247,7 +252,7 @@ class Pipeline:
                 combine(s, run.specs[: len(s.verdicts)])
         return self._result(run, stream, timed_out)
 
-    async def _answers(self, run: _Run) -> dict[int, str]:
+    async def _answers(self, run: JobRun) -> dict[int, str]:
         """The ``vote`` policy's answer keys, extracted off the loop. A runaway extract pattern
         is the client's to fix: 400 at the first candidate it runs away on."""
         extract = run.job.selection.extract
@@ -270,7 +275,7 @@ class Pipeline:
             raise group.exceptions[0] from None
         return {i: task.result() for i, task in keys.items()}
 
-    async def _generate_and_verify(self, run: _Run, stream: SampleStream) -> None:
+    async def _generate_and_verify(self, run: JobRun, stream: SampleStream) -> None:
         min_score = run.job.early_exit_min_score
         try:
             await self._generate_and_verify_in(run, stream, min_score)
@@ -279,7 +284,7 @@ class Pipeline:
             raise group.exceptions[0] from None
 
     async def _generate_and_verify_in(
-        self, run: _Run, stream: SampleStream, min_score: float | None
+        self, run: JobRun, stream: SampleStream, min_score: float | None
     ) -> None:
         async with asyncio.TaskGroup() as tasks:
 
@@ -311,7 +316,7 @@ class Pipeline:
 
             producer = tasks.create_task(produce())
 
-    def _result(self, run: _Run, stream: SampleStream | None, timed_out: bool) -> RerankResult:
+    def _result(self, run: JobRun, stream: SampleStream | None, timed_out: bool) -> RerankResult:
         end = time.perf_counter()
         candidates = [run.scored[i] for i in sorted(run.scored)]
         for s in candidates:

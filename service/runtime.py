@@ -16,7 +16,7 @@ from service.admission import Admission
 from service.engines.base import Engine
 from service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from service.jobs import JobFactory
-from service.pipeline import Pipeline, RerankJob, RerankResult
+from service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from service.records.recorder import Recorder
 from service.settings import Settings
 
@@ -85,10 +85,12 @@ class Runtime:
         async with self.admitted(needs_engine=job.given is None, openai=openai):
             return await self.run(job, request)
 
-    async def run(self, job: RerankJob, request: Request | None = None) -> RerankResult:
+    async def run(
+        self, job: RerankJob, request: Request | None = None, prepared: JobRun | None = None
+    ) -> RerankResult:
         """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
         client leaves or the server cuts it at the end of its shutdown grace period."""
-        result = await self._guarded(self.pipeline.run(job), request)
+        result = await self._guarded(self.pipeline.run(job, prepared), request)
         self._finished(job, result)
         return result
 

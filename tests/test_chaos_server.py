@@ -36,6 +36,7 @@ def one_slot(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         fake.url,
         BESTOFK_LIMITS__MAX_INFLIGHT="1",
         BESTOFK_LIMITS__MAX_QUEUED="0",
+        BESTOFK_ALLOW_ANY_VERIFIER_TARGET="0",
     )
     try:
         yield server
@@ -89,6 +90,17 @@ def test_streaming_without_a_healthy_backend_is_a_503(fake: Server, one_slot: Se
     finally:
         set_mode(fake, "ok")
         one_slot.wait_ready(30)
+
+
+def test_streaming_with_a_disallowed_judge_is_a_400_before_the_stream(one_slot: Server) -> None:
+    judge = {"type": "judge", "endpoint": "http://10.0.0.1:9/v1", "model": "m"}
+    reply = httpx.post(
+        one_slot.url + "/v1/chat/completions",
+        json={**CHAT, "stream": True, "verifiers": [judge]},
+        timeout=10,
+    )
+    assert reply.status_code == 400, reply.text
+    assert "BESTOFK_VERIFIER_TARGETS" in reply.json()["error"]["message"]
 
 
 def test_too_large_body_is_a_413_for_clients_that_send_it_all(one_slot: Server) -> None:

@@ -333,11 +333,12 @@ async def _stream(
     """SSE: comments while verifying, then the chosen completion as chunks, usage, [DONE].
 
     The first event is yielded only once the job is admitted; until then errors raise."""
+    prepared = rt.pipeline.prepare(job)
     async with rt.admitted(needs_engine=job.given is None, openai=True):
         # Comments keep proxies and clients from timing out; SSE parsers skip them.
         yield b": verifying candidates\n\n"
         # Starlette cancels this generator when the client goes, which cancels the work.
-        work = asyncio.ensure_future(rt.run(job))
+        work = asyncio.ensure_future(rt.run(job, prepared=prepared))
         try:
             while not work.done():
                 done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
