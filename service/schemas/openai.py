@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
+from verifiers.json_schema import check_schema
 
 
 class StreamOptions(BaseModel):
@@ -36,13 +36,7 @@ class JsonSchemaFormat(BaseModel):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
         # It becomes a json_schema verifier: check it as that does, so a bad one is a 400 here.
-        try:
-            jsonschema.validators.validator_for(value).check_schema(value)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"invalid JSON Schema: {exc.message}") from None
-        except RecursionError:
-            raise ValueError("the JSON Schema is nested too deeply") from None
-        return value
+        return check_schema(value)
 
 
 class ResponseFormat(BaseModel):
