@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 BOMB_LEVELS = 20
-PROMPT_420 = "Count the apples in the basket, then the pears, then the plums. " * 30
+PROMPT_420 = "Count the apples in the basket, then the pears, then the plums. " * 14
 """About 420 tokens for the demo model's byte-level BPE (the probe prints what it got)."""
 HEALTH_EVERY_S = 0.02
 BASELINE_S = 3.0

@@ -188,11 +188,13 @@ def create_app(
             finally:
                 try:
                     resources.sandbox.close()
-                    resources.workers.close()
                 finally:
-                    if recorder is not None:
-                        # Drains the queue and fsyncs; blocking file work, so off the loop.
-                        await asyncio.to_thread(recorder.close)
+                    try:
+                        resources.workers.close()
+                    finally:
+                        if recorder is not None:
+                            # Drains the queue and fsyncs; blocking file work, off the loop.
+                            await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -164,12 +164,40 @@ def test_runaway_vote_extract_is_a_400_and_never_blocks_the_loop(chaos: Server) 
     assert reply.status_code == 400, reply.text
     error = error_of(reply)
     assert error["param"] == "selection.extract" and "time budget" in error["message"], error
-    # Slow but within the pattern's budget: served, and the loop stays free meanwhile.
-    body = {"candidates": ["a" * 27 + "!"] * 8, "selection": vote}
+    # Slow (0.1 s of backtracking each, a 3 s stall in all when run on the loop) but within
+    # the pattern's budget: served, and the loop stays free meanwhile.
+    body = {"candidates": ["a" * 26 + "!"] * 32, "selection": vote}
     reply, latencies = health_while(lambda: post(chaos, "/verify", body), chaos)
     assert reply.status_code == 200, reply.text
     assert latencies, "no /health was answered while the extract pattern ran"
     assert max(latencies) < HEALTH_LATENCY_S, latencies
+
+
+def test_large_schemas_are_refused_or_checked_off_the_loop(chaos: Server) -> None:
+    def properties(n: int, bad: bool = False) -> dict[str, Any]:
+        props: dict[str, Any] = {f"p{i}": {"type": "integer"} for i in range(n)}
+        if bad:
+            props["p0"] = {"type": 5}  # not a JSON Schema
+        return {"type": "object", "properties": props}
+
+    def verify(schema: dict[str, Any]) -> httpx.Response:
+        body = {
+            "candidates": ['{"p0": 1}'],
+            "verifiers": [{"type": "json_schema", "schema": schema}],
+        }
+        return post(chaos, "/verify", body)
+
+    # Checking a schema against its metaschema costs ~0.3 ms per object: a 2.7 MB schema held
+    # the loop for tens of seconds. Past the cap it is a 400, below it checked in a worker.
+    reply = verify(properties(60_000))
+    assert reply.status_code == 400 and "simplify it" in error_of(reply)["message"], reply.text
+    reply, latencies = health_while(lambda: verify(properties(3000, bad=True)), chaos)
+    assert reply.status_code == 200, reply.text
+    verdict = reply.json()["candidates"][0]["verdicts"][0]
+    assert "invalid JSON Schema" in (verdict["error"] or ""), verdict
+    assert max(latencies, default=0) < HEALTH_LATENCY_S, latencies
+    assert verify(properties(8, bad=True)).status_code == 400, "a small schema: checked at once"
+    assert verify(properties(3000)).json()["passed"], "a large valid schema works"
 
 
 def descendants(pid: int) -> list[int]:

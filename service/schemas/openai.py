@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,6 +19,7 @@ from pydantic import (
 )
 
 from service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
+from verifiers.json_schema import check_schema
 
 
 class StreamOptions(BaseModel):
@@ -43,13 +43,7 @@ class JsonSchemaFormat(BaseModel):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
         # It becomes a json_schema verifier: check it as that does, so a bad one is a 400 here.
-        try:
-            jsonschema.validators.validator_for(value).check_schema(value)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"invalid JSON Schema: {exc.message}") from None
-        except RecursionError:
-            raise ValueError("the JSON Schema is nested too deeply") from None
-        return value
+        return check_schema(value)
 
 
 class ResponseFormat(BaseModel):
