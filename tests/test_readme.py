@@ -228,7 +228,11 @@ def check_serve(command: str, workdir: Path) -> str | None:
     ``workdir``, where the log goes too."""
     cwd = ROOT if command.startswith("make") else workdir
     port = free_port()
-    env = engine_env(BESTOFK_PORT=str(port))
+    # A server stopped while its engine loads is killed (it would finish loading first) and
+    # leaves its engine temp dir behind: there, in pytest's own temp tree.
+    scratch = workdir / f"tmp-{port}"
+    scratch.mkdir()
+    env = engine_env(BESTOFK_PORT=str(port), TMPDIR=str(scratch))
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     if command.startswith("make") and not (ROOT / ".venv" / ".installed").is_file():
         return f"`{command}` needs the venv `make install` builds in {ROOT}"
@@ -256,14 +260,15 @@ def check_serve(command: str, workdir: Path) -> str | None:
 
 @contextlib.contextmanager
 def stopped(process: subprocess.Popen[Any]) -> Iterator[None]:
-    """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive."""
+    """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive (a
+    server waits for its engine to finish loading before it exits)."""
     try:
         yield
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
+                process.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
