@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,18 +228,24 @@ def check_serve(command: str, workdir: Path) -> str | None:
     ``make`` runs in the checkout (the Makefile and its venv are there), the rest in
     ``workdir``, where the log goes too."""
     cwd = ROOT if command.startswith("make") else workdir
-    port = free_port()
-    env = engine_env(BESTOFK_PORT=str(port))
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     if command.startswith("make") and not (ROOT / ".venv" / ".installed").is_file():
         return f"`{command}` needs the venv `make install` builds in {ROOT}"
+    port = free_port()
+    # A server stopped while its engine loads is killed (it would finish loading first) and
+    # leaves its engine temp dir behind: in a TMPDIR of its own, removed here. A short path:
+    # the engine's ZMQ sockets live there, and a socket path has at most 107 characters.
+    scratch = Path(tempfile.mkdtemp(prefix="bestofk-readme-"))
+    env = engine_env(BESTOFK_PORT=str(port), TMPDIR=str(scratch))
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     log = workdir / f"serve-{port}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
             ["bash", "-c", command], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    with stopped(process):
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+        cleanup.enter_context(stopped(process))
         deadline = time.monotonic() + SERVE_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -256,14 +263,15 @@ def check_serve(command: str, workdir: Path) -> str | None:
 
 @contextlib.contextmanager
 def stopped(process: subprocess.Popen[Any]) -> Iterator[None]:
-    """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive."""
+    """SIGTERM the process group afterwards; SIGKILL what a loading engine keeps alive (a
+    server waits for its engine to finish loading before it exits)."""
     try:
         yield
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
+                process.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
