@@ -47,29 +47,18 @@ def one_slot(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_streaming_overload_is_a_429_before_the_stream(fake: Server, one_slot: Server) -> None:
     set_mode(fake, "slow")
     try:
-        hog = threading.Thread(
-            target=lambda: httpx.post(
-                one_slot.url + "/generate",
-                json={"prompt": "x", "k": 1, "timeout_s": 3},
-                timeout=10,
+        # Headers come only once a request is admitted: this stream now holds the one slot.
+        with httpx.stream(
+            "POST", one_slot.url + "/v1/chat/completions", json={**CHAT, "stream": True}
+        ) as hog:
+            assert hog.status_code == 200
+            reply = httpx.post(
+                one_slot.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10
             )
-        )
-        hog.start()
-        try:
-            for _ in range(50):  # until the hog holds the slot
-                reply = httpx.post(
-                    one_slot.url + "/v1/chat/completions",
-                    json={**CHAT, "stream": True},
-                    timeout=10,
-                )
-                if reply.status_code != 200:
-                    break
-            assert reply.status_code == 429, reply.text
-            assert reply.headers["content-type"].startswith("application/json")
-            assert reply.json()["error"]["type"] == "rate_limit_error"
-            assert int(reply.headers["retry-after"]) >= 1
-        finally:
-            hog.join()
+        assert reply.status_code == 429, reply.text
+        assert reply.headers["content-type"].startswith("application/json")
+        assert reply.json()["error"]["type"] == "rate_limit_error"
+        assert int(reply.headers["retry-after"]) >= 1
     finally:
         set_mode(fake, "ok")
 
