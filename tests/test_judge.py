@@ -26,6 +26,7 @@ from verifiers.base import (
     Completion,
     RequestContext,
     SetVerifier,
+    TargetNotAllowedError,
     Verdict,
     Verifier,
     VerifierResources,
@@ -185,13 +186,12 @@ def test_bad_specs_are_refused(spec: dict[str, object]) -> None:
         registry.parse_spec({"type": "judge", **spec})
 
 
-async def test_endpoint_outside_the_allowlist_is_an_error_verdict() -> None:
+def test_endpoint_outside_the_allowlist_is_refused_when_built() -> None:
+    """Refused before anything is generated (the pipeline turns it into a 400)."""
     resources = VerifierResources(allowed_models=frozenset({"http://judge:8000"}))
     spec = registry.parse_spec({"type": "judge", "endpoint": "http://169.254.169.254/v1"})
-    (verifier,) = registry.build([spec], resources)
-    assert isinstance(verifier, Verifier)
-    verdict = await verifier.verify(CTX, Candidate(0, "120"))
-    assert verdict.error is not None and "not among the models" in verdict.error
+    with pytest.raises(TargetNotAllowedError, match="not among the targets"):
+        registry.build([spec], resources)
 
 
 async def test_listwise_maps_the_choice_back_through_the_shuffle() -> None:
