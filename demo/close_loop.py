@@ -36,6 +36,8 @@ TASKS = ROOT / "demo" / "tasks.jsonl"
 FAMILIES = ("factorial", "dates", "code", "summary")
 FIVE = "What's the factorial of 5? (Respond with a number only)"
 K = 8
+FIVE_SAMPLES = 32
+"""Samples of 5! per model for the plot: 8 are too few to see a distribution move."""
 
 
 def bestofk(*args: str) -> str:
@@ -82,7 +84,7 @@ def describe(model: str, prompts: list[str]) -> dict[str, Any]:
         if model != str(MODEL)
         else 0.0,
         "judge_pair_accuracy": {f: judge_accuracy(model, f) for f in ("factorial", "dates")},
-        "five": measure.sample(model, FIVE, K, max_new_tokens=32, seed=0),
+        "five": measure.sample(model, FIVE, FIVE_SAMPLES, max_new_tokens=32, seed=0),
     }
 
 
@@ -95,8 +97,21 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=ROOT / "demo" / "train.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "demo" / "train.png")
+    parser.add_argument(
+        "--replot", action="store_true", help="resample 5! and redraw from the --json results"
+    )
     args = parser.parse_args()
     work: Path = args.work
+    if args.replot:
+        results = json.loads(args.json.read_text())
+        names = [n for n in results if n != "before"]
+        for name in ("before", *names):
+            model = str(MODEL) if name == "before" else str(work / name)
+            results[name]["five"] = measure.sample(model, FIVE, FIVE_SAMPLES, max_new_tokens=32)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(table(results, names))
+        plot(results, names, args.plot)
+        return
     work.mkdir(parents=True, exist_ok=True)
     methods = [m for m in args.methods.split(",") if m]
     prompts = [t["prompt"] for t in demo_measure.load_tasks() if t["family"] in FAMILIES]
@@ -104,8 +119,16 @@ def main() -> None:
     demo = start_bestofk(work / "demo.log", "--record-dir", str(work / "records"))
     results: dict[str, Any] = {}
     with running(demo, 300):
-        results["before"] = {"eval": evaluate(demo, work / "before.json")}
+        before = work / "before.json"
+        # A rerun in the same --work keeps what is there: the traffic and the trained models.
+        report = json.loads(before.read_text()) if before.exists() else evaluate(demo, before)
+        results["before"] = {"eval": report}
         for method in methods:
+            if (work / method / "bestofk_train.json").exists():
+                results[method] = {
+                    "train": json.loads((work / method / "bestofk_train.json").read_text())
+                }
+                continue
             extra = [
                 flag
                 for spec in args.trl_arg
@@ -166,7 +189,7 @@ def table(results: dict[str, Any], methods: list[str]) -> str:
                 )
                 / total
             )
-            return f"| {name} | " + " | ".join(cells) + f" | {overall:.2f} | 0 | | |"
+            return f"| {name} | " + " | ".join(cells) + f" | {overall:.2f} | — | — | — |"
         cells = [f"{fam[f]['pass@1']:.2f}" for f in FAMILIES]
         judge = res["judge_pair_accuracy"]
         seconds = f"{res['train']['train_seconds']:.0f}" if "train" in res else ""
@@ -192,7 +215,7 @@ def plot(results: dict[str, Any], methods: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), width_ratios=[1, 1.5])
-    shown = ["before", methods[0]] if methods else ["before"]
+    shown = ["before", *methods]
     answers: list[str] = []
     counts = {name: Counter(results[name]["five"]) for name in shown}
     for c in counts.values():
@@ -205,8 +228,8 @@ def plot(results: dict[str, Any], methods: list[str], path: Path) -> None:
     left.set_xticks([i + width * (len(shown) - 1) / 2 for i in range(len(answers))])
     left.set_xticklabels([a if len(a) < 18 else a[:16] + "…" for a in answers], rotation=30,
                          ha="right", fontsize=8)  # fmt: skip
-    left.set_ylabel(f"of {K} samples")
-    left.set_title(f'"{FIVE[:30]}…": {K} samples (right: 120)', fontsize=9)
+    left.set_ylabel(f"of {FIVE_SAMPLES} samples")
+    left.set_title(f'"{FIVE[:30]}…": {FIVE_SAMPLES} samples (right: 120)', fontsize=9)
     left.legend(fontsize=8)
 
     bars = [("pass@1 before", "before", "pass@1")]
@@ -222,11 +245,11 @@ def plot(results: dict[str, Any], methods: list[str], path: Path) -> None:
         right.bar([i + j * width for i in range(len(FAMILIES))], values, width, label=label)
     right.set_xticks([i + width * (len(bars) - 1) / 2 for i in range(len(FAMILIES))])
     right.set_xticklabels(FAMILIES)
-    right.set_ylim(0, 1.05)
+    right.set_ylim(0, 1.3)
     right.set_ylabel("accuracy")
     right.set_title("pass@1 ≈ pass@k after training: the mass moved onto verified answers",
                     fontsize=9)  # fmt: skip
-    right.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -171,11 +171,19 @@ def grpo_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
 def dataset(
     records: Iterable[Record], options: TrainOptions
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """(rows, records read, records used) for ``options.method``."""
-    chosen = select(records, options)
+    """(rows, records read, records that passed the filters and went into the rows)."""
+    read = 0
+
+    def counted() -> Iterator[Record]:
+        nonlocal read
+        for record in records:
+            read += 1
+            yield record
+
+    chosen = select(counted(), options)
     if options.method == "grpo":
-        kept = list(chosen)
-        return grpo_rows(kept), len(kept), len(kept)
+        kept = [r for r in chosen if r.verifiers]
+        return grpo_rows(kept), read, len(kept)
     result = export(
         chosen,
         ExportOptions(
@@ -186,7 +194,7 @@ def dataset(
             only=options.only,
         ),
     )
-    return result.rows, result.records, result.used
+    return result.rows, read, result.used
 
 
 def train(records: Iterable[Record], options: TrainOptions) -> TrainResult:
