@@ -302,9 +302,9 @@ async def _respond(
     if body.stream:
         events = _stream(rt, job, body, renderer)
         # Admission happens before the first event: a refusal is still a status, not an event.
-        first = await anext(events)
+        await anext(events)
         return StreamingResponse(
-            _prepend(first, events),
+            events,
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
@@ -321,12 +321,6 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
-
-
 async def _stream(
     rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer
 ) -> AsyncIterator[bytes]:
@@ -335,14 +329,17 @@ async def _stream(
     The first event is yielded only once the job is admitted; until then errors raise."""
     prepared = rt.pipeline.prepare(job)
     async with rt.admitted(needs_engine=job.given is None, openai=True):
-        # Comments keep proxies and clients from timing out; SSE parsers skip them.
-        yield b": verifying candidates\n\n"
+        # Admitted: the caller may start the response. Nothing goes on the wire for this (the
+        # server writes no empty chunk); a comment here would reach clients glued to the first
+        # event by parsers that strip each read, vLLM's serving benchmark among them.
+        yield b""
         # Starlette cancels this generator when the client goes, which cancels the work.
         work = asyncio.ensure_future(rt.run(job, prepared=prepared))
         try:
             while not work.done():
                 done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
                 if not done:
+                    # Comments keep proxies and clients from timing out; SSE parsers skip them.
                     yield b": verifying candidates\n\n"
             result = work.result()
         except BestOfKError as exc:
