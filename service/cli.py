@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import httpx
 import typer
@@ -22,6 +22,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from service.selection import Policy, TieBreak
+
+if TYPE_CHECKING:
+    from service.records.export import ExportOptions
 
 
 class _Group(typer.core.TyperGroup):
@@ -798,6 +801,67 @@ RecordsArg = Annotated[
 ]
 
 
+MinMarginOpt = Annotated[
+    float, typer.Option(metavar="X", help="dpo: least chosen score minus rejected score.")
+]
+MaxPairsOpt = Annotated[int, typer.Option(min=1, metavar="N", help="dpo: most pairs per prompt.")]
+MaxPerPromptOpt = Annotated[
+    int | None,
+    typer.Option(min=1, metavar="N", help="rsft/kto: most completions per prompt (and label)."),
+]
+OnlyOpt = Annotated[
+    Literal["text", "chat"] | None,
+    typer.Option(
+        help="Only text prompts, or only chat prompts (a file holds one kind; default: the "
+        "kind with more prompts)."
+    ),
+]
+SourceOpt = Annotated[
+    Literal["generate", "verify", "all"],
+    typer.Option(
+        help="generate: the model's own samples; verify: candidates clients sent to /verify "
+        "(no samples of the model); all: both."
+    ),
+]
+ProfileOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="NAME", help="Only these profiles; '-' for none (repeatable)."),
+]
+VerifierOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="TYPE",
+        help="Only records scored by a verifier of this type, e.g. --verifier exact "
+        "--verifier unit_tests leaves out judge-only records (repeatable).",
+    ),
+]
+"""The record filters and row limits ``export`` and ``train`` share."""
+
+
+def _export_options(
+    fmt: Literal["dpo", "rsft", "kto"],
+    min_margin: float,
+    max_pairs: int,
+    max_per_prompt: int | None,
+    only: Literal["text", "chat"] | None,
+    source: Literal["generate", "verify", "all"],
+    profile: list[str] | None,
+    verifier: list[str] | None,
+) -> ExportOptions:
+    from service.records.export import ExportOptions
+
+    return ExportOptions(
+        format=fmt,
+        min_margin=min_margin,
+        max_pairs=max_pairs,
+        max_per_prompt=max_per_prompt,
+        only=only,
+        source=None if source == "all" else source,
+        profiles=frozenset(profile or ()),
+        verifiers=frozenset(verifier or ()),
+    )
+
+
 @app.command()
 def export(
     records: RecordsArg,
@@ -810,57 +874,21 @@ def export(
         ),
     ],
     out: Annotated[Path, typer.Option(metavar="FILE", help="The JSONL file to write.")],
-    min_margin: Annotated[
-        float, typer.Option(metavar="X", help="dpo: least chosen score minus rejected score.")
-    ] = 0.0,
-    max_pairs: Annotated[
-        int, typer.Option(min=1, metavar="N", help="dpo: most pairs per prompt.")
-    ] = 4,
-    max_per_prompt: Annotated[
-        int | None,
-        typer.Option(min=1, metavar="N", help="rsft/kto: most completions per prompt (and label)."),
-    ] = None,
-    only: Annotated[
-        Literal["text", "chat"] | None,
-        typer.Option(
-            help="Only text prompts, or only chat prompts (a file holds one kind; default: the "
-            "kind with more prompts)."
-        ),
-    ] = None,
-    source: Annotated[
-        Literal["generate", "verify", "all"],
-        typer.Option(
-            help="generate: the model's own samples; verify: candidates clients sent to /verify "
-            "(no samples of the model); all: both."
-        ),
-    ] = "generate",
-    profile: Annotated[
-        list[str] | None,
-        typer.Option(metavar="NAME", help="Only these profiles; '-' for none (repeatable)."),
-    ] = None,
-    verifier: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="TYPE",
-            help="Only records scored by a verifier of this type, e.g. --verifier exact "
-            "--verifier unit_tests leaves out judge-only records (repeatable).",
-        ),
-    ] = None,
+    min_margin: MinMarginOpt = 0.0,
+    max_pairs: MaxPairsOpt = 4,
+    max_per_prompt: MaxPerPromptOpt = None,
+    only: OnlyOpt = None,
+    source: SourceOpt = "generate",
+    profile: ProfileOpt = None,
+    verifier: VerifierOpt = None,
 ) -> None:
     """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
-    from service.records.export import ExportOptions, write_jsonl
     from service.records.export import export as export_records
+    from service.records.export import write_jsonl
     from service.records.reader import read_records
 
-    options = ExportOptions(
-        format=fmt,
-        min_margin=min_margin,
-        max_pairs=max_pairs,
-        max_per_prompt=max_per_prompt,
-        only=only,
-        source=None if source == "all" else source,
-        profiles=frozenset(profile or ()),
-        verifiers=frozenset(verifier or ()),
+    options = _export_options(
+        fmt, min_margin, max_pairs, max_per_prompt, only, source, profile, verifier
     )
     result = export_records(read_records(records), options)
     rows = write_jsonl(result.rows, out)
@@ -973,39 +1001,37 @@ def train(
             "on-policy RL on the recorded prompts, rewarded by --reward-url's /verify."
         ),
     ],
-    base: Annotated[str, typer.Option(help="The model to start from (path or hub name).")],
-    out: Annotated[Path, typer.Option(help="Where to save the trained model.")],
+    base: Annotated[
+        str, typer.Option(metavar="MODEL", help="The model to start from (path or hub name).")
+    ],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Where to save the trained model.")],
     trl_arg: Annotated[
         list[str] | None,
         typer.Option(
-            help="A TRL config field, key=value (JSON value), e.g. max_steps=60 (repeatable)."
+            metavar="KEY=VALUE",
+            help="A TRL config field, key=value (JSON value), e.g. max_steps=60 (repeatable).",
         ),
     ] = None,
     trl_config: Annotated[
-        Path | None, typer.Option(help="A YAML/JSON mapping of TRL config fields.")
+        Path | None, typer.Option(metavar="FILE", help="A YAML/JSON mapping of TRL config fields.")
     ] = None,
-    source: Annotated[
-        Literal["generate", "verify", "any"],
-        typer.Option(
-            help="Records of sampled requests (the model's own samples), /verify, or any."
-        ),
-    ] = "generate",
+    source: SourceOpt = "generate",
+    profile: ProfileOpt = None,
+    verifier: VerifierOpt = None,
     keep_judge_only: Annotated[
         bool, typer.Option("--keep-judge-only", help="Keep records scored only by an LLM judge.")
     ] = False,
-    min_margin: Annotated[float, typer.Option(help="dpo: least chosen minus rejected.")] = 0.0,
-    max_pairs: Annotated[int, typer.Option(min=1, help="dpo: most pairs per prompt.")] = 4,
-    max_per_prompt: Annotated[
-        int | None, typer.Option(min=1, help="rsft: most completions per prompt.")
-    ] = None,
-    only: Annotated[
-        Literal["text", "chat"] | None, typer.Option(help="Only text, or only chat prompts.")
-    ] = None,
+    min_margin: MinMarginOpt = 0.0,
+    max_pairs: MaxPairsOpt = 4,
+    max_per_prompt: MaxPerPromptOpt = None,
+    only: OnlyOpt = None,
     reward_url: Annotated[
-        str | None, typer.Option(help="grpo: the bestofk server whose /verify is the reward.")
+        str | None,
+        typer.Option(metavar="URL", help="grpo: the bestofk server whose /verify is the reward."),
     ] = None,
     reward_profile: Annotated[
-        str | None, typer.Option(help="grpo: a server profile applied to every prompt.")
+        str | None,
+        typer.Option(metavar="NAME", help="grpo: a server profile applied to every prompt."),
     ] = None,
     reward_field: Annotated[
         Literal["passed", "score"], typer.Option(help="grpo: reward = passed (1/0) or score.")
@@ -1026,12 +1052,10 @@ def train(
             base=base,
             out=out,
             trl_args=training.parse_trl_args(trl_arg or [], trl_config),
-            source=None if source == "any" else source,
+            records=_export_options(
+                "rsft", min_margin, max_pairs, max_per_prompt, only, source, profile, verifier
+            ),
             skip_judge_only=not keep_judge_only,
-            min_margin=min_margin,
-            max_pairs=max_pairs,
-            max_per_prompt=max_per_prompt,
-            only=only,
             reward_url=reward_url,
             reward_profile=reward_profile,
             reward_field=reward_field,

@@ -288,7 +288,7 @@ def test_eval_plot_is_a_grid_with_one_legend(tmp_path: Path) -> None:
 
 
 def test_serve_takes_vllms_flag_names_and_help_has_no_type_placeholders() -> None:
-    for command in ("serve", "generate", "eval", "bench", "export", "stats"):
+    for command in ("serve", "generate", "eval", "bench", "export", "stats", "train"):
         run = bestofk(command, "--help", env={"COLUMNS": "200"})
         assert run.returncode == 0, run.stderr
         for placeholder in ("<str>", "<list[str]>", "<int>", "<bool>", "<path>", "<float>"):

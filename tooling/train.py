@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from service.records.export import ExportOptions, PromptKind, export
+from service.records.export import ExportFormat, ExportOptions, export, reason_to_skip
 from service.records.format import Record
 
 Method = Literal["rsft", "dpo", "grpo"]
@@ -84,14 +84,11 @@ class TrainOptions:
     out: Path
     trl_args: Mapping[str, Any] = field(default_factory=dict)
     """Fields of the method's TRL config, over :data:`DEFAULTS`."""
-    source: Literal["generate", "verify"] | None = "generate"
-    """Only records of this source; None: both."""
+    records: ExportOptions = field(default_factory=lambda: ExportOptions(format="rsft"))
+    """Which records and how many rows per prompt, as ``bestofk export`` takes them (its
+    ``format`` follows ``method``)."""
     skip_judge_only: bool = True
     """Leave out records whose only verifiers are LLM judges."""
-    min_margin: float = 0.0
-    max_pairs: int = 4
-    max_per_prompt: int | None = None
-    only: PromptKind | None = None
     reward_url: str | None = None
     """``grpo``: the bestofk server whose ``/verify`` rewards the samples."""
     reward_profile: str | None = None
@@ -149,8 +146,8 @@ def parse_trl_args(pairs: Sequence[str], config_file: Path | None = None) -> dic
 def select(records: Iterable[Record], options: TrainOptions) -> Iterator[Record]:
     """The records whose labels training may trust (see the module docstring)."""
     for record in records:
-        if options.source is not None and record.source != options.source:
-            continue
+        if options.method == "grpo" and reason_to_skip(record, options.records) is not None:
+            continue  # the export applies these filters itself to the other methods' rows
         types = {spec.get("type") for spec in record.verifiers}
         if options.skip_judge_only and types and types <= {"judge"}:
             continue
@@ -184,16 +181,8 @@ def dataset(
     if options.method == "grpo":
         kept = [r for r in chosen if r.verifiers]
         return grpo_rows(kept), read, len(kept)
-    result = export(
-        chosen,
-        ExportOptions(
-            format="rsft" if options.method == "rsft" else "dpo",
-            min_margin=options.min_margin,
-            max_pairs=options.max_pairs,
-            max_per_prompt=options.max_per_prompt,
-            only=options.only,
-        ),
-    )
+    fmt: ExportFormat = "rsft" if options.method == "rsft" else "dpo"
+    result = export(chosen, replace(options.records, format=fmt))
     return result.rows, read, result.used
 
 

@@ -108,7 +108,8 @@ def export(records: Iterable[Record], options: ExportOptions) -> ExportResult:
     return ExportResult(rows=rows, records=read, used=used, prompts=prompts, left_out=left_out)
 
 
-def _reason_to_skip(record: Record, options: ExportOptions) -> str | None:
+def reason_to_skip(record: Record, options: ExportOptions) -> str | None:
+    """Why ``options`` leave ``record`` out (a key of ``ExportResult.left_out``), or None."""
     if options.source is not None and record.source != options.source:
         return "source"
     if options.profiles and (record.profile or NO_PROFILE) not in options.profiles:
@@ -143,7 +144,7 @@ def _collect(
     left_out: dict[str, int] = {}
     for record in records:
         read += 1
-        reason = _reason_to_skip(record, options)
+        reason = reason_to_skip(record, options)
         if reason is not None:
             left_out[reason] = left_out.get(reason, 0) + 1
             continue
