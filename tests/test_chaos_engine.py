@@ -61,24 +61,36 @@ def _engine_worker(server: Server) -> psutil.Process:
     return workers[0]
 
 
+def _gauge(metrics: httpx.Response, name: str) -> float:
+    """The sum of ``name``'s samples in a /metrics answer."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.text.splitlines()
+        if line.split("{", 1)[0].split(" ", 1)[0] == name
+    ]
+    if not values:
+        raise AssertionError(f"{name} is not exported")
+    return sum(values)
+
+
 def _restarts(server: Server) -> float:
-    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("bestofk_engine_restarts_total "):
-            return float(line.split()[1])
-    raise AssertionError("bestofk_engine_restarts_total is not exported")
+    return _gauge(httpx.get(server.url + "/metrics", timeout=10), "bestofk_engine_restarts_total")
 
 
 async def test_killed_engine_is_restarted(server: Server) -> None:
     before = _restarts(server)
     worker = _engine_worker(server)
+    # As long as the demo model's context allows (a few seconds on a quiet machine).
     long_request = {
         "prompt": "Tell me a long story.",
-        "k": 8,
-        "sampling": {"max_tokens": 400, "min_tokens": 400},
+        "k": 16,
+        "sampling": {"max_tokens": 480, "min_tokens": 480},
     }
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         in_flight = [asyncio.create_task(client.post("/generate", json=long_request))]
-        await asyncio.sleep(1.0)
+        while _gauge(await client.get("/metrics"), "bestofk_inflight_requests") < 1:
+            assert not in_flight[0].done(), in_flight[0].result().text
+            await asyncio.sleep(0.02)
         os.kill(worker.pid, signal.SIGKILL)
         cut = await asyncio.gather(*in_flight)
         for response in cut:
