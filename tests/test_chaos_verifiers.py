@@ -9,7 +9,6 @@ process tree, and ``/health`` answered while the hostile request is still in fli
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -21,29 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.probe import json_array, schema_bomb
 from tests.servers import Server
 from tests.test_faults import error_of, post, start_fake, start_faulty
 
-SCHEMA_BOMB_LEVELS = 20
 HEALTH_LATENCY_S = 2.0
 """Generous: the thread-pool verifiers of old held /health for 3-8 s; the loop must answer in
 milliseconds, so only a stall, never a busy machine, takes it past this."""
-
-
-def schema_bomb(levels: int = SCHEMA_BOMB_LEVELS) -> dict[str, Any]:
-    """A 1.4 KB schema whose ``anyOf`` doubles at each level: 2**levels ways to fail."""
-    defs: dict[str, Any] = {
-        f"l{i}": {"anyOf": [{"$ref": f"#/$defs/l{i + 1}"}, {"$ref": f"#/$defs/l{i + 1}"}]}
-        for i in range(levels)
-    }
-    defs[f"l{levels}"] = {"type": "string"}
-    return {"$defs": defs, "$ref": "#/$defs/l0"}
-
-
-def big_json_array(chars: int = 60_000) -> str:
-    """A JSON array of integers, ``chars`` long (within the default candidate limit)."""
-    items = json.dumps(list(range(chars // 6)))
-    return items[: items.rfind(",", 0, chars - 1)] + "]"
 
 
 def rss_bytes(pid: int) -> int:
@@ -146,7 +129,7 @@ def test_large_valid_candidates_leave_health_responsive(chaos: Server) -> None:
     before = rss_bytes(pid)
     integers = {"type": "array", "items": {"type": "integer"}}
     body = {
-        "candidates": [big_json_array()] * 64,
+        "candidates": [json_array()] * 64,
         "verifiers": [{"type": "json_schema", "schema": integers}],
     }
     reply, latencies = health_while(lambda: post(chaos, "/verify", body, timeout=120), chaos)
@@ -218,7 +201,7 @@ def test_verifier_workers_under_several_uvicorn_workers_end_with_the_server(
         server = start_faulty(tmp_path / "bestofk.log", fake.url, BESTOFK_WORKERS="2")
         try:
             integers = {"type": "array", "items": {"type": "integer"}}
-            body = {"candidates": [big_json_array(4000)] * 8,
+            body = {"candidates": [json_array(4000)] * 8,
                     "verifiers": [{"type": "json_schema", "schema": integers}]}  # fmt: skip
             for _ in range(6):  # connections spread over both uvicorn workers
                 reply = post(server, "/verify", body)
