@@ -156,6 +156,34 @@ class EngineHealth:
         return self.status == "ready"
 
 
+@dataclass(slots=True)
+class PartialSample:
+    """One candidate as its deltas arrive, until it finishes; both engines accumulate here."""
+
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    size: int = 0
+    """What it has brought so far against its cap (``max_candidate_bytes``): bytes of text and
+    logprob tokens from a remote backend, characters of text in-process."""
+    capped: bool = False
+    """It passed a cap and was ended there; what comes of it later is dropped."""
+    logprob: float = 0.0
+    has_logprobs: bool = False
+    """The engine reports the sampled tokens' logprobs (else ``logprob`` means nothing)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def finish(self, index: int, finish_reason: str) -> Sample:
+        """The finished candidate."""
+        return Sample(
+            index=index,
+            text="".join(self.text),
+            finish_reason=finish_reason,
+            tokens=self.tokens,
+            cumulative_logprob=self.logprob if self.has_logprobs else None,
+            logprobs=self.logprobs,
+        )
+
+
 class SampleStream(Protocol):
     """K candidates in the order they finish. ``aclose`` aborts whatever is unfinished."""
 

@@ -16,7 +16,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from service.engines.backends import Backend, BackendPool, RemoteOptions
 from service.engines.base import (
     STREAM_INTERVAL,
     EngineHealth,
+    PartialSample,
     Prompt,
     Sample,
     SamplingConfig,
@@ -41,29 +41,6 @@ DRAIN_S = 1.0
 KEEPALIVE_S = 2.0
 """Idle pooled connections are dropped after this. vLLM's server (uvicorn) closes them after
 5 s; a request sent on one as it closes fails with a transport error."""
-
-
-@dataclass(slots=True)
-class _Choice:
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
-    size: int = 0
-    """Bytes of text and logprob tokens kept, against the candidate's byte cap."""
-    capped: bool = False
-    """It passed a cap and was ended there; what the backend sends of it later is dropped."""
-    logprob: float = 0.0
-    has_logprobs: bool = False
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-    def sample(self, index: int, finish_reason: str) -> Sample:
-        return Sample(
-            index=index,
-            text="".join(self.text),
-            finish_reason=finish_reason,
-            tokens=self.tokens,
-            cumulative_logprob=self.logprob if self.has_logprobs else None,
-            logprobs=self.logprobs,
-        )
 
 
 LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
@@ -207,7 +184,7 @@ class RemoteStream:
         pool = engine.pool
         chat = prompt.messages is not None
         path, body = _request_body(engine.model_for(backend), prompt, n, sampling, backend.vllm)
-        choices: dict[int, _Choice] = {}
+        choices: dict[int, PartialSample] = {}
         finished = 0
         started = False
         sent = time.monotonic()
@@ -284,7 +261,7 @@ class RemoteStream:
         pool.succeeded(backend)
 
     def _consume_checked(
-        self, data: str, choices: dict[int, _Choice], chat: bool, n: int, backend: Backend
+        self, data: str, choices: dict[int, PartialSample], chat: bool, n: int, backend: Backend
     ) -> list[Sample]:
         """The candidates a stream line finishes; BackendError for a line we cannot read."""
         try:
@@ -299,7 +276,7 @@ class RemoteStream:
         return samples
 
     def _consume(
-        self, chunk: dict[str, Any], choices: dict[int, _Choice], chat: bool, backend: Backend
+        self, chunk: dict[str, Any], choices: dict[int, PartialSample], chat: bool, backend: Backend
     ) -> list[Sample]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -307,7 +284,7 @@ class RemoteStream:
         finished: list[Sample] = []
         for raw in chunk.get("choices") or ():
             index = int(raw.get("index", 0))
-            acc = choices.setdefault(index, _Choice())
+            acc = choices.setdefault(index, PartialSample())
             if acc.capped:
                 continue
             text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
@@ -326,7 +303,7 @@ class RemoteStream:
                     "ended there with finish_reason length",
                     backend.label, index, self._max_tokens, self._max_bytes,
                 )  # fmt: skip
-                finished.append(acc.sample(index, "length"))
+                finished.append(acc.finish(index, "length"))
                 continue
             if text:
                 acc.text.append(text)
@@ -334,7 +311,7 @@ class RemoteStream:
             acc.tokens += new_tokens
             _add_logprobs(acc, entries)
             if raw.get("finish_reason") is not None:
-                finished.append(acc.sample(index, raw["finish_reason"]))
+                finished.append(acc.finish(index, raw["finish_reason"]))
         return finished
 
 
@@ -480,7 +457,7 @@ def _logprob_entries(raw: Any, chat: bool) -> list[LogprobEntry]:
     ]
 
 
-def _add_logprobs(acc: _Choice, entries: list[LogprobEntry]) -> None:
+def _add_logprobs(acc: PartialSample, entries: list[LogprobEntry]) -> None:
     for token, logprob, top in entries:
         if logprob is None:
             continue

@@ -25,6 +25,7 @@ from service.engines.base import (
     STREAM_INTERVAL,
     EngineHealth,
     HealthStatus,
+    PartialSample,
     Prompt,
     Sample,
     SamplingConfig,
@@ -62,16 +63,6 @@ class VllmOptions:
     """A candidate's byte cap per token (``base.max_candidate_bytes``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Any other ``AsyncEngineArgs`` field, passed through unchanged."""
-
-
-@dataclass(slots=True)
-class _Partial:
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
-    chars: int = 0
-    capped: bool = False
-    logprob: float = 0.0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class VllmStream:
@@ -121,7 +112,7 @@ class VllmStream:
             params = engine.sampling_params(k, sampling)
         except Exception as exc:
             raise engine.translate(exc) from exc
-        partial: dict[int, _Partial] = {}
+        partial: dict[int, PartialSample] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
         # vLLM stops at max_tokens itself; text is capped too, as for remote backends (a
         # vocabulary of huge tokens), counted in characters: one addition per delta.
@@ -131,15 +122,19 @@ class VllmStream:
             async for out in outputs:
                 self.prompt_tokens = len(out.prompt_token_ids or ())
                 for child in out.outputs:
-                    acc = partial.setdefault(child.index, _Partial())
+                    acc = partial.get(child.index)
+                    if acc is None:
+                        acc = partial[child.index] = PartialSample(
+                            has_logprobs=sampling.wants_logprobs
+                        )
                     n_new = len(child.token_ids)
                     self.completion_tokens += n_new
                     if acc.capped:
                         continue
-                    acc.chars += len(child.text)
-                    if acc.chars > max_chars:
+                    acc.size += len(child.text)
+                    if acc.size > max_chars:
                         acc.capped = True
-                        yield _sample(child.index, acc, "length", sampling)
+                        yield acc.finish(child.index, "length")
                         continue
                     acc.text.append(child.text)
                     acc.tokens += n_new
@@ -153,22 +148,11 @@ class VllmStream:
                         if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
-                        yield _sample(child.index, acc, child.finish_reason, sampling)
+                        yield acc.finish(child.index, child.finish_reason)
         except Exception as exc:
             raise engine.translate(exc) from exc
         finally:
             await outputs.aclose()
-
-
-def _sample(index: int, acc: _Partial, finish_reason: str, sampling: SamplingConfig) -> Sample:
-    return Sample(
-        index=index,
-        text="".join(acc.text),
-        finish_reason=finish_reason,
-        tokens=acc.tokens,
-        cumulative_logprob=acc.logprob if sampling.wants_logprobs else None,
-        logprobs=acc.logprobs,
-    )
 
 
 def _token_logprob(token_id: int, chosen: Any, position: Mapping[int, Any]) -> TokenLogprob:
