@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -46,7 +46,9 @@ class Runtime:
     draining: bool = False
     """Set at SIGTERM (:mod:`service.shutdown`): new requests are refused with 503."""
     inflight: int = 0
-    _cut: asyncio.Event = field(default_factory=asyncio.Event)
+    _cutting: bool = False
+    _running: set[asyncio.Future[Any]] = field(default_factory=set)
+    """The pipeline work of every request in flight, for :meth:`cut` to cancel."""
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @contextlib.asynccontextmanager
@@ -108,30 +110,35 @@ class Runtime:
 
     def cut(self) -> None:
         """Cancel every job in flight with 503 + Retry-After (the shutdown grace is over)."""
-        self._cut.set()
+        self._cutting = True
+        for work in self._running:
+            work.cancel()
 
     async def _guarded(self, work: Awaitable[T], request: Request | None) -> T:
         task = asyncio.ensure_future(work)
-        watchers: set[asyncio.Task[object]] = {asyncio.create_task(self._cut.wait())}
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        waiters: set[asyncio.Future[Any]] = {task}
+        watcher = None
         if request is not None:
-            watchers.add(asyncio.create_task(_wait_for_disconnect(request)))
+            watcher = asyncio.create_task(_wait_for_disconnect(request))
+            waiters.add(watcher)
         try:
-            await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for watcher in watchers:
+            if watcher is not None:
                 watcher.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                if self._cut.is_set():
-                    log.warning("request cut at the end of the shutdown grace period")
-                    raise ShuttingDownError(
-                        "the server shut down before this request finished; retry it",
-                        retry_after_s=1,
-                    )
                 log.info("client disconnected; request cancelled")
                 raise ClientDisconnectedError("client disconnected")
+        if task.cancelled() and self._cutting:
+            log.warning("request cut at the end of the shutdown grace period")
+            raise ShuttingDownError(
+                "the server shut down before this request finished; retry it", retry_after_s=1
+            )
         return task.result()
 
     async def execute_batch(
