@@ -27,9 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bestofk.tooling import measure  # noqa: E402
+from bestofk.tooling.procs import VENV_BIN, Server, running, start_bestofk  # noqa: E402
 from demo import measure as demo_measure  # noqa: E402
-from service.procs import VENV_BIN, Server, running, start_bestofk  # noqa: E402
-from tooling import measure  # noqa: E402
 
 MODEL = ROOT / "demo" / "model"
 TASKS = ROOT / "demo" / "tasks.jsonl"

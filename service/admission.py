@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from service.errors import OverloadedError, RateLimitedError
+from bestofk.service.errors import OverloadedError, RateLimitedError
 
 
 class Admission:

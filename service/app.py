@@ -16,21 +16,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import metrics, shutdown
-from service.admission import Admission
-from service.engines.base import Engine
-from service.engines.completer import EngineCompleter
-from service.errors import BestOfKError, InvalidRequestError, NotFoundError
-from service.jobs import JobFactory
-from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from service.pipeline import Pipeline
-from service.records.recorder import Recorder
-from service.routes import native, openai, reward
-from service.runtime import Runtime
-from service.settings import Settings
-from verifiers.base import VerifierResources
-from verifiers.sandbox import SandboxPool
-from verifiers.workers import WorkerLimits, WorkerPool
+from bestofk.service import metrics, shutdown
+from bestofk.service.admission import Admission
+from bestofk.service.engines.base import Engine
+from bestofk.service.engines.completer import EngineCompleter
+from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError
+from bestofk.service.jobs import JobFactory
+from bestofk.service.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestMetricsMiddleware,
+)
+from bestofk.service.pipeline import Pipeline
+from bestofk.service.records.recorder import Recorder
+from bestofk.service.routes import native, openai, reward
+from bestofk.service.runtime import Runtime
+from bestofk.service.settings import Settings
+from bestofk.verifiers.base import VerifierResources
+from bestofk.verifiers.sandbox import SandboxPool
+from bestofk.verifiers.workers import WorkerLimits, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 def build_engine(settings: Settings) -> Engine:
     """The engine the settings ask for: remote backends if any are given, else in-process."""
     if settings.engine == "openai":
-        from service.engines.openai_remote import OpenAIEngine, RemoteOptions
+        from bestofk.service.engines.openai_remote import OpenAIEngine, RemoteOptions
 
         return OpenAIEngine(
             RemoteOptions(
@@ -54,7 +58,7 @@ def build_engine(settings: Settings) -> Engine:
                 max_bytes_per_token=settings.limits.max_bytes_per_token,
             )
         )
-    from service.engines.vllm_local import VllmEngine, VllmOptions
+    from bestofk.service.engines.vllm_local import VllmEngine, VllmOptions
 
     v = settings.vllm
     return VllmEngine(
@@ -121,7 +125,7 @@ def create_app(
 
     ``exit_on_engine_failure``: a server process stops (SIGTERM to itself) when the engine
     cannot start, rather than answering 503 forever. ``drain_on_signal``: SIGTERM and SIGINT
-    drain the server before uvicorn stops it (:mod:`service.shutdown`); for the app of a
+    drain the server before uvicorn stops it (:mod:`bestofk.service.shutdown`); for the app of a
     server process, whose main thread runs the loop.
     """
     engine = engine or build_engine(settings)

@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from service.selection import Policy, TieBreak
+from bestofk.service.selection import Policy, TieBreak
 
 if TYPE_CHECKING:
-    from service.records.export import ExportOptions
+    from bestofk.service.records.export import ExportOptions
 
 
 class _Group(typer.core.TyperGroup):
@@ -80,7 +80,7 @@ ModelOption = Annotated[
 
 
 def _settings(**overrides: Any) -> Any:
-    from service.settings import Settings
+    from bestofk.service.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v not in (None, [], ())})
 
@@ -203,7 +203,7 @@ def serve(
         _serve_workers(settings, {**flags, "BACKENDS": ",".join(backend or []) or None})
         return
     _fresh_metrics_dir()
-    from service.app import create_app
+    from bestofk.service.app import create_app
 
     with _engine_temp_dir(settings.engine == "vllm"):
         application = create_app(settings, exit_on_engine_failure=True, drain_on_signal=True)
@@ -355,7 +355,7 @@ def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     try:
         uvicorn.run(
-            "service.app:app_from_env",
+            "bestofk.service.app:app_from_env",
             factory=True,
             workers=settings.workers,
             host=settings.host,
@@ -373,7 +373,7 @@ def _fresh_metrics_dir() -> Path | None:
     """Empty ``PROMETHEUS_MULTIPROC_DIR``, if set, and return it.
 
     An earlier run's files would add its counts, and its dead workers' gauges, to this run's.
-    Runs before ``service.metrics`` is imported in this process: its metrics map their files
+    Runs before ``bestofk.service.metrics`` is imported in this process: its metrics map their files
     there at import, and a file deleted under them would record nothing.
     """
     import shutil
@@ -475,7 +475,7 @@ async def _client(target: _Target) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(base_url=base, headers=headers) as client:
             yield client
         return
-    from service.app import create_app
+    from bestofk.service.app import create_app
 
     _engine_env()
     # The table is the output: the engine's logs (and its processes', which inherit the
@@ -554,7 +554,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """pass@1, pass@k and best-of-k per policy, per task family and overall."""
-    from service import evaluation
+    from bestofk.tooling import evaluation
 
     ks = sorted({int(x) for x in k.split(",")})
     policies: list[Policy] = []
@@ -587,7 +587,7 @@ async def _collect(
     sampling: dict[str, Any],
     target: _Target,
 ) -> Any:
-    from service import evaluation
+    from bestofk.tooling import evaluation
 
     async with _client(target) as client:
         with Progress(console=Console(stderr=True)) as progress:
@@ -759,9 +759,9 @@ def bench(
     $OPTILLM_VENV, default /tmp/optillm-venv, when installed there) and (j) bestofk judge, its
     comparable.
     """
-    from service import bench as bench_lib
-    from service.bench.modes import ALL_MODES, WORKLOADS
-    from service.settings import DEMO_MODEL
+    from bestofk.service.settings import DEMO_MODEL
+    from bestofk.tooling import bench as bench_lib
+    from bestofk.tooling.bench.modes import ALL_MODES, WORKLOADS
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(ALL_MODES))
@@ -848,7 +848,7 @@ def _export_options(
     profile: list[str] | None,
     verifier: list[str] | None,
 ) -> ExportOptions:
-    from service.records.export import ExportOptions
+    from bestofk.service.records.export import ExportOptions
 
     return ExportOptions(
         format=fmt,
@@ -883,9 +883,9 @@ def export(
     verifier: VerifierOpt = None,
 ) -> None:
     """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
-    from service.records.export import export as export_records
-    from service.records.export import write_jsonl
-    from service.records.reader import read_records
+    from bestofk.service.records.export import export as export_records
+    from bestofk.service.records.export import write_jsonl
+    from bestofk.service.records.reader import read_records
 
     options = _export_options(
         fmt, min_margin, max_pairs, max_per_prompt, only, source, profile, verifier
@@ -926,8 +926,8 @@ def stats(
     ] = None,
 ) -> None:
     """pass@1 vs pass@K per profile and verifier: would training on these verdicts pay?"""
-    from service.records import stats as record_stats
-    from service.records.reader import read_records
+    from bestofk.service.records import stats as record_stats
+    from bestofk.service.records.reader import read_records
 
     report = record_stats.compute(read_records(records), source=source)
     text = json.dumps(report.to_dict(), indent=2)
@@ -944,9 +944,9 @@ def describe_error(exc: BaseException) -> str | None:
     import pydantic
     import yaml
 
-    from service.evaluation import TaskFileError
-    from service.records.export import ExportError
-    from service.records.format import RecordFormatError
+    from bestofk.service.records.export import ExportError
+    from bestofk.service.records.format import RecordFormatError
+    from bestofk.tooling.evaluation import TaskFileError
 
     if isinstance(exc, CliError | TaskFileError | ExportError | RecordFormatError):
         return str(exc)
@@ -1039,12 +1039,12 @@ def train(
 ) -> None:
     """Train the next model on the recorded verdicts (needs `pip install 'bestofk[train]'`)."""
     try:
-        from tooling import train as training
+        from bestofk.tooling import train as training
     except ImportError as exc:
         console.print(f"[red]{exc}[/red]: install the extra, `pip install 'bestofk[train]'`")
         raise typer.Exit(1) from None
-    from service.records.format import RecordFormatError
-    from service.records.reader import read_records
+    from bestofk.service.records.format import RecordFormatError
+    from bestofk.service.records.reader import read_records
 
     try:
         options = training.TrainOptions(

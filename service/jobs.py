@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.engines.base import Engine, Prompt, SamplingConfig
-from service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from service.pipeline import RerankJob
-from service.selection import SelectionConfig
-from service.settings import Profile, Settings
-from verifiers.base import VerifierSpec
-from verifiers.registry import InvalidVerifierSpecError, parse_spec
+from bestofk.service.engines.base import Engine, Prompt, SamplingConfig
+from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from bestofk.service.pipeline import RerankJob
+from bestofk.service.selection import SelectionConfig
+from bestofk.service.settings import Profile, Settings
+from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.registry import InvalidVerifierSpecError, parse_spec
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
-from service.errors import AuthenticationError, BestOfKError, PayloadTooLargeError
+from bestofk.service import metrics
+from bestofk.service.errors import AuthenticationError, BestOfKError, PayloadTooLargeError
 
 _UNMATCHED = "other"
 

@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
-from service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
-from service.selection import Scored, SelectionConfig, combine, ranked, select
-from verifiers import registry
-from verifiers.answers import EXTRACT_TIMED_OUT, answer_key
-from verifiers.base import (
+from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
+from bestofk.service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
+from bestofk.service.selection import Scored, SelectionConfig, combine, ranked, select
+from bestofk.verifiers import registry
+from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
+from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
     SetVerifier,

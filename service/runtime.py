@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from service import metrics
-from service.admission import Admission
-from service.engines.base import Engine
-from service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
-from service.jobs import JobFactory
-from service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
-from service.records.recorder import Recorder
-from service.settings import Settings
+from bestofk.service import metrics
+from bestofk.service.admission import Admission
+from bestofk.service.engines.base import Engine
+from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
+from bestofk.service.jobs import JobFactory
+from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
+from bestofk.service.records.recorder import Recorder
+from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Runtime:
     recorder: Recorder | None = None
     """Appends every result to the record files (``--record-dir``); None when not recording."""
     draining: bool = False
-    """Set at SIGTERM (:mod:`service.shutdown`): new requests are refused with 503."""
+    """Set at SIGTERM (:mod:`bestofk.service.shutdown`): new requests are refused with 503."""
     inflight: int = 0
     _cutting: bool = False
     _running: set[asyncio.Future[Any]] = field(default_factory=set)

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from service.engines.base import TokenLogprob
-from verifiers.answers import answer_key
-from verifiers.base import Candidate, Verdict, VerifierSpec
+from bestofk.service.engines.base import TokenLogprob
+from bestofk.verifiers.answers import answer_key
+from bestofk.verifiers.base import Candidate, Verdict, VerifierSpec
 
 Policy = Literal["argmax", "sample", "vote"]
 TieBreak = Literal["logprob", "index"]

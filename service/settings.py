@@ -19,8 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from service.engines.base import BYTES_PER_TOKEN
-from service.selection import Policy, TieBreak
+from bestofk.service.engines.base import BYTES_PER_TOKEN
+from bestofk.service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
 DEMO_NAME = "demo"

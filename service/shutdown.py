@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
-from service.runtime import Runtime
+from bestofk.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

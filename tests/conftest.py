@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, engine_env, start_bestofk, start_vllm_openai
+from bestofk.tooling.procs import ROOT, Server, engine_env, start_bestofk, start_vllm_openai
 
 CONFIG = ROOT / "tests" / "data" / "config.yaml"
 # Tests point judges and reward models at fakes on random ports; servers they start inherit.

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.servers import ROOT, VENV_BIN
+from bestofk.tooling.procs import ROOT, VENV_BIN
 
 DEPLOY = ROOT / "deploy"
 GENERATOR = DEPLOY / "grafana" / "generate.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.servers import Server
+from bestofk.tooling.procs import Server
 
 CASES = [
     ("no prompt", {"k": 2}, 400, "prompt"),

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import BenchConfig, measure
-from service.bench.load import percentile, ratio, with_ratios
-from service.bench.modes import Endpoints
-from service.bench.targets import tree_rss_mb
-from tests.servers import Server
+from bestofk.tooling.bench import BenchConfig, measure
+from bestofk.tooling.bench.load import percentile, ratio, with_ratios
+from bestofk.tooling.bench.modes import Endpoints
+from bestofk.tooling.bench.targets import tree_rss_mb
+from bestofk.tooling.procs import Server
 
 
 def test_percentile_and_ratio() -> None:

@@ -1,7 +1,7 @@
 """Chaos on the remote engine's backends: each test reproduces one failure found by probing a
 running service (issue 14: wedged backend, runaway output, killed backend, misleading health)
-against real bestofk processes over real :mod:`tests.fake_backend` servers on loopback. The
-in-process engine's statuses (``engine_dead``, ``restarting``) are tested on a real engine in
+against real bestofk processes over real :mod:`bestofk.tooling.fake_backend` servers on loopback.
+The in-process engine's statuses (``engine_dead``, ``restarting``) are tested on a real engine in
 ``test_chaos_engine.py``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import Server, engine_env, free_port, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, free_port, start_bestofk
 from tests.test_faults import (
     error_of,
     generate,

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.servers import Server
+from bestofk.tooling.procs import Server
 
 # About 410 tokens of the demo tokenizer: several of these exceed one step's token budget
 # (2048 on CPU), so vLLM chunks their prefills, which is what used to kill seeded requests.

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server
+from bestofk.tooling.procs import Server
 from tests.test_faults import set_mode, start_fake, start_faulty
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "What's 5!?"}]}

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.probe import json_array, schema_bomb
-from tests.servers import Server
+from bestofk.tooling.bench.probe import json_array, schema_bomb
+from bestofk.tooling.procs import Server
 from tests.test_faults import error_of, post, start_fake, start_faulty
 
 HEALTH_LATENCY_S = 2.0
@@ -209,7 +209,7 @@ def test_verifier_workers_under_several_uvicorn_workers_end_with_the_server(
             workers = [
                 pid
                 for pid in descendants(server.process.pid)
-                if b"verifiers.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"bestofk.verifiers.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
             ]
             assert len(workers) >= 2, "no verifier worker processes checked the big candidates"
             os.kill(server.process.pid, signal.SIGTERM)

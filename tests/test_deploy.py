@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from bestofk.service.settings import Settings
+from bestofk.tooling.procs import ROOT
 from tests.deploy_tools import (
     DEPLOY,
     GENERATOR,
@@ -24,7 +25,6 @@ from tests.deploy_tools import (
     parse_with_promtool,
     run_tool,
 )
-from tests.servers import ROOT
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bestofk.json"
 

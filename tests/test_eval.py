@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.servers import ROOT, VENV_BIN, Server
+from bestofk.tooling.procs import ROOT, VENV_BIN, Server
 
 
 def test_eval_best_of_8_lifts_factorial_by_a_third(server: Server, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 service recovers afterwards.
 
 Each fault is reproduced against a real bestofk process: remote backends are real HTTP
-servers on loopback (the real vLLM OpenAI server, and :mod:`tests.fake_backend`, which
+servers on loopback (the real vLLM OpenAI server, and :mod:`bestofk.tooling.fake_backend`, which
 misbehaves on demand), sandboxes are real bwrap sandboxes, signals are real signals.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Server, engine_env, free_port, start, start_bestofk
-from verifiers.sandbox.process import uid_processes
+from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.verifiers.sandbox.process import uid_processes
 
 HEALTH_INTERVAL = "0.5"
 """Backend health checks in these servers: a recovered backend is seen within a second."""
@@ -47,9 +47,17 @@ SQUARE = "def solve(x):\n    return x * x\n"
 
 
 def start_fake(log: Path, mode: str = "ok", port: int | None = None) -> Server:
-    """A :mod:`tests.fake_backend` process, ready."""
+    """A :mod:`bestofk.tooling.fake_backend` process, ready."""
     port = port or free_port()
-    cmd = [sys.executable, "-m", "tests.fake_backend", "--port", str(port), "--mode", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestofk.tooling.fake_backend",
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+    ]
     fake = start(cmd, log, dict(os.environ), port)
     fake.wait_ready(30, path="/control")
     return fake

@@ -1,8 +1,8 @@
 """Issue 15, the server side: what a new user meets in the first hour, each a regression test.
 
 Engine behaviour runs against the real in-process engine and the real remote vLLM server
-(``any_server``); what needs no engine runs against a bestofk over :mod:`tests.fake_backend`,
-which also counts what reached the backend.
+(``any_server``); what needs no engine runs against a bestofk over
+:mod:`bestofk.tooling.fake_backend`, which also counts what reached the backend.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import httpx
 import openai
 import pytest
 
-from service.app import build_engine
-from service.jobs import JobFactory, JobRequest
-from service.settings import DEMO_MODEL, Settings
+from bestofk.service.app import build_engine
+from bestofk.service.jobs import JobFactory, JobRequest
+from bestofk.service.settings import DEMO_MODEL, Settings
+from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
 from tests.conftest import post
-from tests.servers import Server, engine_env, free_port, start, start_bestofk
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -49,7 +49,15 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A scripted OpenAI backend that records every completion request it gets."""
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "fake.log"
-    cmd = [sys.executable, "-m", "tests.fake_backend", "--port", str(port), "--mode", "ok"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestofk.tooling.fake_backend",
+        "--port",
+        str(port),
+        "--mode",
+        "ok",
+    ]
     backend = start(cmd, log, dict(os.environ), port)
     try:
         backend.wait_ready(30, path="/control")

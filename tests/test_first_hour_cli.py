@@ -26,12 +26,28 @@ from typing import Any
 
 import pytest
 
-from service import cli
-from service.evaluation import Report, Task, TaskSamples, best_of_k, pass_at_k, plot, subsets
-from service.records.format import Record
-from service.selection import SelectionConfig, select
+from bestofk.service import cli
+from bestofk.service.records.format import Record
+from bestofk.service.selection import SelectionConfig, select
+from bestofk.tooling.evaluation import (
+    Report,
+    Task,
+    TaskSamples,
+    best_of_k,
+    pass_at_k,
+    plot,
+    subsets,
+)
+from bestofk.tooling.procs import (
+    ROOT,
+    VENV_BIN,
+    Server,
+    engine_env,
+    free_port,
+    running,
+    start_bestofk,
+)
 from tests.conftest import CONFIG
-from tests.servers import ROOT, VENV_BIN, Server, engine_env, free_port, running, start_bestofk
 from tests.test_records import record
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
@@ -306,7 +322,7 @@ def test_serve_takes_vllms_flag_names_and_help_has_no_type_placeholders() -> Non
 def test_engine_flags_merge_over_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.settings import Settings
+    from bestofk.service.settings import Settings
 
     config = tmp_path / "config.yaml"
     config.write_text("vllm: {enforce_eager: false, engine_args: {max_num_seqs: 8}}\n")
@@ -325,7 +341,7 @@ def test_engine_flags_merge_over_the_config_file(
 
 
 def test_vllm_serving_bench_takes_the_extra_body_it_advertises() -> None:
-    script = str(ROOT / "bench" / "vllm_serving.py")
+    script = str(ROOT / "tooling" / "bench" / "vllm_serving.py")
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True,
                                text=True, timeout=60).stdout  # fmt: skip
     assert "--extra-body" in help_text

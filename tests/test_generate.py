@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bestofk.tooling.procs import Server
 from tests.conftest import post
-from tests.servers import Server
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
 VERIFIERS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from service.engines.base import Prompt
-from service.jobs import JobFactory, JobRequest
-from service.settings import Settings
+from bestofk.service.engines.base import Prompt
+from bestofk.service.jobs import JobFactory, JobRequest
+from bestofk.service.settings import Settings
 
 PROFILE = {"verifiers": [{"type": "regex", "pattern": r"\d"}], "selection": {"policy": "vote"}}
 

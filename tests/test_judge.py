@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import model_path, post
-from tests.servers import ROOT, Server
-from verifiers import registry
-from verifiers.base import (
+from bestofk.tooling.procs import ROOT, Server
+from bestofk.verifiers import registry
+from bestofk.verifiers.base import (
     Candidate,
     Completer,
     Completion,
@@ -31,6 +30,7 @@ from verifiers.base import (
     Verifier,
     VerifierResources,
 )
+from tests.conftest import model_path, post
 
 CTX = RequestContext(prompt="What's the factorial of 5? (Respond with a number only)")
 TASKS = ROOT / "demo" / "tasks.jsonl"

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.settings import Settings
+from bestofk.service.settings import Settings
+from bestofk.tooling.procs import VENV_BIN, Server
 from tests.conftest import model_path
-from tests.servers import VENV_BIN, Server
 
 
 def engine_gauges(metrics_url: str) -> tuple[float, float]:
@@ -91,7 +91,7 @@ def test_settings_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cli_verifier_shorthand() -> None:
-    from service.cli import parse_verifier
+    from bestofk.service.cli import parse_verifier
 
     assert parse_verifier("exact:reference=120") == {"type": "exact", "reference": "120"}
     assert parse_verifier("style:max_sentences=2;no_emoji=true") == {

@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from bestofk.tooling.procs import ROOT, Server, engine_env, free_port, start, start_bestofk
 from tests.conftest import CONFIG
 from tests.deploy_tools import DEPLOY, dashboard_queries, metric_names, tool
-from tests.servers import ROOT, Server, engine_env, free_port, start, start_bestofk
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
 SCORING = [

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import Server, engine_env, free_port, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, free_port, start_bestofk
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -356,7 +356,7 @@ def test_backend_down_is_a_server_error(tmp_path: Path) -> None:
 
 
 def test_vllm_serving_benchmark_has_no_failed_requests(server: Server) -> None:
-    from bench.vllm_serving import chat_args, run
+    from bestofk.tooling.bench.vllm_serving import chat_args, run
     from tests.conftest import model_path
 
     result = run(

@@ -12,11 +12,17 @@ from typing import ClassVar
 
 import pytest
 
-from service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
-from service.errors import DeadlineExceededError
-from service.pipeline import Pipeline, RerankJob
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources, VerifierSpec
-from verifiers.registry import parse_spec
+from bestofk.service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
+from bestofk.service.errors import DeadlineExceededError
+from bestofk.service.pipeline import Pipeline, RerankJob
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    Verdict,
+    VerifierResources,
+    VerifierSpec,
+)
+from bestofk.verifiers.registry import parse_spec
 
 
 class ScriptedStream:
@@ -139,7 +145,7 @@ class CountingSetVerifier:
 
 
 async def test_set_verifiers_run_once_all_are_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    from verifiers import registry
+    from bestofk.verifiers import registry
 
     original = registry.build
 

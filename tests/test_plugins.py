@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bestofk.tooling.procs import ROOT, Server, engine_env, start_bestofk
 from tests.conftest import post
-from tests.servers import ROOT, Server, engine_env, start_bestofk
 
 PLUGIN = ROOT / "tests" / "plugin_example"
 DIST = "bestofk-plugin-example"

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ROOT, VENV_BIN, Server, engine_env, free_port
+from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, free_port
 
 DOCS = (ROOT / "README.md", ROOT / "demo" / "README.md")
 NOT_TESTED = re.compile(r"<!--\s*not tested:\s*(?P<reason>\S.*?)\s*-->")
@@ -218,7 +218,7 @@ def check_settings(text: str, workdir: Path) -> None:
     config = workdir / "example-config.yaml"
     config.write_text(text)
     done = subprocess.run(
-        [sys.executable, "-c", "from service.settings import Settings; Settings()"],
+        [sys.executable, "-c", "from bestofk.service.settings import Settings; Settings()"],
         env={**os.environ, "BESTOFK_CONFIG": str(config)}, capture_output=True, text=True,
         timeout=60, cwd=ROOT,
     )  # fmt: skip

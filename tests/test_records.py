@@ -25,18 +25,18 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from service.engines.base import Prompt, SamplingConfig
-from service.pipeline import RerankJob, RerankResult, Timing
-from service.records.export import ExportOptions, export
-from service.records.format import Record, RecordFormatError, build
-from service.records.reader import complete_lines, read_records, record_files
-from service.records.recorder import Recorder
-from service.records.stats import compute
-from service.selection import Scored
+from bestofk.service.engines.base import Prompt, SamplingConfig
+from bestofk.service.pipeline import RerankJob, RerankResult, Timing
+from bestofk.service.records.export import ExportOptions, export
+from bestofk.service.records.format import Record, RecordFormatError, build
+from bestofk.service.records.reader import complete_lines, read_records, record_files
+from bestofk.service.records.recorder import Recorder
+from bestofk.service.records.stats import compute
+from bestofk.service.selection import Scored
+from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
+from bestofk.verifiers.base import Candidate, Verdict
+from bestofk.verifiers.registry import parse_spec
 from tests.conftest import CONFIG
-from tests.servers import ROOT, VENV_BIN, Server, engine_env, start_bestofk
-from verifiers.base import Candidate, Verdict
-from verifiers.registry import parse_spec
 
 TASKS = [json.loads(line) for line in (ROOT / "demo" / "tasks.jsonl").read_text().splitlines()]
 FACTORIALS = [t for t in TASKS if t["family"] == "factorial"]
@@ -145,7 +145,7 @@ def test_full_queue_drops_counts_and_never_blocks(
     job, result = make("q", [("1", True, 1.0)])
     before = counter("bestofk_records_dropped_total", reason="queue_full")
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, "service.records.recorder"):
+    with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
         outcomes = [recorder.submit(job, result) for _ in range(500)]
     elapsed = time.perf_counter() - start
     assert outcomes[:2] == [True, True] and not any(outcomes[2:])
@@ -205,7 +205,7 @@ def test_export_rules(tmp_path: Path) -> None:
 
 
 def test_chat_prompts_stay_conversational_and_every_format_loads(tmp_path: Path) -> None:
-    from service.records.export import write_jsonl
+    from bestofk.service.records.export import write_jsonl
 
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     records = [record(chat, ("4", True, 1.0), ("5", False, 0.0)), record("1+1?", ("2", True, 1.0))]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.verifiers import registry
+from bestofk.verifiers.reward_model import to_score
 from tests.conftest import ENGINE_START_S, model_path, post
-from tests.servers import Server, engine_env, free_port, start, start_bestofk
-from verifiers import registry
-from verifiers.reward_model import to_score
 
 CANDIDATES = ["120", "24", "The answer is 120", "seven hundred and twenty"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Server
+from bestofk.tooling.procs import Server
 from tests.test_sandbox import (
     BENIGN,
     HOSTILE,

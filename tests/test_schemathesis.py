@@ -25,8 +25,8 @@ from schemathesis.core.result import Ok
 from schemathesis.core.transport import Response
 from schemathesis.generation.case import Case
 
+from bestofk.tooling.procs import Server, engine_env, start_bestofk
 from tests.conftest import CONFIG
-from tests.servers import Server, engine_env, start_bestofk
 
 EXAMPLES = int(os.environ.get("BESTOFK_SCHEMATHESIS_EXAMPLES", "1000"))
 SMALL_LIMITS = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 
-from service.selection import Scored, SelectionConfig, combine, select
-from verifiers.base import Candidate, Verdict, VerifierSpec
+from bestofk.service.selection import Scored, SelectionConfig, combine, select
+from bestofk.verifiers.base import Candidate, Verdict, VerifierSpec
 
 
 def scored(index: int, scores: list[float], specs: list[VerifierSpec], **kw: object) -> Scored:

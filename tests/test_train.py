@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bestofk.tooling import measure
+from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, free_port, start_bestofk
+from bestofk.tooling.reward import BestOfKReward
+from bestofk.tooling.train import TrainError, TrainOptions, parse_trl_args
+from bestofk.tooling.train import train as train_model
 from tests.conftest import CONFIG, model_path
-from tests.servers import ROOT, VENV_BIN, Server, engine_env, free_port, start_bestofk
-from tooling import measure
-from tooling.reward import BestOfKReward
-from tooling.train import TrainError, TrainOptions, parse_trl_args
-from tooling.train import train as train_model
 
 TASKS = ROOT / "demo" / "tasks.jsonl"
 # The judge family's tasks carry only a judge verifier: `bestofk train` leaves them out.
@@ -169,7 +169,7 @@ async def test_reward_function_turns_failed_calls_into_zero_with_a_warning(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     down = BestOfKReward(f"http://127.0.0.1:{free_port()}", timeout_s=5)
-    with caplog.at_level(logging.WARNING, logger="tooling.reward"):
+    with caplog.at_level(logging.WARNING, logger="bestofk.tooling.reward"):
         assert await down(prompts=["p"], completions=["x"], verifiers=["[]"]) == [0.0]
     assert down.usage["errors"] == 1 and "reward 0" in caplog.text
     # A 400 (an unknown verifier type) is an error too, not a wrong answer.

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from verifiers import registry
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources
-from verifiers.sandbox import SandboxBusyError, SandboxPool, bwrap
-from verifiers.sandbox.process import uid_processes
-from verifiers.unit_tests import UnitTestsVerifier, extract_code
+from bestofk.verifiers import registry
+from bestofk.verifiers.base import Candidate, RequestContext, Verdict, VerifierResources
+from bestofk.verifiers.sandbox import SandboxBusyError, SandboxPool, bwrap
+from bestofk.verifiers.sandbox.process import uid_processes
+from bestofk.verifiers.unit_tests import UnitTestsVerifier, extract_code
 
 ADD: dict[str, Any] = {
     "entry_point": "add",

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from verifiers import registry
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources
+from bestofk.verifiers import registry
+from bestofk.verifiers.base import Candidate, RequestContext, Verdict, VerifierResources
 
 CTX = RequestContext(prompt="q")
 NEEDS_A = {"type": "object", "required": ["a"]}

@@ -6,12 +6,18 @@ import time
 
 import pytest
 
+from bestofk.tooling.procs import Server
+from bestofk.verifiers import registry
+from bestofk.verifiers.answers import answer_key
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    SetVerifier,
+    Verdict,
+    VerifierResources,
+)
+from bestofk.verifiers.symbolic import canonical
 from tests.conftest import post
-from tests.servers import Server
-from verifiers import registry
-from verifiers.answers import answer_key
-from verifiers.base import Candidate, RequestContext, SetVerifier, Verdict, VerifierResources
-from verifiers.symbolic import canonical
 
 CTX = RequestContext(prompt="What's the factorial of 5?")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from verifiers.base import VerifierCapacityError
-from verifiers.workers import WorkerLimits, WorkerPool
+from bestofk.verifiers.base import VerifierCapacityError
+from bestofk.verifiers.workers import WorkerLimits, WorkerPool
 
 FOREVER = range(10**15)
 """``sum(FOREVER)`` spins far past any budget."""

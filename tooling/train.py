@@ -8,12 +8,12 @@ Three of the seed's families of post-training, all pushing the model toward
   (``loss_type=["sigmoid", "sft"]``): plain DPO lowers both log-probs when chosen and rejected
   share long prefixes (code), and on the demo model it broke the code family.
 - ``grpo`` (on-policy RL): the recorded prompts with their verifiers, fresh samples each step,
-  rewarded by a live bestofk's ``/verify`` (:class:`tooling.reward.BestOfKReward`).
+  rewarded by a live bestofk's ``/verify`` (:class:`bestofk.tooling.reward.BestOfKReward`).
 
-The datasets come from ``service.records.export`` (its grouping, de-duplication and exclusions),
-after two filters of our own: only the model's own samples (``source``: a ``/verify`` record's
-candidates came from a client), and no record scored only by an LLM judge (on the demo model
-the judge prompts reuse the factorial and date questions, and its labels are noisy).
+The datasets come from ``bestofk.service.records.export`` (its grouping, de-duplication and
+exclusions), after two filters of our own: only the model's own samples (``source``: a ``/verify``
+record's candidates came from a client), and no record scored only by an LLM judge (on the demo
+model the judge prompts reuse the factorial and date questions, and its labels are noisy).
 
 Defaults suit a small model on CPU and were measured on the demo model; every field of TRL's
 ``SFTConfig`` / ``DPOConfig`` / ``GRPOConfig`` can be set over them. The saved directory is what
@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import yaml
 
-from service.records.export import ExportFormat, ExportOptions, export, reason_to_skip
-from service.records.format import Record
+from bestofk.service.records.export import ExportFormat, ExportOptions, export, reason_to_skip
+from bestofk.service.records.format import Record
 
 Method = Literal["rsft", "dpo", "grpo"]
 METHODS: tuple[Method, ...] = ("rsft", "dpo", "grpo")
@@ -227,7 +227,7 @@ def train(records: Iterable[Record], options: TrainOptions) -> TrainResult:
     else:
         from trl import GRPOTrainer
 
-        from tooling.reward import BestOfKReward
+        from bestofk.tooling.reward import BestOfKReward
 
         assert options.reward_url is not None  # checked above
         reward = BestOfKReward(

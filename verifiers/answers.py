@@ -1,7 +1,7 @@
 """Final-answer extraction and normalisation, shared by the ``vote`` policy and verifier.
 
-Both go through :func:`answer_key` under :func:`~verifiers.base.run_bounded`: inline for a short
-text whose answer is a number or plain text, in a worker process when the extract pattern runs
+Both go through :func:`answer_key` under :func:`~bestofk.verifiers.base.run_bounded`: inline for a
+short text whose answer is a number or plain text, in a worker process when the extract pattern runs
 long or the answer needs sympy. A pattern that runs away (past :data:`MATCH_TIMEOUT_S` on one
 text) is :data:`EXTRACT_TIMED_OUT`: an error verdict for that candidate from the verifier, a
 400 naming ``selection.extract`` from the selection policy.
@@ -9,10 +9,10 @@ text) is :data:`EXTRACT_TIMED_OUT`: an error verdict for that candidate from the
 
 from __future__ import annotations
 
-from verifiers.base import INLINE_MAX_CHARS, NotCheap
-from verifiers.exact import as_number
-from verifiers.regex import MATCH_TIMEOUT_S, MatchBudget, compile_pattern
-from verifiers.symbolic import canonical, looks_symbolic
+from bestofk.verifiers.base import INLINE_MAX_CHARS, NotCheap
+from bestofk.verifiers.exact import as_number
+from bestofk.verifiers.regex import MATCH_TIMEOUT_S, MatchBudget, compile_pattern
+from bestofk.verifiers.symbolic import canonical, looks_symbolic
 
 _BOXED = compile_pattern(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _LAST_NUMBER = compile_pattern(r"-?\d[\d,_]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -68,7 +68,7 @@ def normalise(answer: str, inline: bool = False) -> str:
 
 def answer_key(text: str, pattern: str | None = None, *, inline: bool = False) -> str:
     """Extract then normalise: candidates with equal keys give the same answer. Raises
-    TimeoutError when ``pattern`` runs away (for :func:`~verifiers.base.run_bounded`)."""
+    TimeoutError when ``pattern`` runs away (for :func:`~bestofk.verifiers.base.run_bounded`)."""
     if inline and len(text) > INLINE_MAX_CHARS:
         raise NotCheap
     return normalise(extract_answer(text, pattern, MatchBudget(inline)), inline)

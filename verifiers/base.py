@@ -17,8 +17,8 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from verifiers.sandbox.pool import SandboxPool
-    from verifiers.workers import WorkerPool
+    from bestofk.verifiers.sandbox.pool import SandboxPool
+    from bestofk.verifiers.workers import WorkerPool
 
 T = TypeVar("T")
 
@@ -173,7 +173,7 @@ async def run_bounded(workers: WorkerPool | None, fn: Callable[..., T], *args: A
     except NotCheap:
         pass
     if workers is None:
-        from verifiers.workers import default_pool
+        from bestofk.verifiers.workers import default_pool
 
         workers = default_pool()
     return await workers.run(fn, *args)

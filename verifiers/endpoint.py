@@ -1,6 +1,6 @@
 """OpenAI-compatible endpoints for model-based verifiers, over httpx.
 
-:class:`EndpointCompleter` is a :class:`~verifiers.base.Completer` over ``/v1/completions``,
+:class:`EndpointCompleter` is a :class:`~bestofk.verifiers.base.Completer` over ``/v1/completions``,
 which takes a list of prompts: a batch of K judge prompts is one HTTP call, and the server
 (vLLM, SGLang…) batches them together.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from verifiers.base import Completion, TargetNotAllowedError
+from bestofk.verifiers.base import Completion, TargetNotAllowedError
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_ERROR_CHARS = 300

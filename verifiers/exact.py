@@ -5,7 +5,13 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar, Literal
 
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources, VerifierSpec
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    Verdict,
+    VerifierResources,
+    VerifierSpec,
+)
 
 MAX_NUMBER_CHARS = 100
 """Decimal parses arbitrarily long digit strings; nothing real needs more than this."""

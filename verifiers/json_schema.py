@@ -19,7 +19,7 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import ConfigDict, Field, field_validator
 
-from verifiers.base import (
+from bestofk.verifiers.base import (
     INLINE_MAX_CHARS,
     Candidate,
     NotCheap,
@@ -30,7 +30,7 @@ from verifiers.base import (
     run_bounded,
     timed,
 )
-from verifiers.text import fenced_block
+from bestofk.verifiers.text import fenced_block
 
 _LINEAR_KEYWORDS = frozenset({
     "$schema", "$id", "$comment", "title", "description", "default", "examples", "deprecated",
@@ -134,7 +134,7 @@ def _validator(schema_json: str, check: bool) -> Validator | str:
 
 
 def check_document(schema_json: str, small: bool, text: str, *, inline: bool = False) -> Verdict:
-    """The json_schema verdict for ``text`` (for :func:`~verifiers.base.run_bounded`).
+    """The json_schema verdict for ``text`` (for :func:`~bestofk.verifiers.base.run_bounded`).
     ``small``: linear, and checked against its metaschema when the request was parsed."""
     if inline and (not small or len(text) > INLINE_MAX_CHARS):
         raise NotCheap

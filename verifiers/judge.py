@@ -4,7 +4,7 @@ Pointwise (the default) asks about one candidate at a time; the score is the jud
 probability of the positive label (or its expected 1-10 rating). It is a pointwise verifier, so
 a candidate is judged as soon as it finishes (overlapping the others' generation, and able to
 trigger early exit), while the judge prompts of candidates that are ready together go out as
-one batch (:mod:`verifiers.batching`): all K of a ``/verify`` request are one batch.
+one batch (:mod:`bestofk.verifiers.batching`): all K of a ``/verify`` request are one batch.
 
 Listwise shows all K at once, in an order shuffled with a seed, and asks for the best; the
 choice distribution is mapped back to the candidates (score = probability relative to the
@@ -27,8 +27,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from verifiers import judge_scoring
-from verifiers.base import (
+from bestofk.verifiers import judge_scoring
+from bestofk.verifiers.base import (
     Candidate,
     Completer,
     Completion,
@@ -39,9 +39,9 @@ from verifiers.base import (
     VerifierSpec,
     timed,
 )
-from verifiers.batching import Coalescer
-from verifiers.endpoint import EndpointCompleter, check_allowed
-from verifiers.templates import check_template, fields
+from bestofk.verifiers.batching import Coalescer
+from bestofk.verifiers.endpoint import EndpointCompleter, check_allowed
+from bestofk.verifiers.templates import check_template, fields
 
 POINTWISE_TEMPLATE = "Question: {prompt}\nAnswer: {candidate}\nIs the answer correct? (yes/no):"
 """The demo model is trained on exactly this; its positive label is " yes"."""

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from verifiers.base import Completion
+from bestofk.verifiers.base import Completion
 
 MIN_LABEL_MASS = 0.05
 """Less mass than this on the labels at the first token: read the text instead."""

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import regex
 from pydantic import field_validator
 
-from verifiers.base import (
+from bestofk.verifiers.base import (
     INLINE_BUDGET_S,
     Candidate,
     NotCheap,
@@ -79,7 +79,7 @@ class MatchBudget:
 def check_match(
     compiled: regex.Pattern[str], mode: str, text: str, *, inline: bool = False
 ) -> Verdict:
-    """The regex verdict for ``text`` (for :func:`~verifiers.base.run_bounded`)."""
+    """The regex verdict for ``text`` (for :func:`~bestofk.verifiers.base.run_bounded`)."""
     budget = MatchBudget(inline)
     try:
         match = budget.search(compiled, text, fullmatch=mode == "fullmatch")

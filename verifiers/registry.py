@@ -1,9 +1,9 @@
 """Verifier types by name: the built-ins plus whatever installed packages register.
 
 Third-party packages add a verifier with an entry point in the ``bestofk.verifiers`` group whose
-value is a class with a ``Spec`` (a :class:`~verifiers.base.VerifierSpec` subclass) and a
-constructor ``(spec, resources)``, implementing :class:`~verifiers.base.Verifier` or
-:class:`~verifiers.base.SetVerifier`. The entry point's name is the ``type`` clients use.
+value is a class with a ``Spec`` (a :class:`~bestofk.verifiers.base.VerifierSpec` subclass) and a
+constructor ``(spec, resources)``, implementing :class:`~bestofk.verifiers.base.Verifier` or
+:class:`~bestofk.verifiers.base.SetVerifier`. The entry point's name is the ``type`` clients use.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from verifiers.base import SetVerifier, Verifier, VerifierResources, VerifierSpec
+from bestofk.verifiers.base import SetVerifier, Verifier, VerifierResources, VerifierSpec
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "bestofk.verifiers"
 
 _BUILTINS = {
-    "regex": "verifiers.regex:RegexVerifier",
-    "exact": "verifiers.exact:ExactVerifier",
-    "json_schema": "verifiers.json_schema:JsonSchemaVerifier",
-    "style": "verifiers.style:StyleVerifier",
-    "unit_tests": "verifiers.unit_tests:UnitTestsVerifier",
-    "judge": "verifiers.judge:judge",
-    "reward_model": "verifiers.reward_model:RewardModelVerifier",
-    "vote": "verifiers.vote:VoteVerifier",
+    "regex": "bestofk.verifiers.regex:RegexVerifier",
+    "exact": "bestofk.verifiers.exact:ExactVerifier",
+    "json_schema": "bestofk.verifiers.json_schema:JsonSchemaVerifier",
+    "style": "bestofk.verifiers.style:StyleVerifier",
+    "unit_tests": "bestofk.verifiers.unit_tests:UnitTestsVerifier",
+    "judge": "bestofk.verifiers.judge:judge",
+    "reward_model": "bestofk.verifiers.reward_model:RewardModelVerifier",
+    "vote": "bestofk.verifiers.vote:VoteVerifier",
 }
 
 

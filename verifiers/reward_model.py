@@ -14,7 +14,7 @@ activation: a sigmoid for one label, a softmax for several); ``/pooling`` is ask
 head output (``use_activation: false``), a logit for a reward model. With several outputs the
 score is the one at ``label`` (default: the last, the positive class of a binary classifier).
 
-Candidates ready together are scored in one batch (:mod:`verifiers.batching`).
+Candidates ready together are scored in one batch (:mod:`bestofk.verifiers.batching`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, model_validator
 
-from verifiers.base import (
+from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
     Verdict,
@@ -37,9 +37,9 @@ from verifiers.base import (
     run_blocking,
     timed,
 )
-from verifiers.batching import Coalescer
-from verifiers.endpoint import base_url, check_allowed, post_json, served_model
-from verifiers.templates import check_template
+from bestofk.verifiers.batching import Coalescer
+from bestofk.verifiers.endpoint import base_url, check_allowed, post_json, served_model
+from bestofk.verifiers.templates import check_template
 
 ENGINE_ARGS_KEY = "reward_model_engine_args"
 """``VerifierResources.extras`` key: vLLM ``LLM`` arguments for in-process reward models."""

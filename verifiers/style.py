@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import regex
 from pydantic import Field, field_validator
 
-from verifiers.base import (
+from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
     Verdict,
@@ -16,7 +16,7 @@ from verifiers.base import (
     run_bounded,
     timed,
 )
-from verifiers.regex import MatchBudget, compile_pattern
+from bestofk.verifiers.regex import MatchBudget, compile_pattern
 
 # A sentence ends at . ! ? (or their runs) followed by whitespace or the end of the text.
 _SENTENCE_END = regex.compile(r"[.!?…]+(?=\s|$)")
@@ -52,8 +52,8 @@ class StyleSpec(VerifierSpec):
 
 
 def check_style(spec: StyleSpec, text: str, *, inline: bool = False) -> Verdict:
-    """The style verdict for ``text`` (for :func:`~verifiers.base.run_bounded`): inline, every
-    regex of the check shares one budget; a runaway forbid pattern is an error verdict."""
+    """The style verdict for ``text`` (for :func:`~bestofk.verifiers.base.run_bounded`): inline,
+    every regex of the check shares one budget; a runaway forbid pattern is an error verdict."""
     budget = MatchBudget(inline)
     failures: list[str] = []
     total = 0

@@ -4,7 +4,7 @@ Three kinds of tests, exactly one per spec: ``cases`` call ``entry_point`` and c
 return value with ``expected`` outside the sandbox (floats within a tolerance); ``io`` runs the
 code as a program and compares its stdout; ``tests`` runs ``test_*`` functions in a process
 apart from the candidate's, calling candidate functions with plain data. See
-:mod:`verifiers.sandbox` for what keeps hostile code in.
+:mod:`bestofk.verifiers.sandbox` for what keeps hostile code in.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources, VerifierSpec
-from verifiers.sandbox import (
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    Verdict,
+    VerifierResources,
+    VerifierSpec,
+)
+from bestofk.verifiers.sandbox import (
     CallCase,
     IoCase,
     Job,
@@ -139,7 +145,7 @@ class UnitTestsVerifier:
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Run the tests on the candidate's code.
 
-        Raises only :class:`~verifiers.sandbox.SandboxBusyError` (every slot busy, the queue
+        Raises only :class:`~bestofk.verifiers.sandbox.SandboxBusyError` (every slot busy, the queue
         full), which the HTTP layer answers with 503 and Retry-After; any other failure is an
         error verdict. (``timed`` would turn the busy error into a verdict, hence no ``timed``.)
         """

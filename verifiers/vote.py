@@ -1,6 +1,6 @@
 """`vote`: self-consistency. A candidate's score is the share of candidates giving its answer.
 
-Answers are extracted and normalised by :mod:`verifiers.answers` (the same keys the ``vote``
+Answers are extracted and normalised by :mod:`bestofk.verifiers.answers` (the same keys the ``vote``
 selection policy clusters by): ``\\boxed{…}``, else the last number, else the stripped text, or
 the spec's ``extract`` regex; numbers by value, expressions by sympy equality, text by case and
 whitespace. So ``120``, ``120.0`` and ``The answer is 120`` are one answer.
@@ -19,8 +19,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from verifiers.answers import EXTRACT_TIMED_OUT, answer_key
-from verifiers.base import (
+from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
+from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
     Verdict,
@@ -29,7 +29,7 @@ from verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
-from verifiers.regex import MAX_PATTERN_CHARS, compile_pattern
+from bestofk.verifiers.regex import MAX_PATTERN_CHARS, compile_pattern
 
 
 class VoteSpec(VerifierSpec):

@@ -8,16 +8,18 @@ and what it allocates is the server's memory, kept after it ends. In a worker pr
   cancelled (deadline, client gone), and starts a fresh one;
 - RLIMIT_AS bounds its memory: a blow-up is a MemoryError in the worker, which then exits;
 - RLIMIT_CPU, raised before each job to the job's budget, is a belt should the parent be wedged;
-- PR_SET_PDEATHSIG and EOF on its socket end it with the service (see :mod:`verifiers.spawner`).
+- PR_SET_PDEATHSIG and EOF on its socket end it with the service (see
+:mod:`bestofk.verifiers.spawner`).
 
 The pool starts its ``size`` workers on first use. A job waits for a free worker in a bounded
-queue; one more than ``max_queue`` is :class:`~verifiers.base.VerifierCapacityError` (503 +
+queue; one more than ``max_queue`` is :class:`~bestofk.verifiers.base.VerifierCapacityError` (503 +
 Retry-After). Jobs are module-level functions with plain arguments, pickled over a socket pair
 that the event loop reads itself (no thread hop). A worker runs only this project's code, on
 hostile data: it is a resource boundary, not a security one (candidate *code* runs in the
-sandbox). Callers go through :func:`verifiers.base.run_bounded`, which keeps cheap work inline.
+sandbox). Callers go through :func:`bestofk.verifiers.base.run_bounded`, which keeps cheap work
+inline.
 
-    python -m verifiers.workers FD MEMORY_BYTES PARENT_PID     # what a worker runs
+    python -m bestofk.verifiers.workers FD MEMORY_BYTES PARENT_PID     # what a worker runs
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from verifiers.base import VerifierCapacityError
-from verifiers.spawner import on_spawner_thread
+from bestofk.verifiers.base import VerifierCapacityError
+from bestofk.verifiers.spawner import on_spawner_thread
 
 __all__ = ["WorkerLimits", "WorkerPool", "default_pool"]
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HEADER = struct.Struct("!Q")
-PRELOAD = ("verifiers.json_schema", "verifiers.style", "verifiers.answers")
+PRELOAD = ("bestofk.verifiers.json_schema", "bestofk.verifiers.style", "bestofk.verifiers.answers")
 """Imported by each worker before it says ready, so no job's budget is spent importing."""
 _PR_SET_PDEATHSIG = 1
 
@@ -82,7 +84,7 @@ class _Worker:
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "verifiers.workers"]
+        argv = [sys.executable, "-m", "bestofk.verifiers.workers"]
         argv += [str(child.fileno()), str(limits.memory_bytes), str(os.getpid())]
         try:
             self.process = subprocess.Popen(

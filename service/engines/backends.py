@@ -32,9 +32,9 @@ from typing import TypeVar
 
 import httpx
 
-from service import metrics
-from service.engines.base import BYTES_PER_TOKEN, EngineHealth
-from service.errors import BestOfKError, EngineNotReadyError
+from bestofk.service import metrics
+from bestofk.service.engines.base import BYTES_PER_TOKEN, EngineHealth
+from bestofk.service.errors import BestOfKError, EngineNotReadyError
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BestOfKError)

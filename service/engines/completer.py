@@ -1,4 +1,4 @@
-"""The serving engine as a judge model: :class:`verifiers.base.Completer` over any Engine.
+"""The serving engine as a judge model: :class:`bestofk.verifiers.base.Completer` over any Engine.
 
 A batch of N prompts becomes N concurrent ``k=1`` greedy requests. The engine batches them:
 in-process vLLM schedules requests that arrive together into the same steps (continuous
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from service.engines.base import Engine, Prompt, Sample, SamplingConfig
-from verifiers.base import Completion
+from bestofk.service.engines.base import Engine, Prompt, Sample, SamplingConfig
+from bestofk.verifiers.base import Completion
 
 
 class EngineCompleter:

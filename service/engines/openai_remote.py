@@ -3,8 +3,8 @@
 All K candidates of a request go to one backend, in one streamed ``n=K`` call, so the backend
 prefills the prompt once. A backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
 (remembered per backend). Which backend takes a request, and which are out of rotation
-(health checks, outlier ejection), is :mod:`service.engines.backends`. A request that fails on
-one before any of its candidates was handed on is retried once on another.
+(health checks, outlier ejection), is :mod:`bestofk.service.engines.backends`. A request that fails
+on one before any of its candidates was handed on is retried once on another.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from service.engines.backends import Backend, BackendPool, RemoteOptions
-from service.engines.base import (
+from bestofk.service.engines.backends import Backend, BackendPool, RemoteOptions
+from bestofk.service.engines.base import (
     STREAM_INTERVAL,
     EngineHealth,
     PartialSample,
@@ -31,7 +31,12 @@ from service.engines.base import (
     TokenLogprob,
     max_candidate_bytes,
 )
-from service.errors import BackendError, BestOfKError, DeadlineExceededError, InvalidRequestError
+from bestofk.service.errors import (
+    BackendError,
+    BestOfKError,
+    DeadlineExceededError,
+    InvalidRequestError,
+)
 
 log = logging.getLogger(__name__)
 

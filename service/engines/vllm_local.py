@@ -19,8 +19,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import metrics
-from service.engines.base import (
+from bestofk.service import metrics
+from bestofk.service.engines.base import (
     BYTES_PER_TOKEN,
     STREAM_INTERVAL,
     EngineHealth,
@@ -32,7 +32,7 @@ from service.engines.base import (
     TokenLogprob,
     max_candidate_bytes,
 )
-from service.errors import BackendError, EngineNotReadyError, InvalidRequestError
+from bestofk.service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 LOAD_S = 5.0

@@ -8,7 +8,7 @@ these verdicts would pay.
 
 from __future__ import annotations
 
-from service.records.format import SCHEMA_VERSION, Record, RecordFormatError
-from service.records.reader import read_records, record_files
+from bestofk.service.records.format import SCHEMA_VERSION, Record, RecordFormatError
+from bestofk.service.records.reader import read_records, record_files
 
 __all__ = ["SCHEMA_VERSION", "Record", "RecordFormatError", "read_records", "record_files"]

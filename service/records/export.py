@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from service.records.format import Record, Source
+from bestofk.service.records.format import Record, Source
 
 ExportFormat = Literal["dpo", "rsft", "kto"]
 PromptKind = Literal["text", "chat"]

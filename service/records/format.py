@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from service.pipeline import RerankJob, RerankResult
+    from bestofk.service.pipeline import RerankJob, RerankResult
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"

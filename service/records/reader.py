@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.records.format import Record, RecordFormatError
+from bestofk.service.records.format import Record, RecordFormatError
 
 PATTERN = "*.jsonl"
 

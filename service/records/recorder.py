@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service import metrics
-from service.records.format import build, compile_redactions
+from bestofk.service import metrics
+from bestofk.service.records.format import build, compile_redactions
 
 if TYPE_CHECKING:
-    from service.pipeline import RerankJob, RerankResult
-    from service.settings import Settings
+    from bestofk.service.pipeline import RerankJob, RerankResult
+    from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from service.records.format import CandidateRecord, Record
+from bestofk.service.records.format import CandidateRecord, Record
 
 ALL = "all"
 NO_PROFILE = "-"

@@ -7,13 +7,13 @@ import time
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import metrics
-from service.engines.base import EngineHealth, Prompt
-from service.errors import retry_after
-from service.jobs import JobRequest, new_request_id
-from service.pipeline import RerankResult
-from service.runtime import Runtime
-from service.schemas.native import (
+from bestofk.service import metrics
+from bestofk.service.engines.base import EngineHealth, Prompt
+from bestofk.service.errors import retry_after
+from bestofk.service.jobs import JobRequest, new_request_id
+from bestofk.service.pipeline import RerankResult
+from bestofk.service.runtime import Runtime
+from bestofk.service.schemas.native import (
     CandidateOut,
     GenerateRequest,
     RerankResponse,
@@ -23,7 +23,7 @@ from service.schemas.native import (
     VerdictOut,
     VerifyRequest,
 )
-from service.selection import Scored
+from bestofk.service.selection import Scored
 
 router = APIRouter()
 

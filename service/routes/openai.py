@@ -16,16 +16,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.engines.base import Prompt, TokenLogprob
-from service.errors import BestOfKError, InvalidRequestError
-from service.jobs import JobRequest, new_request_id
-from service.pipeline import RerankJob, RerankResult
-from service.routes.native import render, runtime
-from service.runtime import Runtime
-from service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
-from service.selection import Scored
-from verifiers.base import VerifierSpec
-from verifiers.registry import parse_spec
+from bestofk.service.engines.base import Prompt, TokenLogprob
+from bestofk.service.errors import BestOfKError, InvalidRequestError
+from bestofk.service.jobs import JobRequest, new_request_id
+from bestofk.service.pipeline import RerankJob, RerankResult
+from bestofk.service.routes.native import render, runtime
+from bestofk.service.runtime import Runtime
+from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
+from bestofk.service.selection import Scored
+from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.registry import parse_spec
 
 router = APIRouter(prefix="/v1")
 

@@ -25,13 +25,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from service.engines.base import Prompt
-from service.errors import InvalidRequestError
-from service.jobs import JobRequest, new_request_id
-from service.runtime import Runtime
-from service.schemas.reward import RewardRequest, RewardResponse
-from verifiers.base import VerifierSpec
-from verifiers.registry import InvalidVerifierSpecError, parse_spec
+from bestofk.service.engines.base import Prompt
+from bestofk.service.errors import InvalidRequestError
+from bestofk.service.jobs import JobRequest, new_request_id
+from bestofk.service.runtime import Runtime
+from bestofk.service.schemas.reward import RewardRequest, RewardResponse
+from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.registry import InvalidVerifierSpecError, parse_spec
 
 router = APIRouter()
 

@@ -13,8 +13,8 @@ from pydantic import (
     model_validator,
 )
 
-from verifiers.base import VerifierSpec
-from verifiers.registry import parse_spec
+from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.registry import parse_spec
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 

@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
-from verifiers.json_schema import check_schema
+from bestofk.service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
+from bestofk.verifiers.json_schema import check_schema
 
 
 class StreamOptions(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from service.schemas.native import Strict
+from bestofk.service.schemas.native import Strict
 
 MAX_QUERIES = 4096
 """One rollout batch; OpenRLHF splits a batch evenly over its ``--remote_rm_url`` servers."""
@@ -13,7 +13,7 @@ MAX_QUERIES = 4096
 
 class RewardRequest(Strict):
     """``query[i]`` is prompt and response together, ``prompts[i]`` the prompt it starts with,
-    ``labels[i]`` what decides the reward (see ``service.routes.reward``)."""
+    ``labels[i]`` what decides the reward (see ``bestofk.service.routes.reward``)."""
 
     query: list[str] = Field(min_length=1, max_length=MAX_QUERIES)
     prompts: list[str]

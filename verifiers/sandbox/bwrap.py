@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from verifiers.sandbox.errors import INSTALL_HINT, SandboxUnavailableError
-from verifiers.sandbox.seccomp import deny_list_program
+from bestofk.verifiers.sandbox.errors import INSTALL_HINT, SandboxUnavailableError
+from bestofk.verifiers.sandbox.seccomp import deny_list_program
 
 UNSAFE_ENV = "BESTOFK_UNSAFE_NO_SANDBOX"
 

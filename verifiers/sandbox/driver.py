@@ -1,6 +1,6 @@
 """The sandbox driver: runs inside bwrap as PID 1 of the sandbox and never runs candidate code.
 
-It is started by :mod:`verifiers.sandbox.process` as ``python3 -I -S -X utf8 -c BOOT JOB_FD
+It is started by :mod:`bestofk.verifiers.sandbox.process` as ``python3 -I -S -X utf8 -c BOOT JOB_FD
 RESULT_FD TESTS_FD MEMORY PROCESSES FILE_BYTES OPEN_FILES CPU_S``, where BOOT unmarshals this
 module precompiled, and it imports only builtin modules: every millisecond of its start-up is
 paid once per candidate.
@@ -33,7 +33,7 @@ therefore cannot turn into a passing record.
 
 Frames on the internal pipes are an ASCII header line ``kind [arg ...] length`` and ``length``
 payload bytes. RESULT_FD carries JSON lines (:class:`Results`), parsed by the service in
-:mod:`verifiers.sandbox.protocol`. D only ever encodes JSON: it never parses what candidate
+:mod:`bestofk.verifiers.sandbox.protocol`. D only ever encodes JSON: it never parses what candidate
 processes send beyond a frame header.
 """
 
@@ -520,7 +520,7 @@ class Candidate:
 
 class Results:
     """D's records to the service, one JSON object per line; see
-    :mod:`verifiers.sandbox.protocol`. Only D ever holds this pipe."""
+    :mod:`bestofk.verifiers.sandbox.protocol`. Only D ever holds this pipe."""
 
     def __init__(self, fd: int, deadline: float) -> None:
         self.fd = fd

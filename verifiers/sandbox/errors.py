@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from verifiers.base import VerifierCapacityError
+from bestofk.verifiers.base import VerifierCapacityError
 
 INSTALL_HINT = (
     "install it with `apt-get install bubblewrap`, or set BESTOFK_UNSAFE_NO_SANDBOX=1 to run "

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from verifiers.base import run_blocking
-from verifiers.sandbox.bwrap import UNSAFE_ENV, Launcher, Limits
-from verifiers.sandbox.errors import SandboxBusyError, SandboxUnavailableError
-from verifiers.sandbox.judge import RunEnd, RunResult, judge
-from verifiers.sandbox.process import SandboxProcess, claim_uids, spawn
-from verifiers.sandbox.protocol import Job, RecordParser
+from bestofk.verifiers.base import run_blocking
+from bestofk.verifiers.sandbox.bwrap import UNSAFE_ENV, Launcher, Limits
+from bestofk.verifiers.sandbox.errors import SandboxBusyError, SandboxUnavailableError
+from bestofk.verifiers.sandbox.grading import RunEnd, RunResult, judge
+from bestofk.verifiers.sandbox.process import SandboxProcess, claim_uids, spawn
+from bestofk.verifiers.sandbox.protocol import Job, RecordParser
 
 __all__ = ["DEFAULT_UID_BASE", "SandboxBusyError", "SandboxPool", "default_pool"]
 
@@ -54,7 +54,7 @@ class SandboxPool:
 
     - ``max_queue``: runs that may wait for a slot; one more raises SandboxBusyError.
     - ``queue_timeout_s``: how long a queued run waits before SandboxBusyError.
-    - ``limits``: per-run resource limits (:class:`~verifiers.sandbox.bwrap.Limits`).
+    - ``limits``: per-run resource limits (:class:`~bestofk.verifiers.sandbox.bwrap.Limits`).
     - ``uid_base``: where the search for free slot uids starts (used when running as root).
     - ``warm``: start each slot's next sandbox while the current run executes.
     - ``on_outcome``: called with every run's outcome (ok/fail/timeout/memory/killed/error).

@@ -1,6 +1,6 @@
 """What travels between the service and the sandbox driver, and the service's parser for it.
 
-Three pipes per run (the driver's side is :mod:`verifiers.sandbox.driver`):
+Three pipes per run (the driver's side is :mod:`bestofk.verifiers.sandbox.driver`):
 
 - JOB (service → driver): one marshalled dict (``mode``, ``code``, ``entry``, ``calls`` as
   ``[args, kwargs]`` pairs, ``stdin``, ``timeout``, ``budget``). Expected values and expected
@@ -28,7 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from verifiers.sandbox.driver import MAX_MESSAGE, MAX_STDOUT, Malformed, Opaque, decode_value
+from bestofk.verifiers.sandbox.driver import (
+    MAX_MESSAGE,
+    MAX_STDOUT,
+    Malformed,
+    Opaque,
+    decode_value,
+)
 
 __all__ = [
     "MAX_RUN_S",

@@ -15,7 +15,7 @@ import os
 import socket
 from functools import cache
 
-from verifiers.sandbox.errors import SandboxUnavailableError
+from bestofk.verifiers.sandbox.errors import SandboxUnavailableError
 
 DENIED = (
     "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",

@@ -11,7 +11,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from verifiers.base import Candidate, RequestContext, Verdict, VerifierResources, VerifierSpec
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    Verdict,
+    VerifierResources,
+    VerifierSpec,
+)
 
 
 class KeywordsSpec(VerifierSpec):

@@ -1,6 +1,6 @@
 """Sandbox benchmark: per-run overhead against a bare interpreter, runs/s, and 16 x 10 cases.
 
-    .venv/bin/python bench/sandbox_bench.py [--runs 60]
+    .venv/bin/python tooling/bench/sandbox_bench.py [--runs 60]
 
 Prints (all measured in this one process, interleaved, so machine load hits both sides):
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from verifiers.base import Candidate, RequestContext, VerifierResources
-from verifiers.sandbox import CallCase, Job, SandboxPool
-from verifiers.sandbox.bwrap import find_python
-from verifiers.unit_tests import UnitTestsSpec, UnitTestsVerifier
+from bestofk.verifiers.base import Candidate, RequestContext, VerifierResources
+from bestofk.verifiers.sandbox import CallCase, Job, SandboxPool
+from bestofk.verifiers.sandbox.bwrap import find_python
+from bestofk.verifiers.unit_tests import UnitTestsSpec, UnitTestsVerifier
 
 SQUARE = "def square(x):\n    return x * x\n"
 ONE_CASE = Job(SQUARE, 2.0, "square", [CallCase([3], {}, 9)])

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from service.selection import Policy, Scored, SelectionConfig, choice_probabilities, ranked
-from verifiers.base import Candidate
+from bestofk.service.selection import Policy, Scored, SelectionConfig, choice_probabilities, ranked
+from bestofk.verifiers.base import Candidate
 
 SIGNALS = ("verifiers", "judge", "none")
 """What selection sees: the task's verifiers, only an LLM judge, or nothing (logprob only)."""

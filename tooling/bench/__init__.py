@@ -1,13 +1,13 @@
 """``bestofk bench``: bestofk side by side with direct vLLM and the naive approaches.
 
 One vLLM backend serves every mode but (i), whose bestofk runs an in-process engine built
-like it (:mod:`service.bench.modes`); the grid
-(:mod:`service.bench.load`) interleaves the modes within each (concurrency, K) cell; the
-target phases (:mod:`service.bench.targets`) measure early exit, the event loop under load and
-the service's memory; :mod:`service.bench.report` writes JSON, markdown and a plot.
+like it (:mod:`bestofk.tooling.bench.modes`); the grid
+(:mod:`bestofk.tooling.bench.load`) interleaves the modes within each (concurrency, K) cell; the
+target phases (:mod:`bestofk.tooling.bench.targets`) measure early exit, the event loop under load
+and the service's memory; :mod:`bestofk.tooling.bench.report` writes JSON, markdown and a plot.
 
 :func:`measure` runs against servers that are already up (the tests use it);
-:func:`run` starts them first (:mod:`service.bench.stack`).
+:func:`run` starts them first (:mod:`bestofk.tooling.bench.stack`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from service.bench import load, targets
-from service.bench.modes import (
+from bestofk.tooling.bench import load, targets
+from bestofk.tooling.bench.modes import (
     ALL_MODES,
     ENGINE_SWITCH_PAUSE_S,
     MODE_LABELS,
@@ -33,8 +33,8 @@ from service.bench.modes import (
     load_tasks,
     workload,
 )
-from service.bench.report import Report
-from service.bench.stack import logs_dir, started
+from bestofk.tooling.bench.report import Report
+from bestofk.tooling.bench.stack import logs_dir, started
 
 DEMO_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks.jsonl"
 

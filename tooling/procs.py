@@ -1,6 +1,6 @@
 """Real server processes on loopback: bestofk servers and vLLM's OpenAI server.
 
-Used by the tests (``tests/servers.py`` re-exports it) and by ``bestofk bench``. Each server runs
+Used by the tests, the soak run and ``bestofk bench``. Each server runs
 in its own process group, so stopping it also stops what it spawned (vLLM's engine core).
 """
 

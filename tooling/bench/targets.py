@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from service.bench.load import closed_loop, percentile, ratio
-from service.bench.modes import Call, Modes, Outcome
+from bestofk.tooling.bench.load import closed_loop, percentile, ratio
+from bestofk.tooling.bench.modes import Call, Modes, Outcome
 
 
 def _children() -> dict[int, list[int]]:
@@ -149,7 +149,11 @@ async def health_under_load(
     """Probe ``health_url`` from another process while ``requests`` calls run at
     ``concurrency``; with ``service_pid``, also how the service's loop thread was scheduled."""
     probe = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.bench.probe", health_url, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "bestofk.tooling.bench.pinger",
+        health_url,
+        stdout=asyncio.subprocess.PIPE,
     )
     before = _schedstat(service_pid) if service_pid else None
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from service.bench.modes import (
+from bestofk.tooling.bench.modes import (
     BASELINE,
     ENGINE_SWITCH_PAUSE_S,
     LOCAL_MODES,

@@ -22,7 +22,7 @@ test module:
 ``GET /control`` reports what it has seen: every completion request's ``n`` and ``stream``,
 and how many streams the client closed before they ended (generation aborted).
 
-    python -m tests.fake_backend --port 8001 --mode ok
+    python -m bestofk.tooling.fake_backend --port 8001 --mode ok
 """
 
 from __future__ import annotations
@@ -177,11 +177,11 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
                 yield _sse(_chunk(chat, [_choice(chat, 0, FLOOD_DELTA, None)], generated))
                 await asyncio.sleep(0)
         elif mode in ("slow", "slow_tail"):
-            done = {0} if mode == "slow_tail" else set()
-            if done:
+            answered = 1 if mode == "slow_tail" else 0
+            if answered:
                 yield _sse(_chunk(chat, [_choice(chat, 0, "".join(ANSWER), "stop")], 2))
             while True:  # until the client goes away
-                yield _sse(_chunk(chat, [], 2 * len(done)))
+                yield _sse(_chunk(chat, [], 2 * answered))
                 await asyncio.sleep(TRICKLE_S)
         elif mode != "empty":
             for position, token in enumerate(ANSWER):

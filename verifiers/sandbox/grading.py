@@ -1,8 +1,8 @@
 """Turn the driver's records into pass/fail per test, comparing with expected values out here.
 
 Return values arrive as JSON and are decoded into plain data (numbers, strings, lists, tuples,
-dicts, sets, bytes; anything else is an :class:`~verifiers.sandbox.protocol.Opaque` that equals
-nothing), so no comparison here ever calls code the candidate wrote.
+dicts, sets, bytes; anything else is an :class:`~bestofk.verifiers.sandbox.protocol.Opaque` that
+equals nothing), so no comparison here ever calls code the candidate wrote.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from verifiers.sandbox.protocol import Job, Malformed, Record, RecordParser
+from bestofk.verifiers.sandbox.protocol import Job, Malformed, Record, RecordParser
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-9

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench.modes import BASELINE, MODE_LABELS
-from service.bench.targets import Cells, EarlyExitFigures, HealthFigures, Target
+from bestofk.tooling.bench.modes import BASELINE, MODE_LABELS
+from bestofk.tooling.bench.targets import Cells, EarlyExitFigures, HealthFigures, Target
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""``python -m service.bench.probe URL``: time ``GET URL`` back to back until SIGTERM.
+"""``python -m bestofk.tooling.bench.pinger URL``: time ``GET URL`` back to back until SIGTERM.
 
 Runs in its own process so the benchmark's load generator (busy parsing responses) cannot
 delay the probe and be mistaken for a blocked server loop. Prints JSON on exit: the latencies

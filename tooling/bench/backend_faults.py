@@ -1,6 +1,7 @@
-"""Backend faults against a real bestofk over :mod:`tests.fake_backend` servers on loopback.
+"""Backend faults against a real bestofk over :mod:`bestofk.tooling.fake_backend` servers on
+loopback.
 
-    python bench/backend_faults.py [--requests 200] [--concurrency 8] [--first-token-s 1]
+    python tooling/bench/backend_faults.py [--requests 200] [--concurrency 8] [--first-token-s 1]
 
 Two probes, one table each:
 
@@ -28,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
 
 BODY = {
     "prompt": "What is 6 x 7?",
@@ -39,9 +40,17 @@ BODY = {
 
 
 def fake(logs: Path, name: str, mode: str) -> Server:
-    """A tests.fake_backend process in ``mode``, ready."""
+    """A bestofk.tooling.fake_backend process in ``mode``, ready."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.fake_backend", "--port", str(port), "--mode", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestofk.tooling.fake_backend",
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+    ]
     server = start(cmd, logs / f"{name}.log", dict(os.environ), port)
     server.wait_ready(30, path="/control")
     return server

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.bench.modes import Endpoints
-from service.procs import (
+from bestofk.tooling.bench.modes import Endpoints
+from bestofk.tooling.procs import (
     Server,
     engine_env,
     free_port,

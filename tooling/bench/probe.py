@@ -19,8 +19,8 @@ p99 of ``/health`` during it. What a healthy server answers is in each probe's `
   kill_engine       (--engine-pid) SIGKILL the engine process, time until /health is 200 again
   sigterm           (--server-pid) 16 requests in flight, then SIGTERM: the statuses they get
 
-    python -m bench.probe --url http://127.0.0.1:8000 [--api-key KEY] [--only NAME ...]
-        [--engine-pid PID] [--server-pid PID] [--overload 400] [--json OUT]
+    python -m bestofk.tooling.bench.probe --url http://127.0.0.1:8000 [--api-key KEY]
+        [--only NAME ...] [--engine-pid PID] [--server-pid PID] [--overload 400] [--json OUT]
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ warm-up to the end, no process is left under the sandbox uids, and the server's 
 directory (its TMPDIR) is empty after it exits, torch's shared compile cache aside. Exit
 status 1 when a check fails.
 
-    python -m bench.soak [--model demo/model] [--clients 200] [--duration 120] [--json OUT]
+    python -m bestofk.tooling.bench.soak [--model demo/model] [--clients 200] [--duration 120]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from typing import Any
 
 import httpx
 
-from tests.servers import ROOT, Server, engine_env, free_port, start_bestofk
-from tests.test_sandbox import BENIGN, HOSTILE, SPECS
-from tests.test_sandbox import hostile as hostile_code
-from verifiers.sandbox.process import uid_processes
+from bestofk.tooling.procs import ROOT, Server, engine_env, free_port, start_bestofk
+from bestofk.tooling.sandbox_corpus import BENIGN, HOSTILE, SPECS
+from bestofk.tooling.sandbox_corpus import hostile as hostile_code
+from bestofk.verifiers.sandbox.process import uid_processes
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
 ROLES = {"generate": 60, "chat": 40, "chat_stream": 40, "verify": 12, "hostile": 16,

@@ -1,0 +1,54 @@
+"""The layout the README describes: one import path, a server package that is only the server."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {
+    "service": "bestofk.service",
+    "verifiers": "bestofk.verifiers",
+    "tooling": "bestofk.tooling",
+}
+
+
+def test_every_package_folder_ships_under_bestofk() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {name: folder for folder, name in FOLDERS.items()}
+    on_disk = {
+        ".".join([FOLDERS[init.relative_to(ROOT).parts[0]], *init.relative_to(ROOT).parts[1:-1]])
+        for folder in FOLDERS
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert set(config["packages"]) == on_disk
+
+
+def test_the_server_imports_no_tooling_at_import_time() -> None:
+    """The CLI loads bench, eval and train lazily, inside the commands that use them."""
+    for folder in ("service", "verifiers"):
+        for file in (ROOT / folder).rglob("*.py"):
+            for node in ast.parse(file.read_text()).body:  # module level only
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                assert not any(n.startswith("bestofk.tooling") for n in names), file
+
+
+def test_importing_the_server_loads_no_bare_top_level_names(tmp_path: Path) -> None:
+    code = (
+        "import sys, bestofk.service.app, bestofk.service.cli;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('service', 'verifiers', 'tooling')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
