@@ -19,8 +19,9 @@ test module:
     flood          candidate 0 never ends and streams 16 KB deltas as fast as it can (max_tokens
                    ignored); the others finish at once
 
-``GET /control`` reports what it has seen: every completion request's ``n`` and ``stream``,
-and how many streams the client closed before they ended (generation aborted).
+``GET /control`` reports what it has seen: every completion request's ``n``, ``stream`` and
+client port (one per TCP connection), and how many streams the client closed before they ended
+(generation aborted).
 
     python -m bestofk.tooling.fake_backend --port 8001 --mode ok
 """
@@ -121,7 +122,9 @@ def build_app(state: State) -> Starlette:
         chat = request.url.path.endswith("/chat/completions")
         n = int(body.get("n") or 1)
         stream = bool(body.get("stream"))
-        state.requests.append({"n": n, "stream": stream})
+        # The client port tells its TCP connections apart (reused or new).
+        client_port = request.client.port if request.client else None
+        state.requests.append({"n": n, "stream": stream, "client_port": client_port})
         mode = state.mode
         if mode == "down":
             return _error(503, "the fake backend is down")

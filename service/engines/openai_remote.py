@@ -215,6 +215,7 @@ class RemoteStream:
                                 pool.first_token(backend, first)
                             data = line[5:].strip()
                             if data == "[DONE]":
+                                await _drain(lines)
                                 break
                             for sample in self._consume_checked(data, choices, chat, n, backend):
                                 finished += 1
@@ -224,8 +225,6 @@ class RemoteStream:
                                 # It ignored max_tokens: closing the stream, undrained, stops
                                 # it; reading on would take whatever it keeps sending.
                                 break
-                        else:
-                            await _drain(lines)
         except TimeoutError:
             if first is not None or first_token_s is None:
                 raise

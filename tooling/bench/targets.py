@@ -57,15 +57,20 @@ def tree_rss_mb(pid: int, exclude: frozenset[int] = frozenset()) -> float:
 
     Shared pages count once per process, so this overstates the true footprint a little.
     """
+    return sum(_rss_kib(p) for p in [pid, *descendants(pid, exclude)]) / 1024
+
+
+def descendants(pid: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """Every live descendant of ``pid``, except the trees rooted at ``exclude``."""
     tree = _children()
-    total, todo = 0, [pid]
+    out, todo = [], list(tree.get(pid, ()))
     while todo:
         current = todo.pop()
         if current in exclude:
             continue
-        total += _rss_kib(current)
+        out.append(current)
         todo.extend(tree.get(current, ()))
-    return total / 1024
+    return out
 
 
 class RssSampler:

@@ -1,0 +1,232 @@
+"""CPU per request of the bestofk process against an instant backend, beside the direct path.
+
+On a small machine the service's CPU is taken from the engine beside it, so the CPU one request
+costs in bestofk, not its latency, is the figure that says what the proxy costs. The backend is
+the scripted OpenAI server in ``ok`` mode (:mod:`bestofk.tooling.fake_backend`): every candidate is
+two tokens, streamed at once, so what is measured is bestofk's own work (parsing, the pipeline,
+verifiers, rendering, metrics, the record) and the backend's, never waiting for a model.
+
+For each K and verifier set, requests go one at a time, first straight to the backend (the direct
+path: one streamed ``n=K`` completion, as bestofk sends it), then through bestofk's ``/generate``.
+The CPU time of each process tree (``/proc``: every thread, and the verifier worker processes)
+over the run, divided by the requests, is the figure; the verdict latency is the mean
+``latency_ms`` the verifiers reported.
+
+    python -m bestofk.tooling.bench.cpu [--requests 200] [--k 1,8,32] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bestofk.tooling.bench.targets import descendants
+from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+
+VERIFIER_SETS: dict[str, list[dict[str, Any]]] = {
+    "none": [],
+    "regex": [{"type": "regex", "pattern": r"^\s*42\s*$"}],
+    "cheap": [
+        {"type": "regex", "pattern": r"^\s*42\s*$"},
+        {"type": "exact", "reference": "42"},
+        {"type": "json_schema", "schema": {"type": "integer", "minimum": 0}},
+    ],
+}
+"""The verifier sets of the table: none, one regex, and three cheap checks together."""
+PROMPT = "What is 6 times 7? Answer with a number only."
+MAX_TOKENS = 8
+TARGET_K8_REGEX_MS = 1.5
+TARGET_VERDICT_MS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRow:
+    """One (K, verifier set) cell: CPU milliseconds per request, and the verdicts' latency."""
+
+    k: int
+    verifiers: str
+    requests: int
+    bestofk_ms: float
+    """CPU of the bestofk process tree per request through it."""
+    backend_via_ms: float
+    """CPU of the backend per request through bestofk."""
+    backend_direct_ms: float
+    """CPU of the backend per request sent to it directly: the direct path."""
+    verdict_ms: float | None
+    """Mean verdict latency the verifiers reported (None without verifiers)."""
+    p50_ms: float
+    """Wall-clock p50 through bestofk, one request at a time."""
+    direct_p50_ms: float
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (every thread of each)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue  # exited since the listing
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def _timed_loop(
+    send: Callable[[], httpx.Response], requests: int, pids: Sequence[int]
+) -> tuple[list[float], list[float], list[httpx.Response]]:
+    """Send ``requests`` one after another: (CPU s per pid over the run, latencies, replies)."""
+    before = [_cpu_s(p) for p in pids]
+    latencies, replies = [], []
+    for _ in range(requests):
+        start_s = time.perf_counter()
+        reply = send()
+        latencies.append((time.perf_counter() - start_s) * 1000)
+        if reply.status_code != 200:
+            raise RuntimeError(f"{reply.status_code}: {reply.text[:300]}")
+        replies.append(reply)
+    return [_cpu_s(p) - b for p, b in zip(pids, before, strict=True)], latencies, replies
+
+
+def _direct_body(k: int) -> dict[str, Any]:
+    # What bestofk sends for the same request: a streamed n=K completion with usage and logprobs
+    # (the default tie-break asks for them).
+    return {
+        "model": "demo", "prompt": PROMPT, "n": k, "max_tokens": MAX_TOKENS, "stream": True,
+        "stream_options": {"include_usage": True}, "logprobs": 0,
+    }  # fmt: skip
+
+
+def measure(
+    bestofk: Server, backend: Server, ks: Sequence[int], requests: int, warmup: int = 20
+) -> list[CpuRow]:
+    """The table, against running servers (``backend`` is a fake backend in ``ok`` mode)."""
+    rows = []
+    pids = [bestofk.process.pid, backend.process.pid]
+    with httpx.Client(timeout=60) as client:
+        for k in ks:
+            direct = _direct_body(k)
+
+            def send_direct(body: dict[str, Any] = direct) -> httpx.Response:
+                return client.post(backend.url + "/v1/completions", json=body)
+
+            _timed_loop(send_direct, warmup, pids)
+            (_, direct_cpu), direct_lat, _ = _timed_loop(send_direct, requests, pids)
+            for name, verifiers in VERIFIER_SETS.items():
+                body = {"prompt": PROMPT, "k": k, "sampling": {"max_tokens": MAX_TOKENS},
+                        "verifiers": verifiers}  # fmt: skip
+
+                def send(body: dict[str, Any] = body) -> httpx.Response:
+                    return client.post(bestofk.url + "/generate", json=body)
+
+                _timed_loop(send, warmup, pids)
+                (own, via), latencies, replies = _timed_loop(send, requests, pids)
+                verdicts = [
+                    v["latency_ms"]
+                    for r in replies
+                    for c in r.json()["candidates"]
+                    for v in c["verdicts"]
+                ]
+                rows.append(
+                    CpuRow(
+                        k=k,
+                        verifiers=name,
+                        requests=requests,
+                        bestofk_ms=own * 1000 / requests,
+                        backend_via_ms=via * 1000 / requests,
+                        backend_direct_ms=direct_cpu * 1000 / requests,
+                        verdict_ms=statistics.fmean(verdicts) if verdicts else None,
+                        p50_ms=statistics.median(latencies),
+                        direct_p50_ms=statistics.median(direct_lat),
+                    )
+                )
+    return rows
+
+
+def markdown(rows: Sequence[CpuRow]) -> str:
+    """The table, with the targets' verdicts under it."""
+    lines = [
+        "| K | verifiers | bestofk CPU ms/req | backend CPU ms/req via bestofk "
+        "| backend CPU ms/req direct | mean verdict ms | p50 ms via | p50 ms direct |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        verdict = "-" if r.verdict_ms is None else f"{r.verdict_ms:.3f}"
+        lines.append(
+            f"| {r.k} | {r.verifiers} | {r.bestofk_ms:.2f} | {r.backend_via_ms:.2f} "
+            f"| {r.backend_direct_ms:.2f} | {verdict} | {r.p50_ms:.1f} | {r.direct_p50_ms:.1f} |"
+        )
+    k8 = next((r for r in rows if r.k == 8 and r.verifiers == "regex"), None)
+    verdicts = [r.verdict_ms for r in rows if r.verdict_ms is not None]
+    lines.append("")
+    if k8 is not None:
+        met = "met" if k8.bestofk_ms <= TARGET_K8_REGEX_MS else "NOT met"
+        lines.append(
+            f"- CPU per request at K=8 with a regex verifier: {k8.bestofk_ms:.2f} ms "
+            f"(target ≤ {TARGET_K8_REGEX_MS} ms: {met})"
+        )
+    if verdicts:
+        worst = max(verdicts)
+        met = "met" if worst <= TARGET_VERDICT_MS else "NOT met"
+        lines.append(
+            f"- a cheap verifier's verdict: at most {worst:.3f} ms on average per cell "
+            f"(target ≤ {TARGET_VERDICT_MS} ms: {met})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def start_servers(stack: ExitStack, logs: Path) -> tuple[Server, Server]:
+    """A fake backend in ``ok`` mode and a bestofk over it, both ready; stopped with ``stack``."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bestofk.tooling.fake_backend", "--port", str(port)]
+    backend = start([*cmd, "--mode", "ok"], logs / "fake_backend.log", dict(os.environ), port)
+    stack.callback(backend.stop)
+    backend.wait_ready(30, path="/control")
+    # Records off: a request's record is written off the request path, but its CPU is still
+    # bestofk's; the figure is for the default server, which records nothing.
+    bestofk = start_bestofk(logs / "bestofk.log", "--backend", backend.url, env=engine_env())
+    stack.callback(bestofk.stop)
+    bestofk.wait_ready(60)
+    return bestofk, backend
+
+
+def run(ks: Sequence[int], requests: int, logs: Path | None = None) -> list[CpuRow]:
+    """Start the two servers, measure, stop them."""
+    with ExitStack() as stack:
+        directory = logs or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        bestofk, backend = start_servers(stack, directory)
+        return measure(bestofk, backend, ks, requests)
+
+
+def _cells(rows: Sequence[CpuRow]) -> Iterator[dict[str, Any]]:
+    yield from (asdict(r) for r in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m bestofk.tooling.bench.cpu``: print the table (and write it as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="per cell (default 200)")
+    parser.add_argument("--k", default="1,8,32", help="comma-separated K values")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+    rows = run([int(k) for k in args.k.split(",")], args.requests)
+    print(markdown(rows), end="")
+    if args.json:
+        args.json.write_text(json.dumps(list(_cells(rows)), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
