@@ -728,6 +728,15 @@ def bench(
             "--no-targets", metavar="", help="Only the grid: skip early exit, /health, RSS."
         ),
     ] = False,
+    cpu_only: Annotated[
+        bool,
+        typer.Option(
+            "--cpu-only",
+            metavar="",
+            help="Only the CPU table: bestofk's CPU per request against an instant fake "
+            "backend at K = 1, 8, 32, beside the direct path (no vLLM; a minute).",
+        ),
+    ] = False,
     logs: Annotated[
         Path | None, typer.Option(metavar="DIR", help="Server logs here (default: a temp dir).")
     ] = None,
@@ -783,6 +792,15 @@ def bench(
         targets=not no_targets,
         port=port,
     )
+    if cpu_only:
+        from bestofk.tooling.bench import cpu
+
+        rows = cpu.run(config.cpu_ks, config.cpu_requests, logs)
+        console.print(cpu.markdown(rows), markup=False, highlight=False)
+        if json_out is not None:
+            cells = [dataclasses.asdict(r) for r in rows]
+            json_out.write_text(json.dumps(cells, indent=2) + "\n")
+        return
     _engine_env()
     report = bench_lib.run(str(model or DEMO_MODEL), config, logs, log=console.print)
     table = report.markdown()

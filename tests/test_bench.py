@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,21 @@ def test_service_rss_counts_the_process(remote_server: Server) -> None:
     assert tree_rss_mb(pid) > 10
     assert tree_rss_mb(pid, exclude=frozenset({pid})) == 0
     assert tree_rss_mb(2**22 + 1) == 0  # no such process
+
+
+def test_cpu_table_measures_bestofk_beside_the_direct_path(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bestofk.tooling.bench.cpu", "--requests", "30", "--k", "1,8",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["k"], r["verifiers"]) for r in rows] == [
+        (k, v) for k in (1, 8) for v in ("none", "regex", "cheap")
+    ]
+    for row in rows:
+        assert row["bestofk_ms"] > 0 and row["backend_direct_ms"] >= 0, row
+        assert (row["verdict_ms"] is None) == (row["verifiers"] == "none"), row
+    assert "CPU per request at K=8 with a regex verifier" in run.stdout

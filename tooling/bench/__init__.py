@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bestofk.tooling.bench import load, targets
+from bestofk.tooling.bench import cpu, load, targets
 from bestofk.tooling.bench.modes import (
     ALL_MODES,
     ENGINE_SWITCH_PAUSE_S,
@@ -67,6 +67,9 @@ class BenchConfig:
     """32 concurrent best-of-8 unit_tests requests, this many in all, while /health is probed."""
     port: int | None = None
     """The servers listen on consecutive ports from this one; None: free ports."""
+    cpu_ks: Sequence[int] = (1, 8, 32)
+    cpu_requests: int = 200
+    """Requests per cell of the CPU table (one at a time, against an instant backend)."""
 
     def cell_requests(self, concurrency: int, k: int) -> int:
         """How many requests each mode makes in the cell (concurrency, k)."""
@@ -239,6 +242,8 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
     """Start vLLM, bestofk over it, bestofk in-process (and OptiLLM when installed), measure,
     stop them all."""
     directory = logs_dir(logs)
+    log(f"CPU per request against an instant backend: K={list(config.cpu_ks)}")
+    cpu_rows = cpu.run(config.cpu_ks, config.cpu_requests, directory)
     optillm_ks = list(config.ks) if "g" in config.modes else []
     local = "i" in config.modes or config.targets
     with started(model, directory, optillm_ks, local=local, log=log, port=config.port) as stack:
@@ -253,6 +258,7 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
             )
         )
     report.environment["logs"] = str(directory)
+    report.cpu = cpu_rows
     return report
 
 

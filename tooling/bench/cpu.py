@@ -12,6 +12,7 @@ The CPU time of each process tree (``/proc``: every thread, and the verifier wor
 over the run, divided by the requests, is the figure; the verdict latency is the mean
 ``latency_ms`` the verifiers reported.
 
+    bestofk bench --cpu-only [--json OUT]
     python -m bestofk.tooling.bench.cpu [--requests 200] [--k 1,8,32] [--json OUT]
 """
 
@@ -24,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -211,10 +212,6 @@ def run(ks: Sequence[int], requests: int, logs: Path | None = None) -> list[CpuR
         return measure(bestofk, backend, ks, requests)
 
 
-def _cells(rows: Sequence[CpuRow]) -> Iterator[dict[str, Any]]:
-    yield from (asdict(r) for r in rows)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m bestofk.tooling.bench.cpu``: print the table (and write it as JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -225,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = run([int(k) for k in args.k.split(",")], args.requests)
     print(markdown(rows), end="")
     if args.json:
-        args.json.write_text(json.dumps(list(_cells(rows)), indent=2) + "\n")
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
 
 
 if __name__ == "__main__":

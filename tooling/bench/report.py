@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bestofk.tooling.bench import cpu
 from bestofk.tooling.bench.modes import BASELINE, MODE_LABELS
 from bestofk.tooling.bench.targets import Cells, EarlyExitFigures, HealthFigures, Target
 
@@ -28,6 +29,8 @@ class Report:
     health: HealthFigures | None = None
     rss_peaks_mb: dict[str, float] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
+    cpu: list[cpu.CpuRow] = field(default_factory=list)
+    """CPU per request of bestofk against an instant backend (:mod:`bestofk.tooling.bench.cpu`)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes null)."""
@@ -45,6 +48,7 @@ class Report:
                 "health": _asdict(self.health),
                 "rss_peaks_mb": self.rss_peaks_mb,
                 "targets": [t.to_json() for t in self.targets],
+                "cpu": [asdict(row) for row in self.cpu],
             }
         )
         return out
@@ -70,6 +74,8 @@ class Report:
         for t in self.targets:
             met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
             lines.append(f"| {t.name} | {t.target} | {t.value} | {met} | {t.detail} |")
+        if self.cpu:
+            lines += ["", "CPU per request against an instant backend:", "", cpu.markdown(self.cpu)]
         if self.skipped:
             lines.append("")
             lines += [f"- ({m}) {MODE_LABELS[m]} skipped: {why}" for m, why in self.skipped.items()]
