@@ -13,6 +13,7 @@ live scrape, so a rename here fails there.
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,11 +147,20 @@ def observe(result: RerankResult) -> None:
         GENERATION_DURATION.observe(timing.generate_ms / 1000)
     K.observe(result.k)
     CANDIDATES.inc(len(result.candidates))
+    # One label lookup per verifier, not per verdict: K x verifiers lookups add up per request.
+    outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+    latencies: dict[str, list[float]] = {}
     for scored in result.candidates:
         for verdict in scored.verdicts:
             outcome = "error" if verdict.error else ("pass" if verdict.passed else "fail")
-            VERDICTS.labels(verdict.verifier, outcome).inc()
-            VERIFICATION_DURATION.labels(verdict.verifier).observe(verdict.latency_ms / 1000)
+            outcomes[verdict.verifier, outcome] += 1
+            latencies.setdefault(verdict.verifier, []).append(verdict.latency_ms / 1000)
+    for (verifier, outcome), count in outcomes.items():
+        VERDICTS.labels(verifier, outcome).inc(count)
+    for verifier, seconds in latencies.items():
+        histogram = VERIFICATION_DURATION.labels(verifier)
+        for value in seconds:
+            histogram.observe(value)
     if any(s.verdicts for s in result.candidates):
         RERANKED.inc()
         if result.passing:
