@@ -29,8 +29,8 @@ from bestofk.service.engines.base import (
     Sample,
     SamplingConfig,
     TokenLogprob,
-    max_candidate_bytes,
 )
+from bestofk.service.engines.stream import EngineStream
 from bestofk.service.errors import (
     BackendError,
     BestOfKError,
@@ -52,46 +52,18 @@ LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
 """A token, its logprob (None if the backend sent none) and its top alternatives."""
 
 
-class RemoteStream:
+class RemoteStream(EngineStream["OpenAIEngine"]):
     """K candidates from one backend, in the order they finish."""
 
-    def __init__(
-        self,
-        engine: OpenAIEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> None:
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self._max_tokens = sampling.max_tokens
-        self._max_bytes = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
-        self._gen = self._run(engine, prompt, k, sampling, request_id)
-
-    def __aiter__(self) -> AsyncIterator[Sample]:
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Closing the HTTP stream makes the backend abort the unfinished candidates."""
-        await self._gen.aclose()
-
-    async def _run(
-        self,
-        engine: OpenAIEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> AsyncGenerator[Sample, None]:
-        backend = engine.pool.pick()
-        first_token_s = engine.pool.first_token_timeout(backend)
+    async def _samples(self) -> AsyncGenerator[Sample, None]:
+        pool = self.engine.pool
+        backend = pool.pick()
+        first_token_s = pool.first_token_timeout(backend)
         handed_on = False
         # Each nested stream is closed as its consumer stops (aclosing), not whenever the
         # garbage collector gets to it: closing is what aborts the work at the backend.
-        first = self._attempt(engine, backend, prompt, k, sampling, first_token_s)
         try:
-            async with contextlib.aclosing(first) as samples:
+            async with contextlib.aclosing(self._attempt(backend, first_token_s)) as samples:
                 async for sample in samples:
                     handed_on = True
                     yield sample
@@ -99,31 +71,24 @@ class RemoteStream:
         except BackendError as exc:
             # Nothing of this request has left the engine yet: another backend can take it
             # whole, and the client never learns of the failure.
-            retry = None if handed_on else engine.pool.alternative(backend)
+            retry = None if handed_on else pool.alternative(backend)
             if retry is None:
                 raise
-            log.warning("request %s: %s; retrying on %s", request_id, exc.message, retry.label)
-        async with contextlib.aclosing(
-            self._attempt(engine, retry, prompt, k, sampling, None)
-        ) as samples:
+            log.warning("request %s: %s; retrying on %s", self.request_id, exc.message, retry.label)
+        async with contextlib.aclosing(self._attempt(retry, None)) as samples:
             async for sample in samples:
                 yield sample
 
     async def _attempt(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
+        k = self.k
         backend.in_flight += 1
         try:
             if backend.supports_n is not False and k > 1:
                 try:
                     async with contextlib.aclosing(
-                        self._call(engine, backend, prompt, k, 0, sampling, first_token_s)
+                        self._call(backend, k, 0, first_token_s)
                     ) as samples:
                         async for sample in samples:
                             yield sample
@@ -132,29 +97,22 @@ class RemoteStream:
                 except _NRefusedError:
                     log.warning("backend %s refuses n>1; using %d calls of n=1", backend.label, k)
                     backend.supports_n = False
-            async with contextlib.aclosing(
-                self._fan_out(engine, backend, prompt, k, sampling, first_token_s)
-            ) as samples:
+            async with contextlib.aclosing(self._fan_out(backend, first_token_s)) as samples:
                 async for sample in samples:
                     yield sample
         finally:
             backend.in_flight -= 1
 
     async def _fan_out(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
+        k = self.k
         queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
 
         async def one(index: int) -> None:
             try:
                 async with contextlib.aclosing(
-                    self._call(engine, backend, prompt, 1, index, sampling, first_token_s)
+                    self._call(backend, 1, index, first_token_s)
                 ) as samples:
                     async for sample in samples:
                         await queue.put(sample)
@@ -175,20 +133,16 @@ class RemoteStream:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _call(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        n: int,
-        index_offset: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, n: int, index_offset: int, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
         """One streamed call; ``first_token_s``: give up on the backend (``_NoFirstTokenError``)
         if no token has come by then."""
+        engine = self.engine
         pool = engine.pool
-        chat = prompt.messages is not None
-        path, body = _request_body(engine.model_for(backend), prompt, n, sampling, backend.vllm)
+        chat = self.prompt.messages is not None
+        path, body = _request_body(
+            engine.model_for(backend), self.prompt, n, self.sampling, backend.vllm
+        )
         choices: dict[int, PartialSample] = {}
         finished = 0
         started = False
@@ -204,7 +158,7 @@ class RemoteStream:
                         await _raise_for_status(response, n)
                     # A line is at most one delta of each candidate; the JSON around them and
                     # their escapes take a few times the text (8x is ample).
-                    line_cap = 8 * n * self._max_bytes + 65_536
+                    line_cap = 8 * n * self.max_bytes + 65_536
                     async with contextlib.aclosing(_sse_lines(response, line_cap)) as lines:
                         async for line in lines:
                             if not line.startswith("data:"):
@@ -301,19 +255,14 @@ class RemoteStream:
             self.completion_tokens += new_tokens
             size = len(text.encode()) if isinstance(text, str) else 0
             size += sum(len(t) + sum(len(a) for a, _ in top) for t, _, top in entries)
-            if acc.tokens + new_tokens > self._max_tokens or acc.size + size > self._max_bytes:
-                acc.capped = True
+            if not self.extend(acc, text, new_tokens, size):
                 log.warning(
                     "backend %s ignores max_tokens: candidate %d passed %d tokens or %d bytes; "
                     "ended there with finish_reason length",
-                    backend.label, index, self._max_tokens, self._max_bytes,
+                    backend.label, index, self.sampling.max_tokens, self.max_bytes,
                 )  # fmt: skip
                 finished.append(acc.finish(index, "length"))
                 continue
-            if text:
-                acc.text.append(text)
-            acc.size += size
-            acc.tokens += new_tokens
             _add_logprobs(acc, entries)
             if raw.get("finish_reason") is not None:
                 finished.append(acc.finish(index, raw["finish_reason"]))
@@ -554,7 +503,7 @@ class OpenAIEngine:
         self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
     ) -> RemoteStream:
         """Start K candidates on one backend."""
-        return RemoteStream(self, prompt, k, sampling, request_id)
+        return RemoteStream(self, prompt, k, sampling, request_id, self.options.max_bytes_per_token)
 
 
 __all__ = ["BestOfKError", "OpenAIEngine", "RemoteOptions"]
