@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -37,19 +35,22 @@ from bestofk.service.errors import (
     DeadlineExceededError,
     InvalidRequestError,
 )
+from bestofk.verifiers.openai_http import (
+    ErrorReply,
+    LogprobEntry,
+    ProtocolError,
+    logprob_entries,
+    parse_chunk,
+    pooled_limits,
+    read_error,
+    request_body,
+    sse_lines,
+)
 
 log = logging.getLogger(__name__)
 
-_SSE_EOL = re.compile(r"\r\n|\r|\n")
 DRAIN_S = 1.0
 """How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
-KEEPALIVE_S = 2.0
-"""Idle pooled connections are dropped after this. vLLM's server (uvicorn) closes them after
-5 s; a request sent on one as it closes fails with a transport error."""
-
-
-LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
-"""A token, its logprob (None if the backend sent none) and its top alternatives."""
 
 
 class RemoteStream(EngineStream["OpenAIEngine"]):
@@ -155,11 +156,11 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 ) as response:
                     started = True
                     if response.status_code >= 400:
-                        await _raise_for_status(response, n)
+                        raise _refusal(await read_error(response), n)
                     # A line is at most one delta of each candidate; the JSON around them and
                     # their escapes take a few times the text (8x is ample).
                     line_cap = 8 * n * self.max_bytes + 65_536
-                    async with contextlib.aclosing(_sse_lines(response, line_cap)) as lines:
+                    async with contextlib.aclosing(sse_lines(response, line_cap)) as lines:
                         async for line in lines:
                             if not line.startswith("data:"):
                                 continue
@@ -199,8 +200,10 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             raise pool.failed(
                 backend, BackendError(f"backend {backend.label} {what}: {exc!r}"), down=True
             ) from exc
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             # It does not speak the protocol: out until a health check passes again.
+            raise pool.failed(backend, _ProtocolError(str(exc)), down=True) from None
+        except _ProtocolError as exc:
             raise pool.failed(backend, exc, down=True) from None
         except BackendError as exc:
             raise pool.failed(backend, exc) from None
@@ -224,9 +227,11 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
     ) -> list[Sample]:
         """The candidates a stream line finishes; BackendError for a line we cannot read."""
         try:
-            samples = self._consume(_parse_chunk(data), choices, chat, backend)
+            samples = self._consume(parse_chunk(data), choices, chat, backend)
             if any(not 0 <= s.index < n for s in samples):
                 raise ValueError(f"choice index out of range for n={n}")
+        except ErrorReply as reply:
+            raise _refusal(reply, None) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _ProtocolError(
                 f"backend {backend.label} sent a malformed stream chunk "
@@ -247,7 +252,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             if acc.capped:
                 continue
             text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
-            entries = _logprob_entries(raw.get("logprobs"), chat)
+            entries = logprob_entries(raw.get("logprobs"), chat)
             new_tokens = len(entries)
             if not new_tokens and isinstance(ids := raw.get("token_ids"), list):
                 # No logprobs asked for: vLLM's token ids (``return_token_ids``) count instead.
@@ -284,13 +289,7 @@ class _NoFirstTokenError(BackendError):
 def _request_body(
     model: str, prompt: Prompt, n: int, sampling: SamplingConfig, vllm: bool = False
 ) -> tuple[str, dict[str, Any]]:
-    body: dict[str, Any] = {
-        "model": model,
-        "n": n,
-        "stream": True,
-        # continuous_usage_stats (a vLLM extension, ignored elsewhere) reports prompt tokens
-        # in every chunk, so they are known even when early exit cuts the stream.
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    params: dict[str, Any] = {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
@@ -304,34 +303,32 @@ def _request_body(
         "min_p": (sampling.min_p, 0.0),
         "repetition_penalty": (sampling.repetition_penalty, 1.0),
     }
-    body.update({name: value for name, (value, off) in extensions.items() if value != off})
+    params.update({name: value for name, (value, off) in extensions.items() if value != off})
     if vllm:
         # Only to vLLM: a stricter server could refuse the unknown fields.
-        body["stream_interval"] = STREAM_INTERVAL
+        params["stream_interval"] = STREAM_INTERVAL
         if not sampling.wants_logprobs:
-            body["return_token_ids"] = True  # each candidate's token count, without logprobs
+            params["return_token_ids"] = True  # each candidate's token count, without logprobs
     if sampling.stop:
-        body["stop"] = list(sampling.stop)
+        params["stop"] = list(sampling.stop)
     if sampling.seed is not None:
-        body["seed"] = sampling.seed
+        params["seed"] = sampling.seed
     if sampling.logit_bias:
-        body["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+        params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     if sampling.json_schema is not None:
-        body["response_format"] = {
+        params["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": dict(sampling.json_schema)},
         }
-    top = sampling.top_logprobs or 0
-    if prompt.messages is not None:
-        body["messages"] = [dict(m) for m in prompt.messages]
-        if sampling.wants_logprobs:
-            body["logprobs"] = True
-            body["top_logprobs"] = top
-        return "/v1/chat/completions", body
-    body["prompt"] = prompt.text
-    if sampling.wants_logprobs:
-        body["logprobs"] = top
-    return "/v1/completions", body
+    return request_body(
+        model,
+        prompt=prompt.text,
+        messages=prompt.messages,
+        n=n,
+        top_logprobs=(sampling.top_logprobs or 0) if sampling.wants_logprobs else None,
+        stream=True,
+        params=params,
+    )
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:
@@ -346,71 +343,6 @@ async def _drain(lines: AsyncIterator[str]) -> None:
                 pass
 
 
-async def _sse_lines(response: httpx.Response, max_chars: int) -> AsyncGenerator[str, None]:
-    """The event stream's lines, split only where SSE ends a line (CRLF, LF or CR).
-
-    httpx's ``aiter_lines`` splits like ``str.splitlines``: also at U+2028, U+0085 and other
-    separators that JSON leaves unescaped inside strings, so a candidate containing one cut its
-    chunk in two (a "malformed chunk", and the backend marked unhealthy). A line longer than
-    ``max_chars`` is an error: waiting for its end would buffer without bound.
-    """
-    pending = ""
-    async for text in response.aiter_text():
-        lines = _SSE_EOL.split(pending + text)
-        pending = lines.pop()  # no terminator yet: the rest of it is in the next read
-        if len(pending) > max_chars:
-            raise _ProtocolError(
-                f"backend {response.request.url.host}:{response.request.url.port} sent a "
-                f"stream line longer than {max_chars} characters"
-            )
-        for line in lines:
-            yield line
-    if pending:
-        yield pending
-
-
-def _parse_chunk(data: str) -> dict[str, Any]:
-    """One stream line's JSON object; ValueError if it is none, BackendError for an error
-    event (about this request: the backend itself may be fine)."""
-    chunk = json.loads(data)
-    if not isinstance(chunk, dict):
-        raise ValueError("a stream chunk must be a JSON object")
-    if "error" in chunk:
-        error = chunk["error"]
-        # vLLM validates some fields (logit_bias against the vocabulary) only once the
-        # stream has begun: a refusal of the request, sent as an event after the 200.
-        if isinstance(error, dict) and str(error.get("code")) in ("400", "422"):
-            param = error.get("param")
-            raise InvalidRequestError(
-                f"the backend rejected the request: {error.get('message')}",
-                param=param if isinstance(param, str) else None,
-            )
-        raise BackendError(f"backend error mid-stream: {error}")
-    return chunk
-
-
-def _logprob_entries(raw: Any, chat: bool) -> list[LogprobEntry]:
-    """One chunk's logprobs, in either API's shape: one entry per token it carries."""
-    if not isinstance(raw, dict):
-        return []
-    if chat:
-        return [
-            (
-                e.get("token", ""),
-                e.get("logprob"),
-                [(t.get("token", ""), t.get("logprob")) for t in (e.get("top_logprobs") or [])],
-            )
-            for e in raw.get("content") or []
-        ]
-    tokens = raw.get("tokens") or []
-    lps = raw.get("token_logprobs") or []
-    top_dicts = raw.get("top_logprobs") or [None] * len(tokens)
-    return [
-        (token, logprob, list((top or {}).items()))
-        for token, logprob, top in zip(tokens, lps, top_dicts, strict=False)
-    ]
-
-
 def _add_logprobs(acc: PartialSample, entries: list[LogprobEntry]) -> None:
     for token, logprob, top in entries:
         if logprob is None:
@@ -422,23 +354,18 @@ def _add_logprobs(acc: PartialSample, entries: list[LogprobEntry]) -> None:
         )
 
 
-async def _raise_for_status(response: httpx.Response, n: int) -> None:
-    raw = (await response.aread()).decode("utf-8", "replace")
-    param = None
-    try:
-        error = json.loads(raw)["error"]
-        message, param = error["message"], error.get("param")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message = raw[:500]
-    status = response.status_code
-    if status == 400 and n > 1 and "n" in str(message).lower().split("'"):
-        raise _NRefusedError(message)
-    if status in (400, 422):
-        raise InvalidRequestError(
-            f"the backend rejected the request: {message}",
-            param=param if isinstance(param, str) else None,
+def _refusal(reply: ErrorReply, n: int | None) -> Exception:
+    """Our error for the backend's: its answer to the call (``n``: how many it asked for), or
+    an error event mid-stream (``n`` None)."""
+    if n is not None and reply.status == 400 and n > 1 and "n" in reply.message.lower().split("'"):
+        return _NRefusedError(reply.message)
+    if reply.rejected:
+        return InvalidRequestError(
+            f"the backend rejected the request: {reply.message}", param=reply.param
         )
-    raise BackendError(f"backend answered {status}: {message}")
+    if n is None:
+        return BackendError(f"backend error mid-stream: {reply.detail}")
+    return BackendError(f"backend answered {reply.status}: {reply.message}")
 
 
 class OpenAIEngine:
@@ -450,9 +377,7 @@ class OpenAIEngine:
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S
-            ),
+            limits=pooled_limits(),
         )
         self._health_task: asyncio.Task[None] | None = None
 
