@@ -191,14 +191,17 @@ def create_app(
                 await engine.close()
             finally:
                 try:
-                    resources.sandbox.close()
+                    await resources.http.aclose()
                 finally:
                     try:
-                        resources.workers.close()
+                        resources.sandbox.close()
                     finally:
-                        if recorder is not None:
-                            # Drains the queue and fsyncs; blocking file work, off the loop.
-                            await asyncio.to_thread(recorder.close)
+                        try:
+                            resources.workers.close()
+                        finally:
+                            if recorder is not None:
+                                # Drains the queue and fsyncs; blocking file work, off the loop.
+                                await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)

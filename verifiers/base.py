@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_chec
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
+from bestofk.verifiers.openai_http import PooledClient
+
 if TYPE_CHECKING:
     from bestofk.verifiers.sandbox.pool import SandboxPool
     from bestofk.verifiers.workers import WorkerPool
@@ -110,6 +112,8 @@ class VerifierResources:
     """Model paths and endpoint URLs a spec may name (``judge.endpoint``, ``reward_model``);
     None allows any, which suits trusted clients only: a spec could otherwise make the server
     load a local model or call an internal URL."""
+    http: PooledClient = field(default_factory=PooledClient)
+    """The one HTTP client of the model endpoints (``judge.endpoint``, ``reward_model``)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Room for engine handles (judge, reward model) without a circular import."""
 

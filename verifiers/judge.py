@@ -127,7 +127,7 @@ def judge_model(spec: JudgeSpec, resources: VerifierResources) -> Completer:
     """The model to ask; raises ValueError (the verdicts' error) when there is none."""
     if spec.endpoint is not None:
         check_allowed(spec.endpoint, spec.model, resources.allowed_models)
-        return EndpointCompleter(spec.endpoint, spec.model, spec.timeout_s)
+        return EndpointCompleter(spec.endpoint, spec.model, spec.timeout_s, resources.http)
     if resources.completer is None:
         raise ValueError(
             "no judge model: this server has no engine to judge with; name an 'endpoint'"

@@ -38,7 +38,8 @@ from bestofk.verifiers.base import (
     timed,
 )
 from bestofk.verifiers.batching import Coalescer
-from bestofk.verifiers.endpoint import base_url, check_allowed, post_json, served_model
+from bestofk.verifiers.endpoint import check_allowed
+from bestofk.verifiers.openai_http import base_url, post_json, served_model
 from bestofk.verifiers.templates import check_template
 
 ENGINE_ARGS_KEY = "reward_model_engine_args"
@@ -125,6 +126,7 @@ class RewardModelVerifier:
         self._engine_args = {**DEFAULT_ENGINE_ARGS, **resources.extras.get(ENGINE_ARGS_KEY, {})}
         # A target the server does not allow fails the request here, before generating.
         check_allowed(spec.endpoint, spec.model, resources.allowed_models)
+        self._http = resources.http
         self._batches: Coalescer[str, list[float]] = Coalescer(self._score_batch)
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
@@ -159,13 +161,13 @@ class RewardModelVerifier:
 
     async def _remote(self, endpoint: str, texts: Sequence[str]) -> list[list[float]]:
         base = base_url(endpoint)
-        async with httpx.AsyncClient(timeout=self.spec.timeout_s) as client:
-            model = self.spec.model or await served_model(client, base)
-            body: dict[str, Any] = {"model": model, "input": list(texts)}
-            if self.spec.api == "pooling":
-                body["use_activation"] = False  # the raw head output; the sigmoid is ours
-            path = "/classify" if self.spec.api == "classify" else "/pooling"
-            data = await post_json(client, base + path, body)
+        client, timeouts = self._http.client, httpx.Timeout(self.spec.timeout_s)
+        model = self.spec.model or await served_model(client, base, timeouts)
+        body: dict[str, Any] = {"model": model, "input": list(texts)}
+        if self.spec.api == "pooling":
+            body["use_activation"] = False  # the raw head output; the sigmoid is ours
+        path = "/classify" if self.spec.api == "classify" else "/pooling"
+        data = await post_json(client, base + path, body, timeouts)
         rows = data.get("data")
         if not isinstance(rows, list) or len(rows) != len(texts):
             raise ValueError(f"expected {len(texts)} results from {path}, got {rows!r:.200}")

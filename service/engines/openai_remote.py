@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -29,69 +27,44 @@ from bestofk.service.engines.base import (
     Sample,
     SamplingConfig,
     TokenLogprob,
-    max_candidate_bytes,
 )
+from bestofk.service.engines.stream import EngineStream
 from bestofk.service.errors import (
     BackendError,
     BestOfKError,
     DeadlineExceededError,
     InvalidRequestError,
 )
+from bestofk.verifiers.openai_http import (
+    ErrorReply,
+    LogprobEntry,
+    ProtocolError,
+    logprob_entries,
+    parse_chunk,
+    pooled_limits,
+    read_error,
+    request_body,
+    sse_lines,
+)
 
 log = logging.getLogger(__name__)
 
-_SSE_EOL = re.compile(r"\r\n|\r|\n")
 DRAIN_S = 1.0
 """How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
-KEEPALIVE_S = 2.0
-"""Idle pooled connections are dropped after this. vLLM's server (uvicorn) closes them after
-5 s; a request sent on one as it closes fails with a transport error."""
 
 
-LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
-"""A token, its logprob (None if the backend sent none) and its top alternatives."""
-
-
-class RemoteStream:
+class RemoteStream(EngineStream["OpenAIEngine"]):
     """K candidates from one backend, in the order they finish."""
 
-    def __init__(
-        self,
-        engine: OpenAIEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> None:
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self._max_tokens = sampling.max_tokens
-        self._max_bytes = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
-        self._gen = self._run(engine, prompt, k, sampling, request_id)
-
-    def __aiter__(self) -> AsyncIterator[Sample]:
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Closing the HTTP stream makes the backend abort the unfinished candidates."""
-        await self._gen.aclose()
-
-    async def _run(
-        self,
-        engine: OpenAIEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> AsyncGenerator[Sample, None]:
-        backend = engine.pool.pick()
-        first_token_s = engine.pool.first_token_timeout(backend)
+    async def _samples(self) -> AsyncGenerator[Sample, None]:
+        pool = self.engine.pool
+        backend = pool.pick()
+        first_token_s = pool.first_token_timeout(backend)
         handed_on = False
         # Each nested stream is closed as its consumer stops (aclosing), not whenever the
         # garbage collector gets to it: closing is what aborts the work at the backend.
-        first = self._attempt(engine, backend, prompt, k, sampling, first_token_s)
         try:
-            async with contextlib.aclosing(first) as samples:
+            async with contextlib.aclosing(self._attempt(backend, first_token_s)) as samples:
                 async for sample in samples:
                     handed_on = True
                     yield sample
@@ -99,31 +72,24 @@ class RemoteStream:
         except BackendError as exc:
             # Nothing of this request has left the engine yet: another backend can take it
             # whole, and the client never learns of the failure.
-            retry = None if handed_on else engine.pool.alternative(backend)
+            retry = None if handed_on else pool.alternative(backend)
             if retry is None:
                 raise
-            log.warning("request %s: %s; retrying on %s", request_id, exc.message, retry.label)
-        async with contextlib.aclosing(
-            self._attempt(engine, retry, prompt, k, sampling, None)
-        ) as samples:
+            log.warning("request %s: %s; retrying on %s", self.request_id, exc.message, retry.label)
+        async with contextlib.aclosing(self._attempt(retry, None)) as samples:
             async for sample in samples:
                 yield sample
 
     async def _attempt(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
+        k = self.k
         backend.in_flight += 1
         try:
             if backend.supports_n is not False and k > 1:
                 try:
                     async with contextlib.aclosing(
-                        self._call(engine, backend, prompt, k, 0, sampling, first_token_s)
+                        self._call(backend, k, 0, first_token_s)
                     ) as samples:
                         async for sample in samples:
                             yield sample
@@ -132,29 +98,22 @@ class RemoteStream:
                 except _NRefusedError:
                     log.warning("backend %s refuses n>1; using %d calls of n=1", backend.label, k)
                     backend.supports_n = False
-            async with contextlib.aclosing(
-                self._fan_out(engine, backend, prompt, k, sampling, first_token_s)
-            ) as samples:
+            async with contextlib.aclosing(self._fan_out(backend, first_token_s)) as samples:
                 async for sample in samples:
                     yield sample
         finally:
             backend.in_flight -= 1
 
     async def _fan_out(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
+        k = self.k
         queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
 
         async def one(index: int) -> None:
             try:
                 async with contextlib.aclosing(
-                    self._call(engine, backend, prompt, 1, index, sampling, first_token_s)
+                    self._call(backend, 1, index, first_token_s)
                 ) as samples:
                     async for sample in samples:
                         await queue.put(sample)
@@ -175,20 +134,16 @@ class RemoteStream:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _call(
-        self,
-        engine: OpenAIEngine,
-        backend: Backend,
-        prompt: Prompt,
-        n: int,
-        index_offset: int,
-        sampling: SamplingConfig,
-        first_token_s: float | None,
+        self, backend: Backend, n: int, index_offset: int, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
         """One streamed call; ``first_token_s``: give up on the backend (``_NoFirstTokenError``)
         if no token has come by then."""
+        engine = self.engine
         pool = engine.pool
-        chat = prompt.messages is not None
-        path, body = _request_body(engine.model_for(backend), prompt, n, sampling, backend.vllm)
+        chat = self.prompt.messages is not None
+        path, body = _request_body(
+            engine.model_for(backend), self.prompt, n, self.sampling, backend.vllm
+        )
         choices: dict[int, PartialSample] = {}
         finished = 0
         started = False
@@ -201,11 +156,11 @@ class RemoteStream:
                 ) as response:
                     started = True
                     if response.status_code >= 400:
-                        await _raise_for_status(response, n)
+                        raise _refusal(await read_error(response), n)
                     # A line is at most one delta of each candidate; the JSON around them and
                     # their escapes take a few times the text (8x is ample).
-                    line_cap = 8 * n * self._max_bytes + 65_536
-                    async with contextlib.aclosing(_sse_lines(response, line_cap)) as lines:
+                    line_cap = 8 * n * self.max_bytes + 65_536
+                    async with contextlib.aclosing(sse_lines(response, line_cap)) as lines:
                         async for line in lines:
                             if not line.startswith("data:"):
                                 continue
@@ -244,8 +199,10 @@ class RemoteStream:
             raise pool.failed(
                 backend, BackendError(f"backend {backend.label} {what}: {exc!r}"), down=True
             ) from exc
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             # It does not speak the protocol: out until a health check passes again.
+            raise pool.failed(backend, _ProtocolError(str(exc)), down=True) from None
+        except _ProtocolError as exc:
             raise pool.failed(backend, exc, down=True) from None
         except BackendError as exc:
             raise pool.failed(backend, exc) from None
@@ -269,9 +226,11 @@ class RemoteStream:
     ) -> list[Sample]:
         """The candidates a stream line finishes; BackendError for a line we cannot read."""
         try:
-            samples = self._consume(_parse_chunk(data), choices, chat, backend)
+            samples = self._consume(parse_chunk(data), choices, chat, backend)
             if any(not 0 <= s.index < n for s in samples):
                 raise ValueError(f"choice index out of range for n={n}")
+        except ErrorReply as reply:
+            raise _refusal(reply, None) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _ProtocolError(
                 f"backend {backend.label} sent a malformed stream chunk "
@@ -292,7 +251,7 @@ class RemoteStream:
             if acc.capped:
                 continue
             text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
-            entries = _logprob_entries(raw.get("logprobs"), chat)
+            entries = logprob_entries(raw.get("logprobs"), chat)
             new_tokens = len(entries)
             if not new_tokens and isinstance(ids := raw.get("token_ids"), list):
                 # No logprobs asked for: vLLM's token ids (``return_token_ids``) count instead.
@@ -300,19 +259,14 @@ class RemoteStream:
             self.completion_tokens += new_tokens
             size = len(text.encode()) if isinstance(text, str) else 0
             size += sum(len(t) + sum(len(a) for a, _ in top) for t, _, top in entries)
-            if acc.tokens + new_tokens > self._max_tokens or acc.size + size > self._max_bytes:
-                acc.capped = True
+            if not self.extend(acc, text, new_tokens, size):
                 log.warning(
                     "backend %s ignores max_tokens: candidate %d passed %d tokens or %d bytes; "
                     "ended there with finish_reason length",
-                    backend.label, index, self._max_tokens, self._max_bytes,
+                    backend.label, index, self.sampling.max_tokens, self.max_bytes,
                 )  # fmt: skip
                 finished.append(acc.finish(index, "length"))
                 continue
-            if text:
-                acc.text.append(text)
-            acc.size += size
-            acc.tokens += new_tokens
             _add_logprobs(acc, entries)
             if raw.get("finish_reason") is not None:
                 finished.append(acc.finish(index, raw["finish_reason"]))
@@ -334,13 +288,7 @@ class _NoFirstTokenError(BackendError):
 def _request_body(
     model: str, prompt: Prompt, n: int, sampling: SamplingConfig, vllm: bool = False
 ) -> tuple[str, dict[str, Any]]:
-    body: dict[str, Any] = {
-        "model": model,
-        "n": n,
-        "stream": True,
-        # continuous_usage_stats (a vLLM extension, ignored elsewhere) reports prompt tokens
-        # in every chunk, so they are known even when early exit cuts the stream.
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    params: dict[str, Any] = {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
@@ -354,34 +302,32 @@ def _request_body(
         "min_p": (sampling.min_p, 0.0),
         "repetition_penalty": (sampling.repetition_penalty, 1.0),
     }
-    body.update({name: value for name, (value, off) in extensions.items() if value != off})
+    params.update({name: value for name, (value, off) in extensions.items() if value != off})
     if vllm:
         # Only to vLLM: a stricter server could refuse the unknown fields.
-        body["stream_interval"] = STREAM_INTERVAL
+        params["stream_interval"] = STREAM_INTERVAL
         if not sampling.wants_logprobs:
-            body["return_token_ids"] = True  # each candidate's token count, without logprobs
+            params["return_token_ids"] = True  # each candidate's token count, without logprobs
     if sampling.stop:
-        body["stop"] = list(sampling.stop)
+        params["stop"] = list(sampling.stop)
     if sampling.seed is not None:
-        body["seed"] = sampling.seed
+        params["seed"] = sampling.seed
     if sampling.logit_bias:
-        body["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+        params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     if sampling.json_schema is not None:
-        body["response_format"] = {
+        params["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": dict(sampling.json_schema)},
         }
-    top = sampling.top_logprobs or 0
-    if prompt.messages is not None:
-        body["messages"] = [dict(m) for m in prompt.messages]
-        if sampling.wants_logprobs:
-            body["logprobs"] = True
-            body["top_logprobs"] = top
-        return "/v1/chat/completions", body
-    body["prompt"] = prompt.text
-    if sampling.wants_logprobs:
-        body["logprobs"] = top
-    return "/v1/completions", body
+    return request_body(
+        model,
+        prompt=prompt.text,
+        messages=prompt.messages,
+        n=n,
+        top_logprobs=(sampling.top_logprobs or 0) if sampling.wants_logprobs else None,
+        stream=True,
+        params=params,
+    )
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:
@@ -396,71 +342,6 @@ async def _drain(lines: AsyncIterator[str]) -> None:
                 pass
 
 
-async def _sse_lines(response: httpx.Response, max_chars: int) -> AsyncGenerator[str, None]:
-    """The event stream's lines, split only where SSE ends a line (CRLF, LF or CR).
-
-    httpx's ``aiter_lines`` splits like ``str.splitlines``: also at U+2028, U+0085 and other
-    separators that JSON leaves unescaped inside strings, so a candidate containing one cut its
-    chunk in two (a "malformed chunk", and the backend marked unhealthy). A line longer than
-    ``max_chars`` is an error: waiting for its end would buffer without bound.
-    """
-    pending = ""
-    async for text in response.aiter_text():
-        lines = _SSE_EOL.split(pending + text)
-        pending = lines.pop()  # no terminator yet: the rest of it is in the next read
-        if len(pending) > max_chars:
-            raise _ProtocolError(
-                f"backend {response.request.url.host}:{response.request.url.port} sent a "
-                f"stream line longer than {max_chars} characters"
-            )
-        for line in lines:
-            yield line
-    if pending:
-        yield pending
-
-
-def _parse_chunk(data: str) -> dict[str, Any]:
-    """One stream line's JSON object; ValueError if it is none, BackendError for an error
-    event (about this request: the backend itself may be fine)."""
-    chunk = json.loads(data)
-    if not isinstance(chunk, dict):
-        raise ValueError("a stream chunk must be a JSON object")
-    if "error" in chunk:
-        error = chunk["error"]
-        # vLLM validates some fields (logit_bias against the vocabulary) only once the
-        # stream has begun: a refusal of the request, sent as an event after the 200.
-        if isinstance(error, dict) and str(error.get("code")) in ("400", "422"):
-            param = error.get("param")
-            raise InvalidRequestError(
-                f"the backend rejected the request: {error.get('message')}",
-                param=param if isinstance(param, str) else None,
-            )
-        raise BackendError(f"backend error mid-stream: {error}")
-    return chunk
-
-
-def _logprob_entries(raw: Any, chat: bool) -> list[LogprobEntry]:
-    """One chunk's logprobs, in either API's shape: one entry per token it carries."""
-    if not isinstance(raw, dict):
-        return []
-    if chat:
-        return [
-            (
-                e.get("token", ""),
-                e.get("logprob"),
-                [(t.get("token", ""), t.get("logprob")) for t in (e.get("top_logprobs") or [])],
-            )
-            for e in raw.get("content") or []
-        ]
-    tokens = raw.get("tokens") or []
-    lps = raw.get("token_logprobs") or []
-    top_dicts = raw.get("top_logprobs") or [None] * len(tokens)
-    return [
-        (token, logprob, list((top or {}).items()))
-        for token, logprob, top in zip(tokens, lps, top_dicts, strict=False)
-    ]
-
-
 def _add_logprobs(acc: PartialSample, entries: list[LogprobEntry]) -> None:
     for token, logprob, top in entries:
         if logprob is None:
@@ -472,23 +353,18 @@ def _add_logprobs(acc: PartialSample, entries: list[LogprobEntry]) -> None:
         )
 
 
-async def _raise_for_status(response: httpx.Response, n: int) -> None:
-    raw = (await response.aread()).decode("utf-8", "replace")
-    param = None
-    try:
-        error = json.loads(raw)["error"]
-        message, param = error["message"], error.get("param")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message = raw[:500]
-    status = response.status_code
-    if status == 400 and n > 1 and "n" in str(message).lower().split("'"):
-        raise _NRefusedError(message)
-    if status in (400, 422):
-        raise InvalidRequestError(
-            f"the backend rejected the request: {message}",
-            param=param if isinstance(param, str) else None,
+def _refusal(reply: ErrorReply, n: int | None) -> Exception:
+    """Our error for the backend's: its answer to the call (``n``: how many it asked for), or
+    an error event mid-stream (``n`` None)."""
+    if n is not None and reply.status == 400 and n > 1 and "n" in reply.message.lower().split("'"):
+        return _NRefusedError(reply.message)
+    if reply.rejected:
+        return InvalidRequestError(
+            f"the backend rejected the request: {reply.message}", param=reply.param
         )
-    raise BackendError(f"backend answered {status}: {message}")
+    if n is None:
+        return BackendError(f"backend error mid-stream: {reply.detail}")
+    return BackendError(f"backend answered {reply.status}: {reply.message}")
 
 
 class OpenAIEngine:
@@ -500,9 +376,7 @@ class OpenAIEngine:
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S
-            ),
+            limits=pooled_limits(),
         )
         self._health_task: asyncio.Task[None] | None = None
 
@@ -553,7 +427,7 @@ class OpenAIEngine:
         self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
     ) -> RemoteStream:
         """Start K candidates on one backend."""
-        return RemoteStream(self, prompt, k, sampling, request_id)
+        return RemoteStream(self, prompt, k, sampling, request_id, self.options.max_bytes_per_token)
 
 
 __all__ = ["BestOfKError", "OpenAIEngine", "RemoteOptions"]

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,8 @@ from bestofk.service.engines.base import (
     Sample,
     SamplingConfig,
     TokenLogprob,
-    max_candidate_bytes,
 )
+from bestofk.service.engines.stream import EngineStream
 from bestofk.service.errors import BackendError, EngineNotReadyError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -65,36 +65,11 @@ class VllmOptions:
     """Any other ``AsyncEngineArgs`` field, passed through unchanged."""
 
 
-class VllmStream:
+class VllmStream(EngineStream["VllmEngine"]):
     """The K candidates of one request, in the order they finish."""
 
-    def __init__(
-        self,
-        engine: VllmEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> None:
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self._gen = self._run(engine, prompt, k, sampling, request_id)
-
-    def __aiter__(self) -> AsyncIterator[Sample]:
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Stop consuming; vLLM aborts the unfinished children when its generator closes."""
-        await self._gen.aclose()
-
-    async def _run(
-        self,
-        engine: VllmEngine,
-        prompt: Prompt,
-        k: int,
-        sampling: SamplingConfig,
-        request_id: str,
-    ) -> AsyncGenerator[Sample, None]:
+    async def _samples(self) -> AsyncGenerator[Sample, None]:
+        engine, sampling = self.engine, self.sampling
         llm = engine.llm
         limit = llm.model_config.max_model_len
         if sampling.max_tokens > limit:
@@ -105,19 +80,18 @@ class VllmStream:
                 f"max_model_len={limit}",
                 param="max_tokens",
             )
-        engine_input = await engine.render(prompt)
+        engine_input = await engine.render(self.prompt)
         try:
             # vLLM validates here and again in generate (against the model: vocabulary,
             # context length): a value it refuses is the client's error, never a 500.
-            params = engine.sampling_params(k, sampling)
+            params = engine.sampling_params(self.k, sampling)
         except Exception as exc:
             raise engine.translate(exc) from exc
         partial: dict[int, PartialSample] = {}
         per_token = sampling.top_logprobs is not None  # the response lists every token
         # vLLM stops at max_tokens itself; text is capped too, as for remote backends (a
         # vocabulary of huge tokens), counted in characters: one addition per delta.
-        max_chars = max_candidate_bytes(sampling, engine.options.max_bytes_per_token)
-        outputs = llm.generate(engine_input, params, request_id)
+        outputs = llm.generate(engine_input, params, self.request_id)
         try:
             async for out in outputs:
                 self.prompt_tokens = len(out.prompt_token_ids or ())
@@ -131,13 +105,9 @@ class VllmStream:
                     self.completion_tokens += n_new
                     if acc.capped:
                         continue
-                    acc.size += len(child.text)
-                    if acc.size > max_chars:
-                        acc.capped = True
+                    if not self.extend(acc, child.text, n_new, len(child.text)):
                         yield acc.finish(child.index, "length")
                         continue
-                    acc.text.append(child.text)
-                    acc.tokens += n_new
                     for token_id, position in zip(
                         child.token_ids, child.logprobs or (), strict=False
                     ):
@@ -365,4 +335,4 @@ class VllmEngine:
         self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
     ) -> VllmStream:
         """Start one ``n=k`` request."""
-        return VllmStream(self, prompt, k, sampling, request_id)
+        return VllmStream(self, prompt, k, sampling, request_id, self.options.max_bytes_per_token)
