@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from bestofk.verifiers.base import Completion, TargetNotAllowedError
 from bestofk.verifiers.openai_http import (
     EndpointError,
@@ -45,22 +43,22 @@ class EndpointCompleter:
     def __init__(self, url: str, model: str | None, timeout_s: float, http: PooledClient) -> None:
         self.base = base_url(url)
         self.model = model
-        self.timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+        self.timeout_s = timeout_s
+        self.connect_s = min(CONNECT_TIMEOUT_S, timeout_s)
         self.http = http
 
     async def complete(
         self, prompts: Sequence[str], max_tokens: int, top_logprobs: int, request_id: str
     ) -> list[Completion]:
         """One ``/v1/completions`` call with every prompt; results in prompt order."""
-        client = self.http.client
-        model = self.model or await served_model(client, self.base, self.timeout)
+        model = self.model or await served_model(self.http, self.base, self.timeout_s)
         path, body = request_body(
             model,
             prompt=prompts,
             top_logprobs=top_logprobs,
             params={"max_tokens": max_tokens, "temperature": 0.0},
         )
-        data = await post_json(client, self.base + path, body, self.timeout)
+        data = await post_json(self.http, self.base + path, body, self.timeout_s, self.connect_s)
         return _completions(data, len(prompts))
 
 

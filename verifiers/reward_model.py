@@ -25,7 +25,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-import httpx
 from pydantic import Field, model_validator
 
 from bestofk.verifiers.base import (
@@ -161,13 +160,13 @@ class RewardModelVerifier:
 
     async def _remote(self, endpoint: str, texts: Sequence[str]) -> list[list[float]]:
         base = base_url(endpoint)
-        client, timeouts = self._http.client, httpx.Timeout(self.spec.timeout_s)
-        model = self.spec.model or await served_model(client, base, timeouts)
+        timeout_s = self.spec.timeout_s
+        model = self.spec.model or await served_model(self._http, base, timeout_s)
         body: dict[str, Any] = {"model": model, "input": list(texts)}
         if self.spec.api == "pooling":
             body["use_activation"] = False  # the raw head output; the sigmoid is ours
         path = "/classify" if self.spec.api == "classify" else "/pooling"
-        data = await post_json(client, base + path, body, timeouts)
+        data = await post_json(self._http, base + path, body, timeout_s)
         rows = data.get("data")
         if not isinstance(rows, list) or len(rows) != len(texts):
             raise ValueError(f"expected {len(texts)} results from {path}, got {rows!r:.200}")

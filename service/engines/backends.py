@@ -30,11 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import httpx
-
 from bestofk.service import metrics
 from bestofk.service.engines.base import BYTES_PER_TOKEN, EngineHealth
 from bestofk.service.errors import BestOfKError, EngineNotReadyError
+from bestofk.verifiers.openai_http import EndpointError, PooledClient, get_json
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BestOfKError)
@@ -237,24 +236,21 @@ class BackendPool:
 
     # --- health checks ----------------------------------------------------------------------
 
-    async def check(self, client: httpx.AsyncClient, headers: Mapping[str, str]) -> None:
+    async def check(self, http: PooledClient, headers: Mapping[str, str]) -> None:
         """Probe ``/v1/models`` on every backend (it also tells the served model names)."""
-        await asyncio.gather(*(self._probe(client, headers, b) for b in self.backends))
+        await asyncio.gather(*(self._probe(http, headers, b) for b in self.backends))
         self._next_check = time.monotonic() + self.options.health_interval_s
 
     async def _probe(
-        self, client: httpx.AsyncClient, headers: Mapping[str, str], backend: Backend
+        self, http: PooledClient, headers: Mapping[str, str], backend: Backend
     ) -> None:
         try:
-            response = await client.get(
-                backend.url + "/v1/models", headers=headers, timeout=PROBE_TIMEOUT_S
-            )
-            response.raise_for_status()
-            listed = response.json().get("data", [])
+            models = await get_json(http, backend.url + "/v1/models", PROBE_TIMEOUT_S, headers)
+            listed = models.get("data", [])
             backend.models = [m["id"] for m in listed]
             backend.vllm = any(m.get("owned_by") == "vllm" for m in listed)
             backend.healthy = True
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (EndpointError, TimeoutError, KeyError, TypeError, AttributeError) as exc:
             backend.healthy = False
             backend.reason = f"failed its health check: {exc!r}"
         self._report(backend)

@@ -1,4 +1,4 @@
-"""Remote OpenAI-compatible backends (``vllm serve``, SGLang, llama.cpp server…) over httpx.
+"""Remote OpenAI-compatible backends (``vllm serve``, SGLang, llama.cpp server…) over HTTP.
 
 All K candidates of a request go to one backend, in one streamed ``n=K`` call, so the backend
 prefills the prompt once. A backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
-
-import httpx
 
 from bestofk.service.engines.backends import Backend, BackendPool, RemoteOptions
 from bestofk.service.engines.base import (
@@ -38,13 +36,16 @@ from bestofk.service.errors import (
 from bestofk.verifiers.openai_http import (
     ErrorReply,
     LogprobEntry,
+    PooledClient,
     ProtocolError,
+    ReadTimeout,
+    TransportError,
     logprob_entries,
     parse_chunk,
-    pooled_limits,
     read_error,
     request_body,
     sse_lines,
+    stream,
 )
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,16 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         first: float | None = None
         try:
             async with asyncio.timeout(first_token_s) as waiting:
-                async with engine.client.stream(
-                    "POST", backend.url + path, json=body, headers=engine.headers
+                async with stream(
+                    engine.http,
+                    backend.url + path,
+                    body,
+                    engine.headers,
+                    connect_s=engine.options.connect_timeout_s,
+                    read_s=engine.options.read_timeout_s,
                 ) as response:
                     started = True
-                    if response.status_code >= 400:
+                    if response.status >= 400:
                         raise _refusal(await read_error(response), n)
                     # A line is at most one delta of each candidate; the JSON around them and
                     # their escapes take a few times the text (8x is ample).
@@ -189,15 +195,15 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                     f"backend {backend.label} sent no token within {first_token_s:.3g} s"
                 ),
             ) from None
-        except httpx.TimeoutException as exc:
+        except ReadTimeout as exc:
             raise pool.failed(
-                backend, DeadlineExceededError(f"backend {backend.label} timed out: {exc!r}")
+                backend, DeadlineExceededError(f"backend {backend.label} timed out: {exc}")
             ) from exc
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             # Out until a health check passes again.
             what = "broke mid-stream" if started else "is unreachable"
             raise pool.failed(
-                backend, BackendError(f"backend {backend.label} {what}: {exc!r}"), down=True
+                backend, BackendError(f"backend {backend.label} {what}: {exc}"), down=True
             ) from exc
         except ProtocolError as exc:
             # It does not speak the protocol: out until a health check passes again.
@@ -335,7 +341,7 @@ async def _drain(lines: AsyncIterator[str]) -> None:
 
     A response closed before its body ends takes its connection with it: every request then
     opened a new TCP connection to the backend, a cost on both sides (about 2 ms a request on
-    the CPU build). Read to the end and httpx pools the connection for the next request."""
+    the CPU build). Read to the end and the connection is pooled for the next request."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_S):
             async for _ in lines:
@@ -374,10 +380,7 @@ class OpenAIEngine:
         self.options = options
         self.pool = BackendPool(options)
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s),
-            limits=pooled_limits(),
-        )
+        self.http = PooledClient()
         self._health_task: asyncio.Task[None] | None = None
 
     @property
@@ -412,11 +415,11 @@ class OpenAIEngine:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        await self.client.aclose()
+        await self.http.aclose()
 
     async def check_health(self) -> None:
         """Probe every backend once."""
-        await self.pool.check(self.client, self.headers)
+        await self.pool.check(self.http, self.headers)
 
     async def _health_loop(self) -> None:
         while True:
