@@ -46,7 +46,7 @@ async def generate(body: GenerateRequest, request: Request) -> RerankResponse:
             prompt=_prompt(body),
             model=body.model,
             k=body.k,
-            sampling=body.sampling.model_dump(),
+            sampling=body.sampling.sampling_fields(),
             verifiers=body.verifiers or (),
             profile=body.profile,
             selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
