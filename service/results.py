@@ -1,6 +1,6 @@
 """A finished request as plain data: the one conversion from :class:`RerankResult`.
 
-The native response validates this into its pydantic models at the
+The native response (``routes/common.render``) validates this into its pydantic models at the
 HTTP edge; the record writer (``records/format.build``) loads it into the record's dataclasses.
 Each dict holds every field either of them keeps, and each keeps the fields it declares: the
 response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, the record the

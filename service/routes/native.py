@@ -7,32 +7,21 @@ import time
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bestofk.service import metrics, results
+from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.pipeline import RerankResult
+from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
 router = APIRouter()
 
 
-def runtime(request: Request) -> Runtime:
-    """The app's runtime (set in the lifespan)."""
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
 def _prompt(body: GenerateRequest | VerifyRequest) -> Prompt | None:
     if body.messages is not None:
         return Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages])
     return Prompt(text=body.prompt) if body.prompt is not None else None
-
-
-def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
-    """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
-    return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))
 
 
 @router.post("/generate", response_model=RerankResponse)

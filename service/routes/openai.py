@@ -20,7 +20,7 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.routes.native import render, runtime
+from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
