@@ -1,6 +1,8 @@
 """From parsed request fields to a :class:`RerankJob`: profiles, defaults and limits applied.
 
-Both APIs come through here, so a limit or a profile rule is enforced in one place.
+Both APIs come through here, so a limit or a profile rule is enforced in one place, and K,
+``max_tokens`` and the selection are decided here alone (the request's, else the profile's
+where it sets one, else the server's): routes pass on what the client sent.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class JobRequest:
     """Candidates the client wants back (OpenAI's ``n``): a K left to the default is at least
     this."""
     sampling: Mapping[str, Any] | None = None
+    """``SamplingConfig`` fields as the client sent them; None and missing ones get defaults."""
     verifiers: Sequence[VerifierSpec] = ()
     profile: str | None = None
     selection: Mapping[str, Any] | None = None

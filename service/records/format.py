@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from bestofk.service import results
+from bestofk.verifiers.base import Verdict
+
 if TYPE_CHECKING:
     from bestofk.service.pipeline import RerankJob, RerankResult
 
@@ -32,19 +35,6 @@ Source = Literal["generate", "verify"]
 
 class RecordFormatError(ValueError):
     """A record that cannot be read: not JSON, not an object, or a version from the future."""
-
-
-@dataclass(slots=True)
-class VerdictRecord:
-    """One verifier's verdict on one candidate."""
-
-    verifier: str
-    score: float
-    passed: bool
-    detail: str = ""
-    latency_ms: float = 0.0
-    error: str | None = None
-    tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -60,7 +50,7 @@ class CandidateRecord:
     finish_reason: str | None = None
     tokens: int = 0
     mean_logprob: float | None = None
-    verdicts: list[VerdictRecord] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
 
     @property
     def verifier_error(self) -> bool:
@@ -166,14 +156,7 @@ class Record:
                 verifiers=list(raw.get("verifiers") or []),
                 selection=_load(SelectionRecord, raw["selection"]),
                 stats=_load(StatsRecord, raw["stats"]),
-                candidates=[
-                    _load(
-                        CandidateRecord,
-                        c,
-                        verdicts=[_load(VerdictRecord, v) for v in c.get("verdicts") or []],
-                    )
-                    for c in raw["candidates"]
-                ],
+                candidates=[_candidate(c) for c in raw["candidates"]],
                 sampling=raw.get("sampling"),
                 usage=dict(raw.get("usage") or {}),
                 timing=dict(raw.get("timing") or {}),
@@ -181,6 +164,12 @@ class Record:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise RecordFormatError(f"malformed record: {type(exc).__name__}: {exc}") from None
+
+
+def _candidate(raw: Mapping[str, Any]) -> CandidateRecord:
+    verdicts = [_load(Verdict, v) for v in raw.get("verdicts") or []]
+    record: CandidateRecord = _load(CandidateRecord, raw, verdicts=verdicts)
+    return record
 
 
 def _load(cls: type[Any], raw: Mapping[str, Any], **override: Any) -> Any:
@@ -242,6 +231,7 @@ def build(
     text = redact(prompt.text, redactions) if prompt.text is not None else None
     sel = job.selection
     generated = job.given is None
+    data = results.as_data(result)
     return Record(
         id=result.request_id,
         timestamp=datetime.fromtimestamp(finished_at, UTC).isoformat(timespec="milliseconds"),
@@ -258,46 +248,11 @@ def build(
             seed=sel.seed,
             extract=sel.extract,
         ),
-        stats=StatsRecord(
-            k=result.k,
-            generated=result.generated,
-            passing=result.passing,
-            first_sample_passed=result.first_sample_passed,
-            early_exit=result.early_exit,
-            partial=result.partial,
-        ),
-        candidates=[
-            CandidateRecord(
-                index=s.candidate.index,
-                text=s.candidate.text,
-                score=s.score,
-                passed=s.passed,
-                required_ok=s.required_ok,
-                finish_reason=s.candidate.finish_reason,
-                tokens=s.candidate.tokens,
-                mean_logprob=s.candidate.mean_logprob,
-                verdicts=[
-                    VerdictRecord(
-                        verifier=v.verifier,
-                        score=v.score,
-                        passed=v.passed,
-                        detail=v.detail,
-                        latency_ms=v.latency_ms,
-                        error=v.error,
-                        tokens=v.tokens,
-                    )
-                    for v in s.verdicts
-                ],
-            )
-            for s in result.candidates
-        ],
+        stats=_load(StatsRecord, data["stats"]),
+        candidates=[_candidate(c) for c in data["candidates"]],
         sampling=_sampling(job) if generated else None,
-        usage={
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "verifier_tokens": result.verifier_tokens,
-        },
-        timing=dataclasses.asdict(result.timing),
+        usage=data["usage"],
+        timing=data["timing"],
     )
 
 

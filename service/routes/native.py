@@ -11,94 +11,17 @@ from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.pipeline import RerankResult
+from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
-from bestofk.service.schemas.native import (
-    CandidateOut,
-    GenerateRequest,
-    RerankResponse,
-    Stats,
-    TimingOut,
-    Usage,
-    VerdictOut,
-    VerifyRequest,
-)
-from bestofk.service.selection import Scored
+from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
 router = APIRouter()
-
-
-def runtime(request: Request) -> Runtime:
-    """The app's runtime (set in the lifespan)."""
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 def _prompt(body: GenerateRequest | VerifyRequest) -> Prompt | None:
     if body.messages is not None:
         return Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages])
     return Prompt(text=body.prompt) if body.prompt is not None else None
-
-
-def candidate_out(s: Scored) -> CandidateOut:
-    """A scored candidate as the API shows it."""
-    c = s.candidate
-    return CandidateOut(
-        index=c.index,
-        text=c.text,
-        score=s.score,
-        passed=s.passed,
-        finish_reason=c.finish_reason,
-        tokens=c.tokens,
-        mean_logprob=c.mean_logprob,
-        verdicts=[
-            VerdictOut(
-                verifier=v.verifier,
-                score=v.score,
-                passed=v.passed,
-                detail=v.detail,
-                latency_ms=v.latency_ms,
-                error=v.error,
-            )
-            for v in s.verdicts
-        ],
-    )
-
-
-def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
-    """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
-    chosen = result.chosen
-    t = result.timing
-    return RerankResponse(
-        id=result.request_id,
-        model=result.model,
-        text=chosen.candidate.text,
-        index=chosen.candidate.index,
-        score=chosen.score,
-        passed=chosen.passed,
-        candidates=[candidate_out(s) for s in result.candidates] if return_candidates else None,
-        stats=Stats(
-            k=result.k,
-            k_requested=result.k_requested or result.k,
-            generated=result.generated,
-            passing=result.passing,
-            first_sample_passed=result.first_sample_passed,
-            early_exit=result.early_exit,
-            partial=result.partial,
-        ),
-        usage=Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            verifier_tokens=result.verifier_tokens,
-        ),
-        timing=TimingOut(
-            queue_ms=t.queue_ms,
-            first_candidate_ms=t.first_candidate_ms,
-            generate_ms=t.generate_ms,
-            verify_ms=t.verify_ms,
-            total_ms=t.total_ms,
-        ),
-    )
 
 
 @router.post("/generate", response_model=RerankResponse)
@@ -112,7 +35,7 @@ async def generate(body: GenerateRequest, request: Request) -> RerankResponse:
             prompt=_prompt(body),
             model=body.model,
             k=body.k,
-            sampling=body.sampling.model_dump(),
+            sampling=body.sampling.sampling_fields(),
             verifiers=body.verifiers or (),
             profile=body.profile,
             selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,

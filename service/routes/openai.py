@@ -20,7 +20,7 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.routes.native import render, runtime
+from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
@@ -53,7 +53,6 @@ def _job(
     body: BestOfKFields,
     prefix: str,
     prompt: Prompt,
-    max_tokens: int | None,
     top_logprobs: int | None,
     json_schema: dict[str, Any] | None,
     arrived: float,
@@ -63,18 +62,7 @@ def _job(
         # The constraint is enforced twice: decoding where the engine can, and a required
         # verifier that holds whatever the engine did.
         specs.append(parse_spec({"type": "json_schema", "schema": json_schema, "required": True}))
-    sampling = {
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "top_k": body.top_k,
-        "min_p": body.min_p,
-        "repetition_penalty": body.repetition_penalty,
-        "max_tokens": max_tokens,
-        "min_tokens": body.min_tokens,
-        "stop": body.stop,
-        "seed": body.seed,
-        "presence_penalty": body.presence_penalty,
-        "frequency_penalty": body.frequency_penalty,
+    sampling = body.sampling_fields() | {
         "logit_bias": _logit_bias(body.logit_bias),
         "top_logprobs": top_logprobs,
         "json_schema": json_schema,
@@ -119,7 +107,6 @@ async def chat_completions(
         body,
         "chatcmpl",
         Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages]),
-        body.max_completion_tokens or body.max_tokens,
         top,
         _response_schema(body),
         arrived,
@@ -135,10 +122,7 @@ async def completions(
     """Text completion: the best of K candidates, rendered as a standard Completion."""
     arrived = time.perf_counter()
     rt = runtime(request)
-    job = _job(
-        rt, body, "cmpl", Prompt(text=body.prompt_text), body.max_tokens, body.logprobs, None,
-        arrived,
-    )  # fmt: skip
+    job = _job(rt, body, "cmpl", Prompt(text=body.prompt_text), body.logprobs, None, arrived)
     return await _respond(rt, job, body, _CompletionRenderer(body), request)
 
 

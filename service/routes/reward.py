@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, Request
 from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.runtime import Runtime
+from bestofk.service.routes.common import runtime
 from bestofk.service.schemas.reward import RewardRequest, RewardResponse
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import InvalidVerifierSpecError, parse_spec
@@ -82,7 +82,7 @@ async def get_reward(
 ) -> RewardResponse:
     """One reward per sample from the verify pipeline."""
     arrived = time.perf_counter()
-    rt: Runtime = request.app.state.runtime
+    rt = runtime(request)
     labels = body.labels or [None] * len(body.query)
     groups: dict[tuple[str, str], tuple[list[VerifierSpec], list[int], list[str]]] = {}
     for i, (query, prompt, label) in enumerate(zip(body.query, body.prompts, labels, strict=True)):

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from bestofk.service.schemas.sampling import SamplingFields
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import parse_spec
 
@@ -31,21 +25,6 @@ def _parse_specs(value: Any) -> Any:
 VerifierSpecs = Annotated[list[VerifierSpec], BeforeValidator(_parse_specs)]
 """Each spec validated against its own type's fields; errors name the field."""
 
-MAX_STOP = 16
-
-
-def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
-    stops = [value] if isinstance(value, str) else value or []
-    if len(stops) > MAX_STOP:
-        raise ValueError(f"at most {MAX_STOP} stop strings")
-    if any(not s for s in stops):
-        raise ValueError("a stop string must not be empty")  # vLLM refuses it
-    return value
-
-
-Stop = Annotated[str | list[str] | None, AfterValidator(_check_stop)]
-"""``stop``: one string or a list of at most 16, none empty."""
-
 
 class Strict(BaseModel):
     """Unknown fields are errors: a typo must not silently become a default."""
@@ -62,21 +41,8 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class Sampling(Strict):
-    """Sampling settings shared by all K candidates."""
-
-    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)
-    """vLLM's: the k likeliest tokens only; 0 or -1 for all."""
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    max_tokens: int | None = Field(default=None, ge=1)
-    min_tokens: int = Field(default=0, ge=0)
-    stop: Stop = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+class Sampling(Strict, SamplingFields):
+    """The ``sampling`` object: the shared sampling fields, unknown ones refused."""
 
 
 class Selection(Strict):

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from bestofk.service.schemas.native import EarlyExit, Message, Selection, Stop, VerifierSpecs
+from bestofk.service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
+from bestofk.service.schemas.sampling import SamplingFields
 from bestofk.verifiers.json_schema import check_schema
 
 
@@ -59,27 +60,14 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class BestOfKFields(BaseModel):
-    """Sampling fields shared by both endpoints, and bestofk's extras (``extra_body``)."""
+class BestOfKFields(SamplingFields):
+    """The fields both endpoints take: sampling, OpenAI's others, and bestofk's extras
+    (``extra_body``)."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
-    """vLLM's extensions (``top_k``, ``min_p``, ``repetition_penalty``), as its server takes
-    them."""
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    min_tokens: int = Field(default=0, ge=0)
-    """vLLM's extension: end-of-sequence is suppressed until this many tokens."""
-    stop: Stop = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     """Token id (as a string) → bias in [-100, 100], as OpenAI bounds it."""
     stream: bool = False
@@ -116,6 +104,13 @@ class ChatCompletionRequest(BestOfKFields):
     service_tier: str | None = None
     reasoning_effort: str | None = None
     modalities: list[str] | None = None
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The sampling fields, ``max_completion_tokens`` (OpenAI's newer name) before
+        ``max_tokens``."""
+        return super().sampling_fields() | {
+            "max_tokens": self.max_completion_tokens or self.max_tokens
+        }
 
     @field_validator("top_logprobs")
     @classmethod

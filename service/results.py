@@ -1,0 +1,62 @@
+"""A finished request as plain data: the one conversion from :class:`RerankResult`.
+
+The native response (``routes/common.render``) validates this into its pydantic models at the
+HTTP edge; the record writer (``records/format.build``) loads it into the record's dataclasses.
+Each dict holds every field either of them keeps, and each keeps the fields it declares: the
+response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, the record the
+stats' ``k_requested``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bestofk.service.pipeline import RerankResult
+    from bestofk.service.selection import Scored
+
+
+def candidate(scored: Scored) -> dict[str, Any]:
+    """A scored candidate, flat: the candidate's fields, its combined score and verdicts."""
+    c = scored.candidate
+    return {
+        "index": c.index,
+        "text": c.text,
+        "score": scored.score,
+        "passed": scored.passed,
+        "required_ok": scored.required_ok,
+        "finish_reason": c.finish_reason,
+        "tokens": c.tokens,
+        "mean_logprob": c.mean_logprob,
+        "verdicts": [dataclasses.asdict(v) for v in scored.verdicts],
+    }
+
+
+def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
+    """The result in the native response's shape; ``candidates=False`` leaves them out (None)."""
+    chosen = result.chosen
+    return {
+        "id": result.request_id,
+        "model": result.model,
+        "text": chosen.candidate.text,
+        "index": chosen.candidate.index,
+        "score": chosen.score,
+        "passed": chosen.passed,
+        "candidates": [candidate(s) for s in result.candidates] if candidates else None,
+        "stats": {
+            "k": result.k,
+            "k_requested": result.k_requested or result.k,
+            "generated": result.generated,
+            "passing": result.passing,
+            "first_sample_passed": result.first_sample_passed,
+            "early_exit": result.early_exit,
+            "partial": result.partial,
+        },
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "verifier_tokens": result.verifier_tokens,
+        },
+        "timing": dataclasses.asdict(result.timing),
+    }

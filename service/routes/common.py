@@ -1,0 +1,25 @@
+"""What every route shares and no route owns: the app's runtime, and the native response.
+
+A route parses its body, hands the job to the runtime and renders the result; the helpers all
+of them use live here, so routes never import each other.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from bestofk.service import results
+from bestofk.service.pipeline import RerankResult
+from bestofk.service.runtime import Runtime
+from bestofk.service.schemas.native import RerankResponse
+
+
+def runtime(request: Request) -> Runtime:
+    """The app's runtime (set in the lifespan)."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
+    """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
+    return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))
