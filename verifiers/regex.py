@@ -17,7 +17,6 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
     run_bounded,
-    timed,
 )
 
 MAX_PATTERN_CHARS = 2000
@@ -120,7 +119,4 @@ class RegexVerifier:
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Match inline when quick, else in a worker; a runaway pattern is an error verdict."""
         text = candidate.text.strip()
-        return await timed(
-            "regex",
-            lambda: run_bounded(self._workers, check_match, self._compiled, self.spec.mode, text),
-        )
+        return await run_bounded(self._workers, check_match, self._compiled, self.spec.mode, text)
