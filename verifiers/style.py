@@ -15,7 +15,7 @@ from bestofk.verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
-from bestofk.verifiers.regex import MatchBudget, compile_pattern
+from bestofk.verifiers.patterns import MatchBudget, compile_pattern
 
 # A sentence ends at . ! ? (or their runs) followed by whitespace or the end of the text.
 _SENTENCE_END = regex.compile(r"[.!?…]+(?=\s|$)")

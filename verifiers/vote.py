@@ -28,7 +28,7 @@ from bestofk.verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
-from bestofk.verifiers.regex import MAX_PATTERN_CHARS, compile_pattern
+from bestofk.verifiers.patterns import MAX_PATTERN_CHARS, compile_pattern
 
 
 class VoteSpec(VerifierSpec):
