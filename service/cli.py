@@ -7,12 +7,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import httpx
@@ -21,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bestofk.service import server
 from bestofk.service.selection import Policy, TieBreak
 
 if TYPE_CHECKING:
@@ -161,12 +159,9 @@ def serve(
     ] = False,
 ) -> None:
     """Run the server. Without --model or --backend it serves the bundled demo model."""
-    import uvicorn
-
     # Everything that can fail is checked before the engine loads (minutes on a CPU).
     if config is not None:
-        _check_config(config)
-        os.environ["BESTOFK_CONFIG"] = str(config)
+        server.use_config(config)
     vllm = _vllm_overrides(
         max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization,
@@ -186,11 +181,14 @@ def serve(
         log_level=log_level,
         vllm=vllm or None,
     )
-    if settings.engine == "vllm":
-        _check_model(settings.model)
-    _check_port(settings.host, settings.port)
-    _engine_env()
+    server.preflight(settings)
     if settings.workers > 1:
+        if settings.engine != "openai":
+            raise typer.BadParameter(
+                "more than one worker needs --backend: each worker would load its own copy of "
+                "the model into memory",
+                param_hint="--workers",
+            )
         flags = {
             "MODEL": model,
             "HOST": host,
@@ -199,23 +197,11 @@ def serve(
             "SERVED_MODEL_NAME": served_model_name,
             "API_KEYS": ",".join(api_key or []) or None,
             "LOG_LEVEL": log_level,
+            "BACKENDS": ",".join(backend or []) or None,
         }
-        _serve_workers(settings, {**flags, "BACKENDS": ",".join(backend or []) or None})
+        server.serve_workers(settings, flags)
         return
-    _fresh_metrics_dir()
-    from bestofk.service.app import create_app
-
-    with _engine_temp_dir(settings.engine == "vllm"):
-        application = create_app(settings, exit_on_engine_failure=True, drain_on_signal=True)
-        _exit_status_on_sigterm(application)
-        uvicorn.run(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-            timeout_keep_alive=settings.keep_alive_s,
-        )
+    server.serve(settings)
 
 
 def _vllm_overrides(engine_args: list[str], **fields: Any) -> dict[str, Any]:
@@ -240,161 +226,6 @@ def _vllm_overrides(engine_args: list[str], **fields: Any) -> dict[str, Any]:
     if extra:
         out["engine_args"] = extra
     return out
-
-
-def _check_config(path: Path) -> None:
-    """The YAML file exists, parses and holds a mapping: one line naming what is wrong."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CliError(f"--config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CliError(f"--config {path} is not valid YAML{line}: {problem}") from None
-    if data is not None and not isinstance(data, dict):
-        raise CliError(
-            f"--config {path} must hold a mapping of settings, not a {type(data).__name__}"
-        )
-
-
-def _check_model(model: str) -> None:
-    """A model given as a path must exist; a bare name (``org/name``) is vLLM's to fetch."""
-    path = Path(model).expanduser()
-    if (path.is_absolute() or model.startswith((".", "~"))) and not path.exists():
-        raise CliError(f"model path {model} does not exist")
-
-
-def _check_port(host: str, port: int) -> None:
-    """Bind the address once, so a busy port is an error now, not after the engine loaded."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise CliError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                "(another server there? pick one with --port)"
-            ) from None
-
-
-@contextlib.contextmanager
-def _engine_temp_dir(needed: bool) -> Iterator[None]:
-    """A temp directory of the server's own, removed when it exits.
-
-    An in-process vLLM engine whose processes are killed at shutdown leaves files in the temp
-    directory (ZMQ sockets, a torch.distributed rendezvous file); here they go with the
-    server. Torch's compile cache stays where it was, shared by later runs as it is meant to.
-    """
-    if not needed:
-        yield
-        return
-    import getpass
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="bestofk-engine-")
-    cache = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    # The engine's processes start later, in the lifespan, and read these then.
-    os.environ.setdefault("VLLM_RPC_BASE_PATH", path)
-    os.environ["TMPDIR"] = path
-    tempfile.tempdir = None  # this process too: forget the directory it found before
-    try:
-        yield
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _exit_status_on_sigterm(application: Any) -> None:
-    """Exit 0 after a SIGTERM that drained cleanly, 1 when the engine failed to start.
-
-    uvicorn drains (stops accepting, lets requests in flight finish within the grace period,
-    runs the lifespan's shutdown), then raises the signal again with the handler it found. The
-    default handler would make every stop look like a crash to a supervisor.
-    """
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        loading = getattr(application.state, "engine_loading", None)
-        failed = (
-            loading is not None
-            and loading.done()
-            and not loading.cancelled()
-            and loading.exception() is not None
-        )
-        raise SystemExit(1 if failed else 0)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _serve_workers(settings: Any, flags: dict[str, object]) -> None:
-    """Several uvicorn workers over the remote engine, with metrics summed across them."""
-    import shutil
-    import tempfile
-
-    import uvicorn
-
-    if settings.engine != "openai":
-        raise typer.BadParameter(
-            "more than one worker needs --backend: each worker would load its own copy of "
-            "the model into memory",
-            param_hint="--workers",
-        )
-    # Workers are spawned and build their own Settings from the environment (app_from_env).
-    for name, value in flags.items():
-        if value is not None:
-            os.environ[f"BESTOFK_{name}"] = str(value)
-    # Set before the workers start: prometheus-client picks its multiprocess mode at import.
-    given = _fresh_metrics_dir()
-    path = given or Path(tempfile.mkdtemp(prefix="bestofk-metrics-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    try:
-        uvicorn.run(
-            "bestofk.service.app:app_from_env",
-            factory=True,
-            workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-            timeout_keep_alive=settings.keep_alive_s,
-        )
-    finally:
-        if not given:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _fresh_metrics_dir() -> Path | None:
-    """Empty ``PROMETHEUS_MULTIPROC_DIR``, if set, and return it.
-
-    An earlier run's files would add its counts, and its dead workers' gauges, to this run's.
-    Runs before ``bestofk.service.metrics`` is imported in this process: its metrics map their files
-    there at import, and a file deleted under them would record nothing.
-    """
-    import shutil
-
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not given:
-        return None
-    path = Path(given)
-    if path.is_dir():
-        for entry in path.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _engine_env() -> None:
-    # vLLM's CPU build sizes its KV cache from this (GiB); a small default fits small machines.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def parse_verifier(text: str) -> dict[str, Any]:
@@ -477,12 +308,12 @@ async def _client(target: _Target) -> AsyncIterator[httpx.AsyncClient]:
         return
     from bestofk.service.app import create_app
 
-    _engine_env()
+    server.engine_env()
     # The table is the output: the engine's logs (and its processes', which inherit the
     # environment) go to stderr.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     settings = _settings(model=target.model)
-    _check_model(settings.model)
+    server.check_model(settings.model)
     err = Console(stderr=True)
     why = "" if target.model else f"no server at {DEFAULT_URL}: "
     err.print(
@@ -801,7 +632,7 @@ def bench(
             cells = [dataclasses.asdict(r) for r in rows]
             json_out.write_text(json.dumps(cells, indent=2) + "\n")
         return
-    _engine_env()
+    server.engine_env()
     report = bench_lib.run(str(model or DEMO_MODEL), config, logs, log=console.print)
     table = report.markdown()
     console.print(table, markup=False, highlight=False)
@@ -964,9 +795,10 @@ def describe_error(exc: BaseException) -> str | None:
 
     from bestofk.service.records.export import ExportError
     from bestofk.service.records.format import RecordFormatError
+    from bestofk.service.server import PreflightError
     from bestofk.tooling.evaluation import TaskFileError
 
-    if isinstance(exc, CliError | TaskFileError | ExportError | RecordFormatError):
+    if isinstance(exc, CliError | PreflightError | TaskFileError | ExportError | RecordFormatError):
         return str(exc)
     if isinstance(exc, httpx.HTTPStatusError):
         return _describe_status(exc.response)

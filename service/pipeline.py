@@ -187,6 +187,7 @@ class JobRun:
 async def _verify_set(
     verifier: SetVerifier, ctx: RequestContext, candidates: list[Candidate]
 ) -> list[Verdict]:
+    """:func:`timed` for a set-level verifier: every verdict carries the time of the whole set."""
     start = time.perf_counter()
     try:
         verdicts = await verifier.verify_all(ctx, candidates)
@@ -198,6 +199,9 @@ async def _verify_set(
         elapsed = (time.perf_counter() - start) * 1000
         error = f"{type(exc).__name__}: {exc}"
         return [Verdict.failure(verifier.spec.type, error, elapsed) for _ in candidates]
+    elapsed = (time.perf_counter() - start) * 1000
+    for verdict in verdicts:
+        verdict.latency_ms = elapsed
     return verdicts
 
 

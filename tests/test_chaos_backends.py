@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bestofk.tooling.procs import Server, engine_env, free_port, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, free_port, start_bestofk, start_fake_backend
 from tests.test_faults import (
     error_of,
     generate,
@@ -19,7 +19,6 @@ from tests.test_faults import (
     post,
     report,
     set_mode,
-    start_fake,
     start_faulty,
     wait_for,
 )
@@ -54,8 +53,8 @@ def backend_up(server: Server) -> dict[str, float]:
 def test_wedged_backend_is_ejected_and_its_requests_retried_elsewhere(tmp_path: Path) -> None:
     """Item 4: a backend that answers /v1/models but never sends a token gets the first few
     requests only (each retried on the healthy one), then none until its cool-down ends."""
-    wedged = start_fake(tmp_path / "wedged.log", mode="wedge")
-    fine = start_fake(tmp_path / "fine.log")
+    wedged = start_fake_backend(tmp_path / "wedged.log", mode="wedge")
+    fine = start_fake_backend(tmp_path / "fine.log")
     server = start_faulty(tmp_path / "bestofk.log", wedged.url, fine.url, **OUTLIERS)
     try:
         wait_for(lambda: healthy(server), 10, "both backends checked")
@@ -87,7 +86,7 @@ def test_never_ending_candidate_is_cut_at_its_cap(tmp_path: Path) -> None:
     """Item 7: a backend streaming one candidate forever (max_tokens ignored) cannot grow the
     server's memory: the candidate ends at its cap with finish_reason "length" and the stream
     is closed, while the other candidate is chosen as usual."""
-    flood = start_fake(tmp_path / "flood.log", mode="flood")
+    flood = start_fake_backend(tmp_path / "flood.log", mode="flood")
     server = start_faulty(tmp_path / "bestofk.log", flood.url)
     try:
         wait_for(lambda: healthy(server), 10, "the backend checked")
@@ -112,8 +111,8 @@ def test_backend_killed_mid_request_is_retried_on_a_healthy_one(tmp_path: Path) 
     """Item 8: a backend dying before any candidate reached the client costs the client
     nothing (one retry on the healthy backend); its going down and coming back are logged and
     shown by ``bestofk_backend_up``."""
-    dying = start_fake(tmp_path / "dying.log", mode="die")
-    fine = start_fake(tmp_path / "fine.log")
+    dying = start_fake_backend(tmp_path / "dying.log", mode="die")
+    fine = start_fake_backend(tmp_path / "fine.log")
     server = start_faulty(tmp_path / "bestofk.log", dying.url, fine.url)
     revived = None
     try:
@@ -126,7 +125,7 @@ def test_backend_killed_mid_request_is_retried_on_a_healthy_one(tmp_path: Path) 
         assert backend_up(server) == {dying.url: 0, fine.url: 1}
         assert f"backend {dying.url} is down" in server.log.read_text()
         port = int(dying.url.rsplit(":", 1)[1])
-        revived = start_fake(tmp_path / "revived.log", port=port)
+        revived = start_fake_backend(tmp_path / "revived.log", port=port)
         wait_for(lambda: backend_up(server)[dying.url] == 1, 5, "the backend is seen back up")
         assert f"backend {dying.url} is up" in server.log.read_text()
     finally:

@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bestofk.tooling.procs import Server
-from tests.test_faults import set_mode, start_fake, start_faulty
+from bestofk.tooling.procs import Server, start_fake_backend
+from tests.test_faults import set_mode, start_faulty
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "What's 5!?"}]}
 
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    backend = start_fake(tmp_path_factory.mktemp("logs") / "fake.log")
+    backend = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
     try:
         yield backend
     finally:

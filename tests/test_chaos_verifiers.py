@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from bestofk.tooling.bench.probe import json_array, schema_bomb
-from bestofk.tooling.procs import Server
-from tests.test_faults import error_of, post, start_fake, start_faulty
+from bestofk.tooling.procs import Server, start_fake_backend
+from tests.test_faults import error_of, post, start_faulty
 
 HEALTH_LATENCY_S = 2.0
 """Generous: the thread-pool verifiers of old held /health for 3-8 s; the loop must answer in
@@ -82,7 +82,7 @@ def health_while(
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """bestofk in front of a fake backend (``/verify`` never touches it), default limits."""
     logs = tmp_path_factory.mktemp("logs")
-    fake = start_fake(logs / "fake.log")
+    fake = start_fake_backend(logs / "fake.log")
     try:
         server = start_faulty(logs / "chaos.log", fake.url)
         try:
@@ -196,7 +196,7 @@ def descendants(pid: int) -> list[int]:
 def test_verifier_workers_under_several_uvicorn_workers_end_with_the_server(
     tmp_path: Path,
 ) -> None:
-    fake = start_fake(tmp_path / "fake.log")
+    fake = start_fake_backend(tmp_path / "fake.log")
     try:
         server = start_faulty(tmp_path / "bestofk.log", fake.url, BESTOFK_WORKERS="2")
         try:

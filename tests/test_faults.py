@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import (
+    Server,
+    engine_env,
+    free_port,
+    start_bestofk,
+    start_fake_backend,
+)
 from bestofk.verifiers.sandbox.process import uid_processes
 
 HEALTH_INTERVAL = "0.5"
@@ -44,23 +49,6 @@ SQUARE = "def solve(x):\n    return x * x\n"
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def start_fake(log: Path, mode: str = "ok", port: int | None = None) -> Server:
-    """A :mod:`bestofk.tooling.fake_backend` process, ready."""
-    port = port or free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bestofk.tooling.fake_backend",
-        "--port",
-        str(port),
-        "--mode",
-        mode,
-    ]
-    fake = start(cmd, log, dict(os.environ), port)
-    fake.wait_ready(30, path="/control")
-    return fake
 
 
 def set_mode(fake: Server, mode: str) -> dict[str, Any]:
@@ -172,7 +160,7 @@ def unit_tests_request(code: str, timeout_s: float, **extra: Any) -> dict[str, A
 @pytest.fixture(scope="module")
 def fake_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One misbehaving backend for the module; tests switch its mode."""
-    fake = start_fake(tmp_path_factory.mktemp("logs") / "fake.log")
+    fake = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
     try:
         yield fake
     finally:
@@ -231,7 +219,7 @@ def test_backend_down_at_start_then_up(tmp_path: Path) -> None:
         assert refused.status_code == 503, refused.text
         assert error_of(refused)["type"] == "overloaded_error"
         assert int(refused.headers["retry-after"]) >= 1
-        fake = start_fake(tmp_path / "fake.log", port=port)
+        fake = start_fake_backend(tmp_path / "fake.log", port=port)
         wait_for(lambda: healthy(server), 5, "/health turns 200 once the backend is up")
         reply = post(server, "/generate", generate())
         assert reply.status_code == 200, reply.text
@@ -246,7 +234,7 @@ def test_backend_killed_mid_request_is_retried_then_avoided(
     vllm_backend: Server, tmp_path: Path
 ) -> None:
     # Listed first, the fake gets the first request (least in flight, ties to the first).
-    dying = start_fake(tmp_path / "dying.log", mode="die")
+    dying = start_fake_backend(tmp_path / "dying.log", mode="die")
     server = start_faulty(tmp_path / "bestofk.log", dying.url, vllm_backend.url)
     try:
         wait_for(lambda: healthy(server), 10, "both backends checked")

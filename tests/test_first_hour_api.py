@@ -7,10 +7,8 @@ Engine behaviour runs against the real in-process engine and the real remote vLL
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,12 @@ import pytest
 from bestofk.service.app import build_engine
 from bestofk.service.jobs import JobFactory, JobRequest
 from bestofk.service.settings import DEMO_MODEL, Settings
-from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import (
+    Server,
+    engine_env,
+    start_bestofk,
+    start_fake_backend,
+)
 from tests.conftest import post
 
 PROMPT = "What's the factorial of 5? (Respond with a number only)"
@@ -47,20 +50,8 @@ def error_of(reply: httpx.Response) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A scripted OpenAI backend that records every completion request it gets."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("logs") / "fake.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bestofk.tooling.fake_backend",
-        "--port",
-        str(port),
-        "--mode",
-        "ok",
-    ]
-    backend = start(cmd, log, dict(os.environ), port)
+    backend = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
     try:
-        backend.wait_ready(30, path="/control")
         yield backend
     finally:
         backend.stop()

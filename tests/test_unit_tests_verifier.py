@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 
 from bestofk.verifiers import registry
-from bestofk.verifiers.base import Candidate, RequestContext, Verdict, VerifierResources
-from bestofk.verifiers.sandbox import SandboxBusyError, SandboxPool, bwrap
+from bestofk.verifiers.base import (
+    Candidate,
+    RequestContext,
+    Verdict,
+    VerifierCapacityError,
+    VerifierResources,
+    timed,
+)
+from bestofk.verifiers.sandbox import SandboxPool, bwrap
 from bestofk.verifiers.sandbox.process import uid_processes
-from bestofk.verifiers.unit_tests import UnitTestsVerifier, extract_code
+from bestofk.verifiers.unit_tests import NAME, UnitTestsVerifier, extract_code
 
 ADD: dict[str, Any] = {
     "entry_point": "add",
@@ -63,7 +70,10 @@ async def check(pool: SandboxPool | None, fields: dict[str, Any], text: str) -> 
     spec = registry.parse_spec({"type": "unit_tests", **fields})
     verifier = registry.build([spec], VerifierResources(sandbox=pool))[0]
     assert isinstance(verifier, UnitTestsVerifier)
-    return await verifier.verify(RequestContext(prompt="add"), Candidate(0, text))
+    # As the pipeline calls it: timed, so the verdict carries its latency.
+    return await timed(
+        NAME, lambda: verifier.verify(RequestContext(prompt="add"), Candidate(0, text))
+    )
 
 
 async def test_cases_all_pass(pool: SandboxPool) -> None:
@@ -222,15 +232,15 @@ async def test_busy_pool_raises_with_retry_after() -> None:
     try:
         running = asyncio.create_task(check(busy, {**ADD, "cases": ADD["cases"][:1]}, slow))
         await asyncio.sleep(0.1)
-        with pytest.raises(SandboxBusyError) as timed_out:  # queued, no slot within 0.2 s
+        with pytest.raises(VerifierCapacityError) as timed_out:  # queued, no slot within 0.2 s
             await check(busy, ADD, "def add(a, b):\n    return a + b\n")
         assert timed_out.value.retry_after_s >= 1
         queued = asyncio.create_task(check(busy, ADD, "def add(a, b):\n    return a + b\n"))
         await asyncio.sleep(0.05)
-        with pytest.raises(SandboxBusyError, match="1 runs are already queued"):
+        with pytest.raises(VerifierCapacityError, match="1 runs are already queued"):
             await check(busy, ADD, "def add(a, b):\n    return a + b\n")
         assert (await running).passed
-        with pytest.raises(SandboxBusyError):
+        with pytest.raises(VerifierCapacityError):
             await queued  # it waited 0.2 s while the slow run held the only slot
         assert (await check(busy, ADD, "def add(a, b):\n    return a + b\n")).passed
     finally:

@@ -102,6 +102,28 @@ def start_bestofk(
     return start(cmd, log, env or engine_env(), port)
 
 
+def start_fake_backend(log: Path, mode: str = "ok", port: int | None = None) -> Server:
+    """A :mod:`bestofk.tooling.fake_backend` process in ``mode`` on ``port`` (default: a free
+    one), ready: its ``/control`` answers."""
+    port = port or free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "bestofk.tooling.fake_backend",
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+    ]
+    fake = start(cmd, log, dict(os.environ), port)
+    try:
+        fake.wait_ready(30, path="/control")
+    except BaseException:
+        fake.stop()
+        raise
+    return fake
+
+
 def start_vllm_openai(
     log: Path, model: str, served_name: str, *extra: str, port: int | None = None
 ) -> Server:

@@ -10,8 +10,8 @@ text) is :data:`EXTRACT_TIMED_OUT`: an error verdict for that candidate from the
 from __future__ import annotations
 
 from bestofk.verifiers.base import INLINE_MAX_CHARS, NotCheap
-from bestofk.verifiers.exact import as_number
-from bestofk.verifiers.regex import MATCH_TIMEOUT_S, MatchBudget, compile_pattern
+from bestofk.verifiers.numbers import as_number
+from bestofk.verifiers.patterns import MATCH_TIMEOUT_S, MatchBudget, compile_pattern
 from bestofk.verifiers.symbolic import canonical, looks_symbolic
 
 _BOXED = compile_pattern(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")

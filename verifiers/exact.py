@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import ClassVar, Literal
 
 from bestofk.verifiers.base import (
@@ -12,21 +11,7 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
 )
-
-MAX_NUMBER_CHARS = 100
-"""Decimal parses arbitrarily long digit strings; nothing real needs more than this."""
-
-
-def as_number(text: str) -> Decimal | None:
-    """``text`` as a finite Decimal, or None when it is not a plain number."""
-    cleaned = text.strip().replace(",", "").replace("_", "")
-    if not cleaned or len(cleaned) > MAX_NUMBER_CHARS:
-        return None
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
+from bestofk.verifiers.numbers import as_number
 
 
 class ExactSpec(VerifierSpec):

@@ -28,7 +28,6 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
     run_bounded,
-    timed,
 )
 from bestofk.verifiers.text import fenced_block
 
@@ -169,4 +168,4 @@ class JsonSchemaVerifier:
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Inline for a tiny document and a small linear schema, else in a worker process."""
         args = (self._schema_json, self._small, candidate.text)
-        return await timed("json_schema", lambda: run_bounded(self._workers, check_document, *args))
+        return await run_bounded(self._workers, check_document, *args)

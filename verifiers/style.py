@@ -14,9 +14,8 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
     run_bounded,
-    timed,
 )
-from bestofk.verifiers.regex import MatchBudget, compile_pattern
+from bestofk.verifiers.patterns import MatchBudget, compile_pattern
 
 # A sentence ends at . ! ? (or their runs) followed by whitespace or the end of the text.
 _SENTENCE_END = regex.compile(r"[.!?…]+(?=\s|$)")
@@ -95,6 +94,4 @@ class StyleVerifier:
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Inline when quick, else in a worker process."""
-        return await timed(
-            "style", lambda: run_bounded(self._workers, check_style, self.spec, candidate.text)
-        )
+        return await run_bounded(self._workers, check_style, self.spec, candidate.text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
-import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,6 +20,7 @@ from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
     Verdict,
+    VerifierCapacityError,
     VerifierResources,
     VerifierSpec,
 )
@@ -145,19 +145,13 @@ class UnitTestsVerifier:
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Run the tests on the candidate's code.
 
-        Raises only :class:`~bestofk.verifiers.sandbox.SandboxBusyError` (every slot busy, the queue
-        full), which the HTTP layer answers with 503 and Retry-After; any other failure is an
-        error verdict. (``timed`` would turn the busy error into a verdict, hence no ``timed``.)
+        Every slot busy and the queue full is the request's failure, not the candidate's: a
+        :class:`~bestofk.verifiers.base.VerifierCapacityError`, answered with 503 and Retry-After.
         """
-        start = time.perf_counter()
         try:
-            verdict = await self._check(candidate.text)
-        except SandboxBusyError:
-            raise
-        except Exception as exc:  # a verifier bug must never fail the request
-            verdict = Verdict.failure(NAME, f"{type(exc).__name__}: {exc}")
-        verdict.latency_ms = (time.perf_counter() - start) * 1000
-        return verdict
+            return await self._check(candidate.text)
+        except SandboxBusyError as exc:
+            raise VerifierCapacityError(str(exc), exc.retry_after_s) from None
 
     async def _check(self, text: str) -> Verdict:
         code = extract_code(text)

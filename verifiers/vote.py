@@ -12,7 +12,6 @@ more than one candidate: K distinct answers are no consensus. A lone candidate p
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -29,7 +28,7 @@ from bestofk.verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
-from bestofk.verifiers.regex import MAX_PATTERN_CHARS, compile_pattern
+from bestofk.verifiers.patterns import MAX_PATTERN_CHARS, compile_pattern
 
 
 class VoteSpec(VerifierSpec):
@@ -60,7 +59,6 @@ class VoteVerifier:
         self, ctx: RequestContext, candidates: Sequence[Candidate]
     ) -> list[Verdict]:
         """Each answer inline when quick, else in a worker process (extraction, sympy)."""
-        start = time.perf_counter()
         found = await asyncio.gather(
             *(
                 run_bounded(self._workers, answer_key, c.text, self.spec.extract)
@@ -68,7 +66,6 @@ class VoteVerifier:
             ),
             return_exceptions=True,
         )
-        elapsed = (time.perf_counter() - start) * 1000
         keys: list[str | None] = []
         errors: list[str | None] = []
         for result in found:
@@ -81,12 +78,12 @@ class VoteVerifier:
         verdicts = []
         for key, error in zip(keys, errors, strict=True):
             if key is None:
-                verdicts.append(Verdict.failure("vote", error or "no answer", elapsed))
+                verdicts.append(Verdict.failure("vote", error or "no answer"))
                 continue
             n = counts[key]
             consensus = n == top and (n > 1 or len(candidates) == 1)
             detail = f"answer {key[:60]!r}: {n}/{len(candidates)}"
-            verdicts.append(Verdict("vote", n / len(candidates), consensus, detail, elapsed))
+            verdicts.append(Verdict("vote", n / len(candidates), consensus, detail))
         return verdicts
 
 

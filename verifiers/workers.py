@@ -9,7 +9,7 @@ and what it allocates is the server's memory, kept after it ends. In a worker pr
 - RLIMIT_AS bounds its memory: a blow-up is a MemoryError in the worker, which then exits;
 - RLIMIT_CPU, raised before each job to the job's budget, is a belt should the parent be wedged;
 - PR_SET_PDEATHSIG and EOF on its socket end it with the service (see
-:mod:`bestofk.verifiers.spawner`).
+:mod:`bestofk.verifiers.sandbox.spawner`).
 
 The pool starts its ``size`` workers on first use. A job waits for a free worker in a bounded
 queue; one more than ``max_queue`` is :class:`~bestofk.verifiers.base.VerifierCapacityError` (503 +
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from bestofk.verifiers.base import VerifierCapacityError
-from bestofk.verifiers.spawner import on_spawner_thread
+from bestofk.verifiers.sandbox.spawner import on_spawner_thread
 
 __all__ = ["WorkerLimits", "WorkerPool", "default_pool"]
 

@@ -15,7 +15,6 @@ Two probes, one table each:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import threading
@@ -29,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, start_bestofk, start_fake_backend
 
 BODY = {
     "prompt": "What is 6 x 7?",
@@ -37,23 +36,6 @@ BODY = {
     "sampling": {"max_tokens": 8},
     "verifiers": [{"type": "regex", "pattern": r"\d"}],
 }
-
-
-def fake(logs: Path, name: str, mode: str) -> Server:
-    """A bestofk.tooling.fake_backend process in ``mode``, ready."""
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bestofk.tooling.fake_backend",
-        "--port",
-        str(port),
-        "--mode",
-        mode,
-    ]
-    server = start(cmd, logs / f"{name}.log", dict(os.environ), port)
-    server.wait_ready(30, path="/control")
-    return server
 
 
 def bestofk(logs: Path, *backends: Server, **env: str) -> Server:
@@ -87,7 +69,10 @@ def rss_mb(server: Server) -> float:
 
 def wedged(logs: Path, requests: int, concurrency: int, first_token_s: float) -> None:
     """Requests over a wedged and a healthy backend; who got what, and when."""
-    stuck, fine = fake(logs, "wedged", "wedge"), fake(logs, "fine", "ok")
+    stuck, fine = (
+        start_fake_backend(logs / "wedged.log", "wedge"),
+        start_fake_backend(logs / "fine.log"),
+    )
     server = bestofk(
         logs, stuck, fine,
         BESTOFK_BACKEND_FIRST_TOKEN_TIMEOUT_S=str(first_token_s),
@@ -135,7 +120,7 @@ def wedged(logs: Path, requests: int, concurrency: int, first_token_s: float) ->
 
 def flood(logs: Path, seconds: float) -> None:
     """One request to a backend that never ends a candidate: the server's memory."""
-    backend = fake(logs, "flood", "flood")
+    backend = start_fake_backend(logs / "flood.log", "flood")
     server = bestofk(logs, backend)
     try:
         before = rss_mb(server)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 import httpx
 
 from bestofk.tooling.bench.targets import descendants
-from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, start_bestofk, start_fake_backend
 
 VERIFIER_SETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
@@ -191,11 +190,8 @@ def markdown(rows: Sequence[CpuRow]) -> str:
 
 def start_servers(stack: ExitStack, logs: Path) -> tuple[Server, Server]:
     """A fake backend in ``ok`` mode and a bestofk over it, both ready; stopped with ``stack``."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "bestofk.tooling.fake_backend", "--port", str(port)]
-    backend = start([*cmd, "--mode", "ok"], logs / "fake_backend.log", dict(os.environ), port)
+    backend = start_fake_backend(logs / "fake_backend.log")
     stack.callback(backend.stop)
-    backend.wait_ready(30, path="/control")
     # Records off: a request's record is written off the request path, but its CPU is still
     # bestofk's; the figure is for the default server, which records nothing.
     bestofk = start_bestofk(logs / "bestofk.log", "--backend", backend.url, env=engine_env())

@@ -25,15 +25,15 @@ from pathlib import Path
 from bestofk.verifiers.sandbox.bwrap import Launcher
 from bestofk.verifiers.sandbox.grading import RunEnd, RunEndKind
 from bestofk.verifiers.sandbox.protocol import Job, ProtocolError, RecordParser, driver_payload
-from bestofk.verifiers.spawner import on_spawner_thread
+from bestofk.verifiers.sandbox.spawner import on_spawner_thread
 
 GRACE_S = 1.0
 """Time past the job's budget before the service kills a driver that has not finished."""
 
 
 def spawn(launcher: Launcher, uid: int | None) -> Future[SandboxProcess]:
-    """Start a sandbox on the spawner thread (see :mod:`bestofk.verifiers.spawner` for why); it
-    waits for its job once started."""
+    """Start a sandbox on the spawner thread (see :mod:`~bestofk.verifiers.sandbox.spawner` for
+    why); it waits for its job once started."""
     return on_spawner_thread(lambda: SandboxProcess(launcher, uid))
 
 
