@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
@@ -28,10 +28,26 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
     run_bounded,
-    timed,
 )
 
 log = logging.getLogger(__name__)
+
+
+async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
+    """Run a check, stamp its latency, and turn any exception into an error verdict.
+
+    The one place a verdict is timed: verifiers only check."""
+    start = time.perf_counter()
+    try:
+        verdict = await check()
+    except VerifierCapacityError:
+        raise
+    except Exception as exc:  # a verifier bug must never fail the request
+        return Verdict.failure(
+            name, f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
+        )
+    verdict.latency_ms = (time.perf_counter() - start) * 1000
+    return verdict
 
 
 @dataclass(frozen=True, slots=True)

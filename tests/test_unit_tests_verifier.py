@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bestofk.service.pipeline import timed
 from bestofk.verifiers import registry
 from bestofk.verifiers.base import (
     Candidate,
@@ -17,7 +18,6 @@ from bestofk.verifiers.base import (
     Verdict,
     VerifierCapacityError,
     VerifierResources,
-    timed,
 )
 from bestofk.verifiers.sandbox import SandboxPool, bwrap
 from bestofk.verifiers.sandbox.process import uid_processes

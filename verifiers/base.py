@@ -8,8 +8,7 @@ once every candidate is in.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -114,7 +113,6 @@ class VerifierResources:
     load a local model or call an internal URL."""
     http: PooledClient = field(default_factory=PooledClient)
     """The one HTTP client of the model endpoints (``judge.endpoint``, ``reward_model``)."""
-    extras: dict[str, Any] = field(default_factory=dict)
     """Room for engine handles (judge, reward model) without a circular import."""
 
 
@@ -145,7 +143,8 @@ VerifierFactory = Callable[[VerifierSpec, VerifierResources], "Verifier | SetVer
 
 class VerifierCapacityError(Exception):
     """A shared verifier resource (the sandbox pool) stayed full: the request, not the
-    candidate, should fail, with a hint when to retry. The only exception ``timed`` lets out."""
+    candidate, should fail, with a hint when to retry. The only exception the pipeline lets out
+    of a check."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -199,18 +198,3 @@ async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """The doorway for blocking calls that wait rather than compute (a model, a sandbox's
     pipes): run in a worker thread, off the loop. CPU-bound checks use :func:`run_bounded`."""
     return await anyio.to_thread.run_sync(fn, *args)
-
-
-async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
-    """Run a check, stamp its latency, and turn any exception into an error verdict."""
-    start = time.perf_counter()
-    try:
-        verdict = await check()
-    except VerifierCapacityError:
-        raise
-    except Exception as exc:  # a verifier bug must never fail the request
-        return Verdict.failure(
-            name, f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1000
-        )
-    verdict.latency_ms = (time.perf_counter() - start) * 1000
-    return verdict

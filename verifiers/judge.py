@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -37,7 +36,6 @@ from bestofk.verifiers.base import (
     Verdict,
     VerifierResources,
     VerifierSpec,
-    timed,
 )
 from bestofk.verifiers.batching import Coalescer
 from bestofk.verifiers.endpoint import EndpointCompleter, check_allowed
@@ -184,9 +182,6 @@ class PointwiseJudge:
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Ask the judge about ``candidate``; an error verdict when it cannot say."""
-        return await timed("judge", lambda: self._judge(ctx, candidate))
-
-    async def _judge(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         if self._asker.unavailable is not None:
             return Verdict.failure("judge", self._asker.unavailable)
         self._request_id = ctx.request_id  # one verifier instance serves one request
@@ -226,14 +221,6 @@ class ListwiseJudge:
         self, ctx: RequestContext, candidates: Sequence[Candidate]
     ) -> list[Verdict]:
         """One judge call for the whole set; every verdict an error when it cannot say."""
-        start = time.perf_counter()
-        verdicts = await self._judge(ctx, candidates)
-        elapsed = (time.perf_counter() - start) * 1000
-        for verdict in verdicts:
-            verdict.latency_ms = elapsed
-        return verdicts
-
-    async def _judge(self, ctx: RequestContext, candidates: Sequence[Candidate]) -> list[Verdict]:
         if self._asker.unavailable is not None:
             return [Verdict.failure("judge", self._asker.unavailable) for _ in candidates]
         order = list(range(len(candidates)))

@@ -34,15 +34,12 @@ from bestofk.verifiers.base import (
     VerifierResources,
     VerifierSpec,
     run_blocking,
-    timed,
 )
 from bestofk.verifiers.batching import Coalescer
 from bestofk.verifiers.endpoint import check_allowed
 from bestofk.verifiers.openai_http import base_url, post_json, served_model
 from bestofk.verifiers.templates import check_template
 
-ENGINE_ARGS_KEY = "reward_model_engine_args"
-"""``VerifierResources.extras`` key: vLLM ``LLM`` arguments for in-process reward models."""
 DEFAULT_ENGINE_ARGS: Mapping[str, Any] = {
     "enforce_eager": True,
     # Beside a serving engine that holds most of the memory; on the CPU build this is a share
@@ -122,7 +119,6 @@ class RewardModelVerifier:
     def __init__(self, spec: VerifierSpec, resources: VerifierResources) -> None:
         assert isinstance(spec, RewardModelSpec)
         self.spec = spec
-        self._engine_args = {**DEFAULT_ENGINE_ARGS, **resources.extras.get(ENGINE_ARGS_KEY, {})}
         # A target the server does not allow fails the request here, before generating.
         check_allowed(spec.endpoint, spec.model, resources.allowed_models)
         self._http = resources.http
@@ -130,9 +126,6 @@ class RewardModelVerifier:
 
     async def verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         """Score one candidate (batched with those ready at the same moment)."""
-        return await timed("reward_model", lambda: self._verify(ctx, candidate))
-
-    async def _verify(self, ctx: RequestContext, candidate: Candidate) -> Verdict:
         text = self.spec.template.format_map({"prompt": ctx.prompt, "candidate": candidate.text})
         try:
             raw = await self._batches.submit(text)
@@ -156,7 +149,7 @@ class RewardModelVerifier:
         assert spec.model is not None
         # No timeout on the local call: a worker thread cannot be interrupted, and the first
         # call loads the model (tens of seconds on CPU). The request deadline still applies.
-        return await run_blocking(LOCAL_MODELS.classify, spec.model, self._engine_args, texts)
+        return await run_blocking(LOCAL_MODELS.classify, spec.model, DEFAULT_ENGINE_ARGS, texts)
 
     async def _remote(self, endpoint: str, texts: Sequence[str]) -> list[list[float]]:
         base = base_url(endpoint)
