@@ -175,7 +175,10 @@ class JobRun:
     async def verify(self, candidate: Candidate) -> Scored:
         now = time.perf_counter()
         self.verify_start = min(self.verify_start or now, now)
-        verdicts = await asyncio.gather(*(self._check(v, candidate) for v in self.pointwise))
+        if len(self.pointwise) == 1:  # the common case: no task to gather a single check
+            verdicts = [await self._check(self.pointwise[0], candidate)]
+        else:
+            verdicts = await asyncio.gather(*(self._check(v, candidate) for v in self.pointwise))
         scored = Scored(candidate, list(verdicts))
         combine(scored, self.specs[: len(self.pointwise)])
         self.scored[candidate.index] = scored

@@ -35,16 +35,22 @@ import httpx
 from bestofk.tooling.bench.targets import descendants
 from bestofk.tooling.procs import Server, engine_env, start_bestofk, start_fake_backend
 
-VERIFIER_SETS: dict[str, list[dict[str, Any]]] = {
-    "none": [],
-    "regex": [{"type": "regex", "pattern": r"^\s*42\s*$"}],
-    "cheap": [
-        {"type": "regex", "pattern": r"^\s*42\s*$"},
-        {"type": "exact", "reference": "42"},
-        {"type": "json_schema", "schema": {"type": "integer", "minimum": 0}},
-    ],
+REGEX = {"type": "regex", "pattern": r"^\s*42\s*$"}
+CELLS: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {
+    "none": ([], None),
+    "regex": ([REGEX], None),
+    # Ties by index only: the engine computes no logprobs, and bestofk parses none.
+    "regex, tie_break index": ([REGEX], {"tie_break": "index"}),
+    "cheap": (
+        [
+            REGEX,
+            {"type": "exact", "reference": "42"},
+            {"type": "json_schema", "schema": {"type": "integer", "minimum": 0}},
+        ],
+        None,
+    ),
 }
-"""The verifier sets of the table: none, one regex, and three cheap checks together."""
+"""The rows of each K: verifiers (none, one regex, three cheap checks) and selection."""
 PROMPT = "What is 6 times 7? Answer with a number only."
 MAX_TOKENS = 8
 TARGET_K8_REGEX_MS = 1.5
@@ -125,9 +131,11 @@ def measure(
 
             _timed_loop(send_direct, warmup, pids)
             (_, direct_cpu), direct_lat, _ = _timed_loop(send_direct, requests, pids)
-            for name, verifiers in VERIFIER_SETS.items():
+            for name, (verifiers, selection) in CELLS.items():
                 body = {"prompt": PROMPT, "k": k, "sampling": {"max_tokens": MAX_TOKENS},
                         "verifiers": verifiers}  # fmt: skip
+                if selection is not None:
+                    body["selection"] = selection
 
                 def send(body: dict[str, Any] = body) -> httpx.Response:
                     return client.post(bestofk.url + "/generate", json=body)
