@@ -57,6 +57,8 @@ def tree_rss_mb(pid: int, exclude: frozenset[int] = frozenset()) -> float:
 
     Shared pages count once per process, so this overstates the true footprint a little.
     """
+    if pid in exclude:
+        return 0.0
     return sum(_rss_kib(p) for p in [pid, *descendants(pid, exclude)]) / 1024
 
 
