@@ -627,7 +627,7 @@ def bench(
         from bestofk.tooling.bench import cpu
 
         rows = cpu.run(config.cpu_ks, config.cpu_requests, logs)
-        console.print(cpu.markdown(rows), markup=False, highlight=False)
+        typer.echo(cpu.markdown(rows), nl=False)  # plain: rich would wrap the table's rows
         if json_out is not None:
             cells = [dataclasses.asdict(r) for r in rows]
             json_out.write_text(json.dumps(cells, indent=2) + "\n")

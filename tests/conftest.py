@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bestofk.tooling.procs import ROOT, Server, engine_env, start_bestofk, start_vllm_openai
+from bestofk.tooling.procs import (
+    ROOT,
+    Server,
+    engine_env,
+    start_bestofk,
+    start_fake_backend,
+    start_vllm_openai,
+)
 
 CONFIG = ROOT / "tests" / "data" / "config.yaml"
 # Tests point judges and reward models at fakes on random ports; servers they start inherit.
@@ -100,3 +107,14 @@ def any_server(request: pytest.FixtureRequest) -> Server:
 def post(server: Server, path: str, body: object, timeout: float = 120) -> httpx.Response:
     """POST JSON to a test server."""
     return httpx.post(server.url + path, json=body, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fake_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The scripted OpenAI backend (:mod:`bestofk.tooling.fake_backend`) in ``ok`` mode, one per
+    test module: it records every completion request it gets, and tests may switch its mode."""
+    backend = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
+    try:
+        yield backend
+    finally:
+        backend.stop()

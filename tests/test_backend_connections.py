@@ -6,41 +6,26 @@ open a new one: a connect and a teardown on both sides, about a millisecond of C
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
+from bestofk.tooling.procs import Server, engine_env, start_bestofk
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    logs = tmp_path_factory.mktemp("logs")
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bestofk.tooling.fake_backend",
-        "--port",
-        str(port),
-        "--mode",
-        "ok",
-    ]
-    backend = start(cmd, logs / "fake.log", dict(os.environ), port)
+def proxied(
+    fake_backend: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    log = tmp_path_factory.mktemp("logs") / "bestofk.log"
+    server = start_bestofk(log, "--backend", fake_backend.url, env=engine_env())
     try:
-        backend.wait_ready(30, path="/control")
-        server = start_bestofk(logs / "bestofk.log", "--backend", backend.url, env=engine_env())
-        try:
-            server.wait_ready(60)
-            yield server, backend
-        finally:
-            server.stop()
+        server.wait_ready(60)
+        yield server, fake_backend
     finally:
-        backend.stop()
+        server.stop()
 
 
 def _ports(backend: Server) -> list[int]:

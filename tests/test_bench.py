@@ -91,7 +91,7 @@ async def test_tiny_grid_against_the_session_servers(
         overhead = targets[f"service overhead, latency ({topology})"]
         assert overhead["met"] in (True, False) and "K=2: " in overhead["value"]
         assert " ms" in overhead["detail"]
-        # No concurrency 32 and no early-exit phase here: not measured, so neither met nor not.
+        # No concurrency 8 and no early-exit phase here: not measured, so neither met nor not.
         assert targets[f"service overhead, throughput ({topology})"]["met"] is None
         assert targets[f"early exit ({topology})"]["met"] is None
     assert targets["free event loop"]["met"] is None  # the phases were not run

@@ -13,27 +13,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bestofk.tooling.procs import Server, start_fake_backend
+from bestofk.tooling.procs import Server
 from tests.test_faults import set_mode, start_faulty
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "What's 5!?"}]}
 
 
 @pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    backend = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
-    try:
-        yield backend
-    finally:
-        backend.stop()
-
-
-@pytest.fixture(scope="module")
-def one_slot(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def one_slot(fake_backend: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """bestofk that runs one request at a time and queues none."""
     server = start_faulty(
         tmp_path_factory.mktemp("logs") / "bestofk.log",
-        fake.url,
+        fake_backend.url,
         BESTOFK_LIMITS__MAX_INFLIGHT="1",
         BESTOFK_LIMITS__MAX_QUEUED="0",
         BESTOFK_ALLOW_ANY_VERIFIER_TARGET="0",
@@ -44,8 +35,10 @@ def one_slot(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         server.stop()
 
 
-def test_streaming_overload_is_a_429_before_the_stream(fake: Server, one_slot: Server) -> None:
-    set_mode(fake, "slow")
+def test_streaming_overload_is_a_429_before_the_stream(
+    fake_backend: Server, one_slot: Server
+) -> None:
+    set_mode(fake_backend, "slow")
     try:
         # Headers come only once a request is admitted: this stream now holds the one slot.
         with httpx.stream(
@@ -60,11 +53,13 @@ def test_streaming_overload_is_a_429_before_the_stream(fake: Server, one_slot: S
         assert reply.json()["error"]["type"] == "rate_limit_error"
         assert int(reply.headers["retry-after"]) >= 1
     finally:
-        set_mode(fake, "ok")
+        set_mode(fake_backend, "ok")
 
 
-def test_streaming_without_a_healthy_backend_is_a_503(fake: Server, one_slot: Server) -> None:
-    set_mode(fake, "down")
+def test_streaming_without_a_healthy_backend_is_a_503(
+    fake_backend: Server, one_slot: Server
+) -> None:
+    set_mode(fake_backend, "down")
     try:
         for _ in range(100):  # until the health check has seen the backend go down
             reply = httpx.post(
@@ -77,7 +72,7 @@ def test_streaming_without_a_healthy_backend_is_a_503(fake: Server, one_slot: Se
         assert reply.json()["error"]["type"] == "overloaded_error"
         assert "retry-after" in reply.headers
     finally:
-        set_mode(fake, "ok")
+        set_mode(fake_backend, "ok")
         one_slot.wait_ready(30)
 
 

@@ -157,28 +157,18 @@ def unit_tests_request(code: str, timeout_s: float, **extra: Any) -> dict[str, A
 # --- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fake_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One misbehaving backend for the module; tests switch its mode."""
-    fake = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
 @pytest.fixture
-def fake(fake_process: Server) -> Iterator[Server]:
+def fake(fake_backend: Server) -> Iterator[Server]:
     """The module's fake backend, back to ``ok`` after each test."""
-    yield fake_process
-    set_mode(fake_process, "ok")
+    yield fake_backend
+    set_mode(fake_backend, "ok")
 
 
 @pytest.fixture(scope="module")
-def faulty(fake_process: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def faulty(fake_backend: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """bestofk over the fake backend: small limits, a 3 s deadline, one request at a time."""
     server = start_faulty(
-        tmp_path_factory.mktemp("logs") / "faulty.log", fake_process.url, **FAULTY_LIMITS
+        tmp_path_factory.mktemp("logs") / "faulty.log", fake_backend.url, **FAULTY_LIMITS
     )
     try:
         yield server
@@ -188,12 +178,12 @@ def faulty(fake_process: Server, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def small_sandbox(
-    fake_process: Server, tmp_path_factory: pytest.TempPathFactory
+    fake_backend: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """bestofk with one sandbox slot, one queue place and a short queue wait."""
     server = start_faulty(
         tmp_path_factory.mktemp("logs") / "small-sandbox.log",
-        fake_process.url,
+        fake_backend.url,
         BESTOFK_SANDBOX_SLOTS="1",
         BESTOFK_SANDBOX_MAX_QUEUE="1",
         BESTOFK_SANDBOX_QUEUE_TIMEOUT_S="0.5",
@@ -428,14 +418,14 @@ def sleeping_verify_then_sigterm(
 
 
 def test_sigterm_drains_in_flight_work_and_leaves_nothing(
-    fake_process: Server, tmp_path: Path
+    fake_backend: Server, tmp_path: Path
 ) -> None:
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     grace = 20
     server = start_faulty(
         tmp_path / "bestofk.log",
-        fake_process.url,
+        fake_backend.url,
         BESTOFK_SHUTDOWN_GRACE_S=str(grace),
         TMPDIR=str(tmpdir),
     )
@@ -470,10 +460,10 @@ def test_sigterm_drains_in_flight_work_and_leaves_nothing(
         server.stop()
 
 
-def test_sigterm_past_the_grace_period_cuts_with_503(fake_process: Server, tmp_path: Path) -> None:
+def test_sigterm_past_the_grace_period_cuts_with_503(fake_backend: Server, tmp_path: Path) -> None:
     grace = 2
     server = start_faulty(
-        tmp_path / "bestofk.log", fake_process.url, BESTOFK_SHUTDOWN_GRACE_S=str(grace)
+        tmp_path / "bestofk.log", fake_backend.url, BESTOFK_SHUTDOWN_GRACE_S=str(grace)
     )
     try:
         request, result = sleeping_verify_then_sigterm(server, 20)

@@ -24,7 +24,6 @@ from bestofk.tooling.procs import (
     Server,
     engine_env,
     start_bestofk,
-    start_fake_backend,
 )
 from tests.conftest import post
 
@@ -48,18 +47,8 @@ def error_of(reply: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A scripted OpenAI backend that records every completion request it gets."""
-    backend = start_fake_backend(tmp_path_factory.mktemp("logs") / "fake.log")
-    try:
-        yield backend
-    finally:
-        backend.stop()
-
-
-@pytest.fixture(scope="module")
-def keyed(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """bestofk over the fake, as an operator deploys it: API keys on, verifier targets not
+def keyed(fake_backend: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """bestofk over the fake backend, as an operator deploys it: API keys on, verifier targets not
     opened to clients (the test session opens them for every other server)."""
     log = tmp_path_factory.mktemp("logs") / "keyed.log"
     env = engine_env(
@@ -67,7 +56,7 @@ def keyed(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         BESTOFK_ALLOW_ANY_VERIFIER_TARGET="0",
         BESTOFK_VERIFIER_TARGETS="http://127.0.0.1:1",
     )
-    server = start_bestofk(log, "--backend", fake.url, env=env)
+    server = start_bestofk(log, "--backend", fake_backend.url, env=env)
     try:
         server.wait_ready(60)
         yield server
@@ -75,8 +64,8 @@ def keyed(fake: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         server.stop()
 
 
-def backend_requests(fake: Server) -> int:
-    return len(httpx.get(fake.url + "/control", timeout=5).json()["requests"])
+def backend_requests(fake_backend: Server) -> int:
+    return len(httpx.get(fake_backend.url + "/control", timeout=5).json()["requests"])
 
 
 # --- 1. the served name: `demo` for the embedded default, a clean name for a path -----------
@@ -103,8 +92,8 @@ def test_a_model_path_serves_as_its_directory_name(tmp_path: Path) -> None:
     assert Settings(profiles={}).profiles == {}
 
 
-def test_served_model_name_names_a_remote_engine_too(fake: Server) -> None:
-    engine = build_engine(Settings(backends=[fake.url], served_model_name="public"))
+def test_served_model_name_names_a_remote_engine_too(fake_backend: Server) -> None:
+    engine = build_engine(Settings(backends=[fake_backend.url], served_model_name="public"))
     assert engine.model_name == "public"
 
 
@@ -238,15 +227,15 @@ def test_k_rules() -> None:
     ids=["judge endpoint", "reward model"],
 )
 def test_unallowed_verifier_target_is_refused_before_generating(
-    keyed: Server, fake: Server, spec: dict[str, Any]
+    keyed: Server, fake_backend: Server, spec: dict[str, Any]
 ) -> None:
-    before = backend_requests(fake)
+    before = backend_requests(fake_backend)
     body = {"prompt": PROMPT, "k": 3, "verifiers": [spec]}
     reply = httpx.post(keyed.url + "/generate", json=body, headers=AUTH, timeout=30)
     assert reply.status_code == 400, reply.text
     error = error_of(reply)
     assert "BESTOFK_VERIFIER_TARGETS" in error["message"] and error["param"] == "verifiers"
-    assert backend_requests(fake) == before  # nothing was generated
+    assert backend_requests(fake_backend) == before  # nothing was generated
 
 
 # --- 9. error codes: OpenAI's string form, everywhere -----------------------------------------

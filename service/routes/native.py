@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,47 +25,43 @@ def _prompt(body: GenerateRequest | VerifyRequest) -> Prompt | None:
     return Prompt(text=body.prompt) if body.prompt is not None else None
 
 
+def _job_request(
+    body: GenerateRequest | VerifyRequest, arrived: float, **fields: Any
+) -> JobRequest:
+    """The fields both native endpoints share, and ``fields``, as the API-neutral request."""
+    return JobRequest(
+        prompt=_prompt(body),
+        model=body.model,
+        verifiers=body.verifiers or (),
+        profile=body.profile,
+        selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
+        timeout_s=body.timeout_s,
+        arrived=arrived,
+        **fields,
+    )
+
+
 @router.post("/generate", response_model=RerankResponse)
 async def generate(body: GenerateRequest, request: Request) -> RerankResponse:
     """Sample K candidates, verify each, return the best with every score behind it."""
-    arrived = time.perf_counter()
-    rt = runtime(request)
-    job = rt.jobs.build(
-        new_request_id("gen"),
-        JobRequest(
-            prompt=_prompt(body),
-            model=body.model,
-            k=body.k,
-            sampling=body.sampling.sampling_fields(),
-            verifiers=body.verifiers or (),
-            profile=body.profile,
-            selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
-            early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
-            timeout_s=body.timeout_s,
-            arrived=arrived,
-        ),
+    fields = _job_request(
+        body,
+        time.perf_counter(),
+        k=body.k,
+        sampling=body.sampling.sampling_fields(),
+        early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
     )
+    rt = runtime(request)
+    job = rt.jobs.build(new_request_id("gen"), fields)
     return render(await rt.execute(job, request), body.return_candidates)
 
 
 @router.post("/verify", response_model=RerankResponse)
 async def verify(body: VerifyRequest, request: Request) -> RerankResponse:
     """Score and rank given completions; the engine is not touched."""
-    arrived = time.perf_counter()
+    fields = _job_request(body, time.perf_counter(), given=body.candidates)
     rt = runtime(request)
-    job = rt.jobs.build(
-        new_request_id("ver"),
-        JobRequest(
-            prompt=_prompt(body),
-            model=body.model,
-            verifiers=body.verifiers or (),
-            profile=body.profile,
-            selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
-            given=body.candidates,
-            timeout_s=body.timeout_s,
-            arrived=arrived,
-        ),
-    )
+    job = rt.jobs.build(new_request_id("ver"), fields)
     return render(await rt.execute(job, request), body.return_candidates)
 
 

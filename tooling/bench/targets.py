@@ -429,11 +429,11 @@ def evaluate(
             )
         )
     for mode, topology in TOPOLOGIES.items():
-        thr = {k: _mode_ratio(cells, 32, k, mode, "b", "requests_per_s") for k in ks}
+        thr = {k: _mode_ratio(cells, 8, k, mode, "b", "requests_per_s") for k in ks}
         targets.append(
             Target(
                 f"service overhead, throughput ({topology})",
-                f"({mode})/(b) requests/s >= 0.9 at concurrency 32",
+                f"({mode})/(b) requests/s >= 0.9 at concurrency 8",
                 ", ".join(f"K={k}: {_fmt(v)}" for k, v in thr.items()),
                 _all_met(thr, lambda v: v >= 0.9),
             )
