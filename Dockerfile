@@ -40,6 +40,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY verifiers ./verifiers
+# The CLI's bench, eval and train commands (imported lazily): part of the package.
+COPY tooling ./tooling
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS remote
@@ -88,6 +90,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY verifiers ./verifiers
+# The CLI's bench, eval and train commands (imported lazily): part of the package.
+COPY tooling ./tooling
 RUN python3 -m pip install --no-cache-dir .
 USER 10001:10001
 EXPOSE 8000

@@ -52,3 +52,12 @@ def test_importing_the_server_loads_no_bare_top_level_names(tmp_path: Path) -> N
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_images_copy_every_package_folder() -> None:
+    """``pip install .`` in the Dockerfile needs every folder the package maps."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for folder in FOLDERS:
+        assert dockerfile.count(f"COPY {folder} ./{folder}\n") == 2, folder  # base and gpu
+        assert folder not in ignored, folder

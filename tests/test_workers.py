@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bestofk.verifiers import workers
 from bestofk.verifiers.base import VerifierCapacityError
 from bestofk.verifiers.workers import WorkerLimits, WorkerPool
 
@@ -102,3 +106,29 @@ def test_close_leaves_no_process() -> None:
     assert len(pids) == 2 and all(os.getpgid(pid) == os.getpgid(0) for pid in pids)
     pool.close()
     assert all(gone(pid) for pid in pids), "close() reaps its workers before it returns"
+
+
+def test_a_start_that_is_done_before_its_callback_is_added_does_not_deadlock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start can finish on the spawner thread before the pool adds its done callback; the
+    callback then runs at once, in the caller, which holds the pool's lock. Seen in CI: the
+    replacement of a killed worker hung the whole test session."""
+
+    def at_once(fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn())
+        return future
+
+    monkeypatch.setattr(workers, "on_spawner_thread", at_once)
+    pool = WorkerPool(1, max_queue=1, limits=WorkerLimits(budget_s=2.0, memory_bytes=256 << 20))
+    answers: list[int] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(asyncio.run(pool.run(pow, 2, 5))), daemon=True
+    )
+    thread.start()
+    thread.join(30)
+    assert answers == [32], "the pool deadlocked on a start that was done at once"
+    pids = pool.pids
+    pool.close()
+    wait_gone(pids)

@@ -227,21 +227,25 @@ class WorkerPool:
 
     async def _acquire(self) -> _Worker:
         loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Worker] | None = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the verifier worker pool is closed")
-            self._fill()
-            if self._idle:
-                return self._idle.pop()
-            if len(self._waiters) >= self._max_queue:
-                wait = self._mean_job_s * (len(self._waiters) + 1) / self._size
-                raise VerifierCapacityError(
-                    f"all {self._size} verifier workers are busy and {self._max_queue} jobs "
-                    "are queued",
-                    max(1.0, wait),
-                )
-            waiter: asyncio.Future[_Worker] = loop.create_future()
-            self._waiters.append(waiter)
+            starts = self._fill()
+            idle = self._idle.pop() if self._idle else None
+            queued = len(self._waiters)
+            if idle is None and queued < self._max_queue:
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+        self._watch(starts)
+        if idle is not None:
+            return idle
+        if waiter is None:
+            raise VerifierCapacityError(
+                f"all {self._size} verifier workers are busy and {self._max_queue} jobs "
+                "are queued",
+                max(1.0, self._mean_job_s * (queued + 1) / self._size),
+            )
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -253,11 +257,20 @@ class WorkerPool:
                 self._release(waiter.result())  # handed over just as we were cancelled
             raise  # else a scheduled hand-over finds the waiter cancelled and passes it on
 
-    def _fill(self) -> None:
-        """Start workers up to ``size`` (called with the lock held)."""
+    def _fill(self) -> list[Future[_Worker]]:
+        """Start workers up to ``size`` (called with the lock held); the caller hands the
+        starts to :meth:`_watch` once it has let go of the lock."""
+        starts = []
         while not self._closed and len(self._workers) + self._starting < self._size:
             self._starting += 1
-            on_spawner_thread(lambda: _Worker(self.limits)).add_done_callback(self._started)
+            starts.append(on_spawner_thread(lambda: _Worker(self.limits)))
+        return starts
+
+    def _watch(self, starts: list[Future[_Worker]]) -> None:
+        """Call :meth:`_started` as each start finishes. Never with the lock held: a start
+        already done runs its callback at once, here, and that callback takes the lock."""
+        for start in starts:
+            start.add_done_callback(self._started)
 
     def _started(self, started: Future[_Worker]) -> None:
         """On the spawner thread: a start finished."""
@@ -308,7 +321,8 @@ class WorkerPool:
         with self._lock:
             self._workers.discard(worker)
             on_spawner_thread(worker.reap)
-            self._fill()
+            starts = self._fill()
+        self._watch(starts)
 
 
 def _fail(waiter: asyncio.Future[_Worker], why: str) -> None:
