@@ -242,8 +242,7 @@ class WorkerPool:
             return idle
         if waiter is None:
             raise VerifierCapacityError(
-                f"all {self._size} verifier workers are busy and {self._max_queue} jobs "
-                "are queued",
+                f"all {self._size} verifier workers are busy and {self._max_queue} jobs are queued",
                 max(1.0, self._mean_job_s * (queued + 1) / self._size),
             )
         try:
