@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from bestofk.tooling.bench.targets import descendants
+from bestofk.tooling.bench.targets import descendants, stat_fields
 from bestofk.tooling.procs import Server, engine_env, start_bestofk, start_fake_backend
 
 REGEX = {"type": "regex", "pattern": r"^\s*42\s*$"}
@@ -82,12 +82,8 @@ def _cpu_s(pid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for p in [pid, *descendants(pid)]:
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue  # exited since the listing
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        if (fields := stat_fields(p)) is not None:  # else exited since the listing
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / ticks
 
 

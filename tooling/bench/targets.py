@@ -27,18 +27,21 @@ from bestofk.tooling.bench.load import closed_loop, percentile, ratio
 from bestofk.tooling.bench.modes import Call, Modes, Outcome
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (state) on, so field N is at index N - 3; None once the
+    process is gone. The command name (field 2) may hold spaces and parentheses: it is cut."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # gone since the listing
-        # The command name (field 2) may hold spaces and parentheses; the ppid follows it.
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))  # field 4: the ppid
     return tree
 
 
