@@ -281,9 +281,7 @@ async def _request_json(
         ) as response:
             raw = await response.read()
             status = response.status
-    except aiohttp.ServerTimeoutError as exc:  # before ClientError: it is one too
-        raise TimeoutError(f"{url} timed out") from exc
-    except TimeoutError as exc:  # the total timeout
+    except TimeoutError as exc:  # the total timeout, or a ServerTimeoutError (a ClientError too)
         raise TimeoutError(f"{url} timed out") from exc
     except aiohttp.ClientError as exc:
         raise EndpointError(f"{url} is unreachable: {exc!r}") from exc
