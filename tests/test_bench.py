@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bestofk.tooling.bench import BenchConfig, measure
+from bestofk.tooling.bench import BenchConfig, measure, shown_path
 from bestofk.tooling.bench.load import percentile, ratio, with_ratios
 from bestofk.tooling.bench.modes import Endpoints
 from bestofk.tooling.bench.targets import tree_rss_mb
-from bestofk.tooling.procs import Server
+from bestofk.tooling.procs import ROOT, Server
 
 
 def test_percentile_and_ratio() -> None:
@@ -128,3 +128,14 @@ def test_cpu_table_measures_bestofk_beside_the_direct_path(tmp_path: Path) -> No
         assert row["bestofk_ms"] > 0 and row["backend_direct_ms"] >= 0, row
         assert (row["verdict_ms"] is None) == (row["verifiers"] == "none"), row
     assert "CPU per request at K=8 with a regex verifier" in run.stdout
+
+
+def test_results_name_the_model_relative_to_the_checkout() -> None:
+    """Committed tables carry no machine's absolute path: the demo model is ``demo/model``."""
+    assert shown_path(ROOT / "demo" / "model") == "demo/model"
+    assert shown_path("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"  # a hub id stays as given
+    for result in (ROOT / "bench" / "results").iterdir():
+        if result.suffix in (".md", ".json"):
+            text = result.read_text()
+            assert str(ROOT) not in text and "/work/" not in text, result.name
+            assert "Model /" not in text and '"model": "/' not in text, result.name

@@ -303,8 +303,43 @@ def test_eval_plot_is_a_grid_with_one_legend(tmp_path: Path) -> None:
 # 9. vLLM's names for serve's flags, help without placeholders, bench's options
 
 
+COMMANDS = ("serve", "generate", "eval", "bench", "export", "stats", "train")
+
+
+def _description(help_text: str) -> list[list[str]]:
+    """The paragraphs above the first panel of a ``--help``, as their rendered lines."""
+    top = help_text.split("╭")[0].splitlines()
+    paragraphs: list[list[str]] = [[]]
+    for line in top[2:]:  # past the usage line
+        if line.strip():
+            paragraphs[-1].append(line.strip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return [p for p in paragraphs if p]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_help_reads_as_written_at_any_width(columns: int) -> None:
+    """Issue 24: no type placeholders (the root's options too), no square brackets eaten as
+    markup, and the docstrings' paragraphs refilled to the width instead of keeping their
+    source line breaks ("…with its own\n in-process engine,\n then times…")."""
+    for command in ("", *COMMANDS):
+        run = bestofk(*filter(None, [command]), "--help", env={"COLUMNS": str(columns)})
+        assert run.returncode == 0, run.stderr
+        for placeholder in ("<str>", "<list[str]>", "<int>", "<bool>", "<path>", "<float>"):
+            assert placeholder not in run.stdout, (command, placeholder)
+        if command in ("", "train"):
+            assert "'bestofk[train]'" in run.stdout, command
+        for paragraph in _description(run.stdout):
+            for line, after in itertools.pairwise(paragraph):
+                # A line is broken early only if the next word would not have fit on it.
+                assert len(line) + 1 + len(after.split()[0]) > columns - 4, (command, line)
+    bench = " ".join(bestofk("bench", "--help", env={"COLUMNS": str(columns)}).stdout.split())
+    assert "its own in-process engine, then times, interleaved: (a) direct n=1" in bench
+
+
 def test_serve_takes_vllms_flag_names_and_help_has_no_type_placeholders() -> None:
-    for command in ("serve", "generate", "eval", "bench", "export", "stats", "train"):
+    for command in COMMANDS:
         run = bestofk(command, "--help", env={"COLUMNS": "200"})
         assert run.returncode == 0, run.stderr
         for placeholder in ("<str>", "<list[str]>", "<int>", "<bool>", "<path>", "<float>"):
@@ -317,6 +352,52 @@ def test_serve_takes_vllms_flag_names_and_help_has_no_type_placeholders() -> Non
     assert version.returncode == 0 and version.stdout.startswith("bestofk 0.")
     bench_help = bestofk("bench", "--help", env={"COLUMNS": "200"}).stdout
     assert "OPTILLM_VENV" in bench_help and "--port" in bench_help
+
+
+def test_a_missing_extra_is_one_line_naming_it_before_any_work(tmp_path: Path) -> None:
+    """Plotting is the ``plot`` extra, training the ``train`` extra: without them, ``--plot``
+    and ``train`` fail at once in one line that says what to install (no server is asked,
+    no sampling is lost to a failed plot at the end)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        ("matplotlib", ["eval", str(ROOT / "demo" / "tasks.jsonl"), "--url", dead, "--plot",
+                        str(tmp_path / "eval.png")], "bestofk[plot]"),
+        ("matplotlib", ["bench", "--cpu-only", "--plot", str(tmp_path / "b.png")],
+         "bestofk[plot]"),
+        ("trl", ["train", str(tmp_path / "records"), "--method", "rsft", "--base", "m", "--out",
+                 str(tmp_path / "out")], "bestofk[train]"),
+    ]  # fmt: skip
+    for module, argv, extra in cases:
+        code = (
+            f"import sys; sys.modules[{module!r}] = None; sys.argv = ['bestofk', *{argv!r}]\n"
+            "from bestofk.service.cli import main; main()"
+        )
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)  # fmt: skip
+        one_line_error(run, module, extra)
+        assert not (tmp_path / "out").exists()
+
+
+def test_generate_shows_model_text_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """Candidates are the model's text: brackets in it are not rich markup (``[/INST]`` ended
+    the table with a MarkupError, ``[train]`` vanished)."""
+    from bestofk.service.cli.generate import _print
+
+    texts = ["[/INST] 120", "pip install 'bestofk[train]'"]
+    verdict = {"verifier": "regex", "score": 0.0, "error": None, "detail": "no match [/x]"}
+    response = {
+        "index": 1, "text": texts[1], "score": 1.0, "passed": True, "stats": {"k": 2},
+        "timing": {"total_ms": 1.0, "generate_ms": 1.0, "verify_ms": 0.0},
+        "candidates": [
+            {"index": i, "text": text, "score": float(i), "passed": bool(i), "tokens": 3,
+             "verdicts": [verdict], "mean_logprob": None}
+            for i, text in enumerate(texts)
+        ],
+    }  # fmt: skip
+    _print(response)
+    out = capsys.readouterr().out
+    assert "[/INST]" in out and "[/x]" in out  # (the table may wrap the cells)
+    assert out.rstrip().endswith("pip install 'bestofk[train]'")
 
 
 def test_engine_flags_merge_over_the_config_file(

@@ -84,3 +84,17 @@ def test_the_cli_help_loads_no_engine_plotting_or_training_stack(tmp_path: Path)
     assert "typer" in loaded  # the help was rendered
     heavy = {"matplotlib", "torch", "vllm", "trl", "datasets", "transformers", "aiohttp"}
     assert not loaded & heavy, loaded & heavy
+
+
+def test_the_server_install_pulls_no_tooling_stack() -> None:
+    """``pip install bestofk`` is the server: plotting and training are extras, which
+    ``make`` installs for the tests."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    for name in ("matplotlib", "trl", "datasets", "torch", "vllm"):
+        assert name not in core, name
+    assert any(d.startswith("matplotlib") for d in project["optional-dependencies"]["plot"])
+    install = next(
+        line for line in (ROOT / "Makefile").read_text().splitlines() if " -e '.[" in line
+    )
+    assert all(extra in install for extra in ("cpu", "test", "train", "plot")), install

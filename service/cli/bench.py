@@ -9,7 +9,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from bestofk.service.cli.common import console
+from bestofk.service.cli.common import console, require_extra
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -119,6 +119,8 @@ def bench(
     from bestofk.tooling import bench as bench_lib
     from bestofk.tooling.bench.modes import ALL_MODES, WORKLOADS
 
+    if plot_out is not None:
+        require_extra("matplotlib", "plot", "--plot")
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(ALL_MODES))
     if unknown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -24,6 +25,18 @@ def settings(**overrides: Any) -> Settings:
     from bestofk.service.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v not in (None, [], ())})
+
+
+def require_extra(module: str, extra: str, needed_by: str) -> None:
+    """Fail at once, in one line naming the extra, when ``needed_by`` (a command or a flag)
+    needs an optional dependency that is not installed: before any work, not after it."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise CliError(
+            f"{needed_by} needs {module}, which the `{extra}` extra installs: "
+            f"pip install 'bestofk[{extra}]'"
+        ) from None
 
 
 def describe_error(exc: BaseException) -> str | None:

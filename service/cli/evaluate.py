@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 import typer
 
 from bestofk.service.cli.client import ApiKeyOption, ModelOption, Target, UrlOption, client
-from bestofk.service.cli.common import console
+from bestofk.service.cli.common import console, require_extra
 
 if TYPE_CHECKING:
     from bestofk.service.selection import Policy
@@ -48,6 +48,9 @@ def evaluate(
     """pass@1, pass@k and best-of-k per policy, per task family and overall."""
     from bestofk.service.selection import Policy
     from bestofk.tooling import evaluation
+
+    if plot_out is not None:
+        require_extra("matplotlib", "plot", "--plot")
 
     ks = sorted({int(x) for x in k.split(",")})
     policies: list[Policy] = []
@@ -94,6 +97,7 @@ async def _collect(
 
 
 def _print_report(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="best-of-k accuracy by signal/policy (pass@k is the ceiling)")
@@ -116,4 +120,4 @@ def _print_report(report: Any) -> None:
         )  # fmt: skip
     console.print(table)
     for family, reason in report.skipped.items():
-        console.print(f"[yellow]skipped[/yellow] {family}: {reason}")
+        console.print(f"[yellow]skipped[/yellow] {escape(family)}: {escape(reason)}")

@@ -71,7 +71,10 @@ async def _generate_once(body: dict[str, Any], target: Target) -> Any:
 
 
 def _print(response: dict[str, Any]) -> None:
+    """The candidates as a table. Texts are the model's, so they are shown as text, never read
+    as rich markup (``[/INST]`` would end the print with a MarkupError)."""
     from rich.table import Table
+    from rich.text import Text
 
     candidates = response.get("candidates") or []
     # Without a verifier nothing passes or fails: the columns would only say "no".
@@ -82,7 +85,10 @@ def _print(response: dict[str, Any]) -> None:
         table.add_column(column)
     for c in candidates:
         winner = c["index"] == response["index"]
-        cells = [("★ " if winner else "") + str(c["index"]), c["text"][:200]]
+        cells: list[str | Text] = [
+            ("★ " if winner else "") + str(c["index"]),
+            Text(c["text"][:200]),
+        ]
         if judged:
             verdicts = "\n".join(
                 f"{v['verifier']}: {v['score']:.2f} {v['error'] or v['detail']}"[:80]
@@ -91,7 +97,7 @@ def _print(response: dict[str, Any]) -> None:
             cells += [
                 f"{c['score']:.3f}",
                 "yes" if c["passed"] else "no",
-                verdicts,
+                Text(verdicts),
                 str(c["tokens"]),
             ]
         else:
@@ -114,4 +120,4 @@ def _print(response: dict[str, Any]) -> None:
             f"winner #{response['index']}: no verifier, so the likeliest candidate (highest "
             f"mean token logprob; add --verifier to check answers)  {timing}"
         )
-    console.print(f"[bold]{response['text']}[/bold]")
+    console.print(Text(response["text"], style="bold"))

@@ -13,23 +13,39 @@ from bestofk.service.cli.common import describe_error
 
 class _Group(typer.core.TyperGroup):
     """Help without typer's type placeholders (``<str>``, ``<bool>``): options name their
-    value (``--url URL``), arguments their metavar, and flags take none."""
+    value (``--url URL``), arguments their metavar, and flags take none; the root's own
+    options (``--install-completion``, ``--help``) as each command's."""
 
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:  # typer's vendored click types
+    def get_params(self, ctx: Any) -> list[Any]:  # typer's vendored click types
+        params: list[Any] = super().get_params(ctx)
+        _without_types(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
-        if command is None:
-            return None
-        for param in [*command.params, command.get_help_option(ctx)]:
-            if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_flag", False):
-                param.display_type_rich = _no_type  # type: ignore[union-attr]
+        if command is not None:
+            _without_types([*command.params, command.get_help_option(ctx)])
         return command
+
+
+def _without_types(params: list[Any]) -> None:
+    for param in params:
+        if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_flag", False):
+            param.display_type_rich = _no_type
 
 
 def _no_type(ctx: object) -> None:
     return None
 
 
-app = typer.Typer(cls=_Group, help="Best-of-K reranking server for LLMs.", no_args_is_help=True)
+# Markdown, not rich markup: help reads as the docstrings' paragraphs at any width (rich
+# markup mode keeps their line breaks), and square brackets stay text (`bestofk[train]`).
+app = typer.Typer(
+    cls=_Group,
+    help="Best-of-K reranking server for LLMs.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.command()(serve.serve)
 app.command()(generate.generate)
 app.command("eval")(evaluate.evaluate)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from bestofk.service.cli.common import console
+from bestofk.service.cli.common import CliError, console, require_extra
 from bestofk.service.cli.export import (
     MaxPairsOpt,
     MaxPerPromptOpt,
@@ -67,13 +67,10 @@ def train(
     ] = "passed",
 ) -> None:
     """Train the next model on the recorded verdicts (needs `pip install 'bestofk[train]'`)."""
-    try:
-        from bestofk.tooling import train as training
-    except ImportError as exc:
-        console.print(f"[red]{exc}[/red]: install the extra, `pip install 'bestofk[train]'`")
-        raise typer.Exit(1) from None
-    from bestofk.service.records.format import RecordFormatError
+    for module in ("trl", "datasets"):
+        require_extra(module, "train", "bestofk train")
     from bestofk.service.records.reader import read_records
+    from bestofk.tooling import train as training
 
     try:
         options = training.TrainOptions(
@@ -90,9 +87,8 @@ def train(
             reward_field=reward_field,
         )
         result = training.train(read_records(records), options)
-    except (training.TrainError, RecordFormatError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    except training.TrainError as exc:
+        raise CliError(str(exc)) from None
     console.print(
         f"{method}: {result.rows} rows for {result.prompts} prompts from {result.used} of "
         f"{result.records} records, trained in {result.train_seconds:.1f} s → {out}"

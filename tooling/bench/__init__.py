@@ -35,6 +35,7 @@ from bestofk.tooling.bench.modes import (
 )
 from bestofk.tooling.bench.report import Report
 from bestofk.tooling.bench.stack import logs_dir, started
+from bestofk.tooling.procs import ROOT
 
 DEMO_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks.jsonl"
 
@@ -82,9 +83,18 @@ class BenchConfig:
 Log = Callable[[str], None]
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as the committed results show it: relative to the checkout when inside it (a
+    table names ``demo/model``, not the machine's absolute path), else as given (a hub id)."""
+    resolved = Path(path).resolve()
+    if resolved.exists() and resolved.is_relative_to(ROOT):
+        return str(resolved.relative_to(ROOT))
+    return str(path)
+
+
 def _environment(model: str) -> dict[str, Any]:
     return {
-        "model": model,
+        "model": shown_path(model),
         "cpus": os.cpu_count(),
         "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "python": platform.python_version(),
@@ -231,7 +241,7 @@ async def _target_phases(
 
 def _config_json(config: BenchConfig) -> dict[str, Any]:
     out = asdict(config)
-    out["tasks"] = str(config.tasks)
+    out["tasks"] = shown_path(config.tasks)
     out["concurrency"] = list(config.concurrency)
     out["ks"] = list(config.ks)
     out["modes"] = list(config.modes)
