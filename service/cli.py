@@ -23,6 +23,7 @@ from bestofk.service.selection import Policy, TieBreak
 
 if TYPE_CHECKING:
     from bestofk.service.records.export import ExportOptions
+    from bestofk.service.records.reader import RecordReader
 
 
 class _Group(typer.core.TyperGroup):
@@ -685,6 +686,21 @@ VerifierOpt = Annotated[
     ),
 ]
 """The record filters and row limits ``export`` and ``train`` share."""
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Stop at the first line that is not a record (default: skip it, count it and "
+        "say where it was).",
+    ),
+]
+
+
+def _say_skipped(reader: RecordReader) -> None:
+    """Tell the user (on stderr, so a --json pipe stays clean) which lines were skipped."""
+    summary = reader.summary()
+    if summary is not None:
+        Console(stderr=True).print(summary, style="yellow", highlight=False, soft_wrap=True)
 
 
 def _export_options(
@@ -730,16 +746,19 @@ def export(
     source: SourceOpt = "generate",
     profile: ProfileOpt = None,
     verifier: VerifierOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
     from bestofk.service.records.export import export as export_records
     from bestofk.service.records.export import write_jsonl
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.reader import RecordReader
 
     options = _export_options(
         fmt, min_margin, max_pairs, max_per_prompt, only, source, profile, verifier
     )
-    result = export_records(read_records(records), options)
+    reader = RecordReader(records, strict=strict)
+    result = export_records(reader, options)
+    _say_skipped(reader)
     rows = write_jsonl(result.rows, out)
     console.print(
         f"{rows} {fmt} rows for {result.prompts} prompts from {result.used} of "
@@ -773,12 +792,15 @@ def stats(
         Literal["generate", "verify"] | None,
         typer.Option(help="Only sampled requests (generate) or only given candidates (verify)."),
     ] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """pass@1 vs pass@K per profile and verifier: would training on these verdicts pay?"""
     from bestofk.service.records import stats as record_stats
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.reader import RecordReader
 
-    report = record_stats.compute(read_records(records), source=source)
+    reader = RecordReader(records, strict=strict)
+    report = record_stats.compute(reader, source=source)
+    _say_skipped(reader)
     text = json.dumps(report.to_dict(), indent=2)
     if json_out is not None and str(json_out) == "-":
         print(text)  # only the JSON on stdout, for a pipe
@@ -886,6 +908,7 @@ def train(
     reward_field: Annotated[
         Literal["passed", "score"], typer.Option(help="grpo: reward = passed (1/0) or score.")
     ] = "passed",
+    strict: StrictOpt = False,
 ) -> None:
     """Train the next model on the recorded verdicts (needs `pip install 'bestofk[train]'`)."""
     try:
@@ -894,8 +917,9 @@ def train(
         console.print(f"[red]{exc}[/red]: install the extra, `pip install 'bestofk[train]'`")
         raise typer.Exit(1) from None
     from bestofk.service.records.format import RecordFormatError
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.reader import RecordReader
 
+    reader = RecordReader(records, strict=strict)
     try:
         options = training.TrainOptions(
             method=method,
@@ -910,10 +934,12 @@ def train(
             reward_profile=reward_profile,
             reward_field=reward_field,
         )
-        result = training.train(read_records(records), options)
+        result = training.train(reader, options)
     except (training.TrainError, RecordFormatError, FileNotFoundError) as exc:
+        _say_skipped(reader)
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    _say_skipped(reader)
     console.print(
         f"{method}: {result.rows} rows for {result.prompts} prompts from {result.used} of "
         f"{result.records} records, trained in {result.train_seconds:.1f} s → {out}"
