@@ -57,10 +57,11 @@ log = logging.getLogger(__name__)
 
 WARN_EVERY_S = 10.0
 """Drops are logged at most this often (with the count since), so a flood cannot fill the log."""
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 5.0
-"""After a failed write the writer tries again after 0.5 s, then 1, 2, 4 and every 5 s: at most
-this long after the fault clears (space freed, remounted), recording resumes."""
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 2.0
+"""After a failed write the writer tries again after 0.25 s, then 0.5, 1 and every 2 s: at most
+this long after the fault clears (space freed, remounted), recording resumes. A try costs a few
+system calls (create, write, remove the empty file), so trying often costs nothing."""
 
 _REASONS = {
     errno.ENOSPC: "no_space",
@@ -331,24 +332,25 @@ class Recorder:
         except FileNotFoundError:
             stat = None
         found = None if stat is None else (stat.st_dev, stat.st_ino)
-        if self._fd is not None and found != self._directory_id:
+        if self._directory_id is not None and found != self._directory_id:
             log.warning(
-                "the record directory %s was %s while recording (%d record(s) written to %s); "
-                "recording goes on in a fresh file in %s",
+                "the record directory %s was %s while recording (the last file, %s, has %d "
+                "record(s)); recording goes on in a fresh file in %s",
                 self.directory,
                 "deleted" if stat is None else "replaced",
-                self._lines,
                 self.path,
+                self._lines,
                 "it, recreated" if stat is None else "the new one",
             )
             self._abandon_file()
+            self._directory_id = None
         if stat is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             stat = os.stat(self.directory)
             found = (stat.st_dev, stat.st_ino)
         if self._fd is None or (self._size > 0 and self._size + size > self.max_bytes):
             self._rotate()
-            self._directory_id = found
+        self._directory_id = found
 
     def _write(self, fd: int, line: bytes) -> None:
         view = memoryview(line)
