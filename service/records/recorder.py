@@ -8,6 +8,9 @@ serialises it and appends it to the current file:
 - each record is one ``os.write`` of one complete line on an ``O_APPEND`` descriptor with no
   user-space buffer, so a reader sees whole records the moment they are written, and a killed
   server leaves at most one partial last line (which readers skip);
+- the file is fsync'd at most ``SYNC_EVERY_S`` after a line is written (one fsync a second
+  under load), so a crash or a disk error loses at most the last second, not the page cache's
+  half minute;
 - a file is rotated when the next line would take it past ``max_bytes``; the finished file is
   fsync'd (and the directory, for the new name) before the next is used;
 - at shutdown the queue is drained, then the file fsync'd and closed.
@@ -55,6 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SYNC_EVERY_S = 1.0
+"""Written lines are fsync'd at most this long after they are written (a crash or a disk that
+fails loses at most this much), and at rotation and shutdown."""
 WARN_EVERY_S = 10.0
 """Drops are logged at most this often (with the count since), so a flood cannot fill the log."""
 RETRY_FIRST_S = 0.25
@@ -161,6 +167,8 @@ class Recorder:
         self._fd: int | None = None
         self._size = 0
         self._lines = 0
+        self._unsynced = False
+        self._sync_due = 0.0
         self._sequence = 0
         self._directory_id: tuple[int, int] | None = None
         self.path: Path | None = None
@@ -235,8 +243,9 @@ class Recorder:
         try:
             while True:
                 try:
-                    item = self._queue.get(timeout=WARN_EVERY_S)
-                except queue.Empty:  # idle: drops counted since the last warning are logged now
+                    item = self._queue.get(timeout=SYNC_EVERY_S if self._unsynced else WARN_EVERY_S)
+                except queue.Empty:  # idle: the last lines go to the disk, pending drops to the log
+                    self._sync(force=True)
                     self._drops.report()
                     continue
                 if item is _STOP:
@@ -266,6 +275,7 @@ class Recorder:
             return
         try:
             self._append(line)
+            self._sync(force=False)
         except OSError as exc:
             self._fail(exc)
             return
@@ -314,6 +324,7 @@ class Recorder:
             self._write(self._fd, line)
             if os.fstat(self._fd).st_nlink > 0:
                 self._lines += 1
+                self._unsynced = True
                 return
             # Deleted while we wrote (or before): the line is lost with it, so it goes again.
             log.warning(
@@ -324,6 +335,23 @@ class Recorder:
             )
             self._abandon_file()
         raise FileDeletedError(errno.ENOENT, "record files are deleted as they are written")
+
+    def _sync(self, force: bool) -> None:
+        """fsync what was written since the last sync, at most every ``SYNC_EVERY_S`` unless
+        ``force``: a crash or a disk error then loses at most that much of what was counted
+        written, not the page cache's half minute. An idle sync that fails is left to the next
+        write, which meets the same fault and counts it."""
+        now = time.monotonic()
+        if self._fd is None or not self._unsynced or (not force and now < self._sync_due):
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            if not force:
+                raise
+            self._abandon_file()
+        self._unsynced = False
+        self._sync_due = now + SYNC_EVERY_S
 
     def _open_for(self, size: int) -> None:
         """Make ``self._fd`` a file in the directory as it is now, with room for ``size``."""
@@ -383,7 +411,7 @@ class Recorder:
         """fsync and close the current file; a failure to do so raises (after closing)."""
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._unsynced = self._fd, None, False
         try:
             os.fsync(fd)
         finally:
