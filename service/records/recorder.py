@@ -176,7 +176,6 @@ class Recorder:
         self._drops = _DropLog()
         self._failure: _Failure | None = None
         self._traced = False
-        self._healthy = metrics.RECORDS_HEALTHY.labels(str(directory))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Recorder:
@@ -194,7 +193,7 @@ class Recorder:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise PermissionError(f"the record directory {self.directory} is not writable")
-        self._healthy.set(1)
+        self._set_healthy(True)
         self._thread = threading.Thread(target=self._run, name="bestofk-recorder", daemon=True)
         self._thread.start()
         log.info("recording requests to %s", self.directory)
@@ -282,7 +281,7 @@ class Recorder:
         metrics.RECORDS_WRITTEN.inc()
         if failure is not None:
             self._failure = None
-            self._healthy.set(1)
+            self._set_healthy(True)
             self._drops.report()
             log.warning(
                 "recording to %s resumed after %.1f s (%d record(s) dropped meanwhile, %s)",
@@ -298,13 +297,16 @@ class Recorder:
         failure = self._failure
         if failure is None:
             failure = self._failure = _Failure(reason, error, now, now, RETRY_FIRST_S)
-            self._healthy.set(0)
+            self._set_healthy(False)
         else:
             failure.reason, failure.error = reason, error
             failure.delay = min(failure.delay * 2, RETRY_MAX_S)
         failure.retry_at = now + failure.delay
         failure.dropped += 1
         self._drops.drop(reason, error)
+
+    def _set_healthy(self, healthy: bool) -> None:
+        metrics.RECORDS_HEALTHY.labels(str(self.directory)).set(1 if healthy else 0)
 
     def _line(self, item: _Pending) -> bytes:
         record = build(
