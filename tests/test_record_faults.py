@@ -127,7 +127,8 @@ class Outcome:
     """Lines the server logged from the fault on (its start-up and access lines aside)."""
     resumed_s: float
     """From the fault clearing (space freed, disk repaired; for a deletion, the deletion) to
-    the first record saved after it, as a client sees it (one request's latency included)."""
+    the first record saved after it, as a client sees it (a /verify request's latency and the
+    settling poll, 0.1 s, included)."""
 
     def row(self) -> str:
         dropped = sum(self.dropped.values())
@@ -158,14 +159,18 @@ class Run:
         self.sent = 0
         self._log_mark = 0
 
-    def send(self, n: int, concurrency: int = 4) -> None:
-        """``n`` best-of-8 requests, ``concurrency`` at a time; each must answer 200."""
+    def send(self, n: int, concurrency: int = 4, path: str = "/generate") -> None:
+        """``n`` best-of-8 requests, ``concurrency`` at a time; each must answer 200. A
+        ``/verify`` ranks 8 given candidates: it is recorded the same, in milliseconds."""
 
         def one(i: int) -> int:
             task = FACTORIALS[(self.sent + i) % len(FACTORIALS)]
-            body = {"prompt": task["prompt"], "k": 8, "verifiers": task["verifiers"],
-                    "sampling": {"temperature": 1.0, "max_tokens": 16}}  # fmt: skip
-            return httpx.post(self.server.url + "/generate", json=body, timeout=120).status_code
+            body: dict[str, object] = {"prompt": task["prompt"], "verifiers": task["verifiers"]}
+            if path == "/generate":
+                body |= {"k": 8, "sampling": {"temperature": 1.0, "max_tokens": 16}}
+            else:
+                body["candidates"] = [str(c) for c in range(8)]
+            return httpx.post(self.server.url + path, json=body, timeout=120).status_code
 
         with ThreadPoolExecutor(concurrency) as pool:
             codes = list(pool.map(one, range(n)))
@@ -210,10 +215,11 @@ class Run:
         return self.server.log.read_text(errors="replace").splitlines()
 
     def until_resumed(self, since: float) -> float:
-        """Send one request at a time until a record is saved again; seconds since ``since``."""
+        """Send one request at a time until a record is saved again; seconds since ``since``.
+        They are ``/verify`` requests, so the figure is the writer's, not the engine's."""
         saved = _saved(self.settled())
         while True:
-            self.send(1, concurrency=1)
+            self.send(1, concurrency=1, path="/verify")
             if _saved(self.settled()) > saved:
                 return time.monotonic() - since
             assert time.monotonic() - since < 30, f"recording did not resume\n{self.log_tail()}"
