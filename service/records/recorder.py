@@ -245,7 +245,7 @@ class Recorder:
                     item = self._queue.get(timeout=SYNC_EVERY_S if self._unsynced else WARN_EVERY_S)
                 except queue.Empty:  # idle: the last lines go to the disk, pending drops to the log
                     self._sync(force=True)
-                    self._drops.report()
+                    self._drops.report(force=False)
                     continue
                 if item is _STOP:
                     return
