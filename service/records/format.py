@@ -35,8 +35,8 @@ SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"
 MAX_RECORD_BYTES = 32 * 1024 * 1024
 """No record line is longer: the writer drops a record that would be (``too_large``), and a
-reader skips a longer line without loading it. At the default limits a record stays under
-half of it (64 candidates of 4096 tokens at the 64-byte-per-token cap)."""
+reader skips a longer line without loading it. At the default limits the candidates' text is
+at most half of it (64 candidates x 4096 tokens x the 64-byte-per-token cap)."""
 
 Source = Literal["generate", "verify"]
 
