@@ -216,15 +216,28 @@ def render() -> tuple[bytes, str]:
 
 
 # Request records (``--record-dir``, service/records/recorder.py).
-RECORD_DROP_REASONS = ("queue_full", "error", "closed")
+RECORD_DROP_REASONS = (
+    "queue_full", "closed", "no_space", "read_only", "permission", "deleted", "too_large", "error",
+)  # fmt: skip
 RECORDS_WRITTEN = Counter(
-    "bestofk_records_written_total", "Request records appended to the record files."
+    "bestofk_records_written_total",
+    "Request records appended to a record file that still had its name.",
 )
 RECORDS_DROPPED = Counter(
     "bestofk_records_dropped_total",
-    "Request records not written, by reason (queue_full: the writer fell behind; error: the "
-    "write failed; closed: the recorder had stopped).",
+    "Request records not written, by reason (queue_full: the writer fell behind; closed: the "
+    "recorder had stopped; no_space, read_only, permission: the write failed so; deleted: the "
+    "record files were deleted as fast as they were made; too_large: a record over the "
+    "readers' line cap; error: any other failure).",
     ["reason"],
 )
 for _reason in RECORD_DROP_REASONS:
     RECORDS_DROPPED.labels(_reason)
+RECORDS_HEALTHY = Gauge(
+    "bestofk_records_healthy",
+    "1 while the last record write succeeded, 0 from a failed write (no space, read-only, "
+    "permission...) until a write succeeds again; only with --record-dir. With several "
+    "workers, the least of theirs: 0 as soon as one cannot record.",
+    ["directory"],
+    multiprocess_mode="livemin",
+)

@@ -75,6 +75,9 @@ def test_dashboard_covers_the_issue() -> None:
         "bestofk_generated_tokens_total",
         "bestofk_inflight_requests",
         "bestofk_backend_up",
+        "bestofk_records_healthy",
+        "bestofk_records_written_total",
+        "bestofk_records_dropped_total",
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
@@ -146,6 +149,8 @@ def test_alerts_cover_the_issue() -> None:
     assert "bestofk_request_duration_seconds_bucket" in exprs["BestofkHighLatencyP95"]
     assert 'outcome="timeout"' in exprs["BestofkSandboxTimeouts"]
     assert "bestofk_requests_with_passing_candidate_total" in exprs["BestofkNoPassingCandidate"]
+    assert "bestofk_records_healthy" in exprs["BestofkRecordingFailing"]
+    assert "bestofk_records_dropped_total" in exprs["BestofkRecordsDropped"]
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]

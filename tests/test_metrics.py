@@ -86,6 +86,7 @@ DESIGN_METRICS = {
     "bestofk_stage_duration_seconds_bucket": {"stage", "le"},
     "bestofk_reranked_requests_total": set(),
     "bestofk_backend_up": {"backend"},
+    "bestofk_records_healthy": {"directory"},
     # The in-process engine's own metrics, on the same endpoint.
     "vllm:num_requests_running": {"model_name", "engine"},
     "vllm:num_requests_waiting": {"model_name", "engine"},

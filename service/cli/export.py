@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.console import Console
 
 from bestofk.service.cli.common import console
 
 if TYPE_CHECKING:
+    from bestofk.service.records.reader import RecordReader
     from bestofk.tooling.records.export import ExportOptions
 
 RecordsArg = Annotated[
@@ -53,6 +55,22 @@ VerifierOpt = Annotated[
     ),
 ]
 """The record filters and row limits ``export`` and ``train`` share."""
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Stop at the first line that is not a record (default: skip it, count it and "
+        "say where it was).",
+    ),
+]
+"""``export``, ``stats`` and ``train``: what to do with a damaged record directory."""
+
+
+def say_skipped(reader: RecordReader) -> None:
+    """Tell the user which lines were skipped, on stderr (so a ``--json -`` pipe stays clean)."""
+    summary = reader.summary()
+    if summary is not None:
+        Console(stderr=True).print(summary, style="yellow", highlight=False, soft_wrap=True)
 
 
 def export_options(
@@ -98,16 +116,19 @@ def export(
     source: SourceOpt = "generate",
     profile: ProfileOpt = None,
     verifier: VerifierOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Turn recorded verdicts into a dataset for TRL's DPO, SFT or KTO trainer."""
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.reader import RecordReader
     from bestofk.tooling.records.export import export as export_records
     from bestofk.tooling.records.export import write_jsonl
 
     options = export_options(
         fmt, min_margin, max_pairs, max_per_prompt, only, source, profile, verifier
     )
-    result = export_records(read_records(records), options)
+    reader = RecordReader(records, strict=strict)
+    result = export_records(reader, options)
+    say_skipped(reader)
     rows = write_jsonl(result.rows, out)
     console.print(
         f"{rows} {fmt} rows for {result.prompts} prompts from {result.used} of "

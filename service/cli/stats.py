@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from bestofk.service.cli.common import console
-from bestofk.service.cli.export import RecordsArg
+from bestofk.service.cli.export import RecordsArg, StrictOpt, say_skipped
 
 
 def stats(
@@ -22,12 +22,15 @@ def stats(
         Literal["generate", "verify"] | None,
         typer.Option(help="Only sampled requests (generate) or only given candidates (verify)."),
     ] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """pass@1 vs pass@K per profile and verifier: would training on these verdicts pay?"""
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.reader import RecordReader
     from bestofk.tooling.records import stats as record_stats
 
-    report = record_stats.compute(read_records(records), source=source)
+    reader = RecordReader(records, strict=strict)
+    report = record_stats.compute(reader, source=source)
+    say_skipped(reader)
     text = json.dumps(report.to_dict(), indent=2)
     if json_out is not None and str(json_out) == "-":
         print(text)  # only the JSON on stdout, for a pipe

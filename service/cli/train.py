@@ -16,8 +16,10 @@ from bestofk.service.cli.export import (
     ProfileOpt,
     RecordsArg,
     SourceOpt,
+    StrictOpt,
     VerifierOpt,
     export_options,
+    say_skipped,
 )
 
 
@@ -65,13 +67,16 @@ def train(
     reward_field: Annotated[
         Literal["passed", "score"], typer.Option(help="grpo: reward = passed (1/0) or score.")
     ] = "passed",
+    strict: StrictOpt = False,
 ) -> None:
     """Train the next model on the recorded verdicts (needs `pip install 'bestofk[train]'`)."""
     for module in ("trl", "datasets"):
         require_extra(module, "train", "bestofk train")
-    from bestofk.service.records.reader import read_records
+    from bestofk.service.records.format import RecordFormatError
+    from bestofk.service.records.reader import RecordReader
     from bestofk.tooling import train as training
 
+    reader = RecordReader(records, strict=strict)
     try:
         options = training.TrainOptions(
             method=method,
@@ -86,9 +91,11 @@ def train(
             reward_profile=reward_profile,
             reward_field=reward_field,
         )
-        result = training.train(read_records(records), options)
-    except training.TrainError as exc:
+        result = training.train(reader, options)
+    except (training.TrainError, RecordFormatError, FileNotFoundError) as exc:
+        say_skipped(reader)
         raise CliError(str(exc)) from None
+    say_skipped(reader)
     console.print(
         f"{method}: {result.rows} rows for {result.prompts} prompts from {result.used} of "
         f"{result.records} records, trained in {result.train_seconds:.1f} s → {out}"

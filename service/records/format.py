@@ -4,8 +4,9 @@ A record holds everything behind one choice: the prompt (text, or chat messages)
 candidate with its verdicts and combined score, the selection and which candidate it chose,
 the request's stats, usage and timing, the profile and the verifier specs, the model, the
 request id and a UTC timestamp. Exporters and ``bestofk stats`` read records back through
-:meth:`Record.from_dict`, which accepts older versions and ignores fields it does not know, so
-a newer writer stays readable by an older reader as long as ``version`` is not bumped.
+:meth:`Record.from_json`, which checks every field's type, accepts older versions and ignores
+fields it does not know, so a newer writer stays readable by an older reader as long as
+``version`` is not bumped.
 
 Version history: 1, the first.
 """
@@ -13,6 +14,7 @@ Version history: 1, the first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -20,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
+
+import pydantic
 
 from bestofk.service import results
 from bestofk.verifiers.base import Verdict
@@ -29,12 +33,17 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"
+MAX_RECORD_BYTES = 32 * 1024 * 1024
+"""No record line is longer: the writer drops a record that would be (``too_large``), and a
+reader skips a longer line without loading it. At the default limits the candidates' text is
+at most half of it (64 candidates x 4096 tokens x the 64-byte-per-token cap)."""
 
 Source = Literal["generate", "verify"]
 
 
 class RecordFormatError(ValueError):
-    """A record that cannot be read: not JSON, not an object, or a version from the future."""
+    """A line that is not a record: not JSON, not a record's shape, or a version from the
+    future."""
 
 
 @dataclass(slots=True)
@@ -137,33 +146,43 @@ class Record:
         return (text + "\n").encode()
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Record:
-        """Read a record written by this or an older version; unknown fields are ignored."""
-        version = raw.get("version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise RecordFormatError(
-                f"record version {version!r} is not one this bestofk reads (1..{SCHEMA_VERSION})"
-            )
+    def from_json(cls, line: bytes) -> Record:
+        """The record on one line, written by this or an older version; unknown fields are
+        ignored, a field of the wrong type is an error."""
         try:
-            return cls(
-                id=raw["id"],
-                timestamp=raw["timestamp"],
-                model=raw["model"],
-                source=raw["source"],
-                prompt=raw.get("prompt"),
-                messages=raw.get("messages"),
-                profile=raw.get("profile"),
-                verifiers=list(raw.get("verifiers") or []),
-                selection=_load(SelectionRecord, raw["selection"]),
-                stats=_load(StatsRecord, raw["stats"]),
-                candidates=[_candidate(c) for c in raw["candidates"]],
-                sampling=raw.get("sampling"),
-                usage=dict(raw.get("usage") or {}),
-                timing=dict(raw.get("timing") or {}),
-                version=version,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise RecordFormatError(f"malformed record: {type(exc).__name__}: {exc}") from None
+            # Strict: a string where a number belongs is not coerced into one.
+            record = _adapter().validate_json(line, strict=True)
+        except pydantic.ValidationError as exc:
+            raise RecordFormatError(_describe(line, exc)) from None
+        if record.version > SCHEMA_VERSION:
+            raise RecordFormatError(_too_new(record.version))
+        return record
+
+
+@functools.cache
+def _adapter() -> pydantic.TypeAdapter[Record]:
+    # Built on first read, not at import: the server imports this module and never reads.
+    return pydantic.TypeAdapter(Record)
+
+
+def _too_new(version: int) -> str:
+    return f"record version {version} is not one this bestofk reads (1..{SCHEMA_VERSION})"
+
+
+def _describe(line: bytes, exc: pydantic.ValidationError) -> str:
+    """What is wrong with a line that is not a record, in one line."""
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return f"not JSON ({first['msg']})"
+    if first["type"] == "dataclass_type" or not first["loc"]:
+        return "not a record (a JSON object with id, candidates, stats...)"
+    # A newer writer's record fails on its new shape: say the version, not the field.
+    version = json.loads(line).get("version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        return _too_new(version)
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"not a record: {where}: {first['msg']}{more}"
 
 
 def _candidate(raw: Mapping[str, Any]) -> CandidateRecord:

@@ -3,18 +3,25 @@
 The writer appends each record as one complete line in one ``write``, so a reader that stops
 at the last newline sees only whole records. A line without its newline is the end of a file
 still being written, or of one whose writer was killed mid-write: it is skipped, never parsed.
-Any complete line that does not parse is corruption and raises, naming the file and line.
+
+A complete line that is not a record (binary junk, JSON of another shape, a line longer than
+any record, which is skipped without being loaded) is damage: :class:`RecordReader` skips it
+and counts it with its file and line, or with ``strict`` raises on the first, naming both.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from bestofk.service.records.format import Record, RecordFormatError
+from bestofk.service.records.format import MAX_RECORD_BYTES, Record, RecordFormatError
 
 PATTERN = "*.jsonl"
+EXAMPLES = 10
+"""How many skipped lines a reader keeps (file, line, why) to show; it counts them all."""
+_CHUNK = 1 << 20
 
 
 def record_files(path: Path) -> list[Path]:
@@ -29,29 +36,88 @@ def record_files(path: Path) -> list[Path]:
     raise FileNotFoundError(f"no record file or directory at {path}")
 
 
-def complete_lines(file: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) for each newline-terminated line; a trailing partial one is skipped."""
+def complete_lines(file: Path) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) for each newline-terminated line that is not blank; the line is
+    None when it is longer than ``MAX_RECORD_BYTES`` (it is read past, never held whole). A
+    trailing partial line is skipped."""
     with file.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        number = 0
+        while True:
+            line = handle.readline(MAX_RECORD_BYTES + 1)
+            number += 1
             if not line.endswith(b"\n"):
-                return  # only the last line can lack its newline: a write in progress
-            if line.strip():
+                if len(line) <= MAX_RECORD_BYTES or not _read_past_line(handle):
+                    return  # only the last line can lack its newline: a write in progress
+                yield number, None
+            elif line.strip():
                 yield number, line
 
 
-def read_file(file: Path) -> Iterator[Record]:
-    """Every complete record in one file."""
-    for number, line in complete_lines(file):
-        try:
-            raw = json.loads(line)
-            if not isinstance(raw, dict):
-                raise RecordFormatError("a record is a JSON object")
-            yield Record.from_dict(raw)
-        except (ValueError, RecordFormatError) as exc:
-            raise RecordFormatError(f"{file}:{number}: {exc}") from None
+def _read_past_line(handle: BinaryIO) -> bool:
+    """Read to the end of the current line; False if the file ends first."""
+    while chunk := handle.readline(_CHUNK):
+        if chunk.endswith(b"\n"):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A complete line that is not a record."""
+
+    file: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass(slots=True)
+class RecordReader:
+    """Every record in a file or a directory of record files, in write order.
+
+    Lines that are not records are skipped and counted (``skipped``, the first few kept in
+    ``examples``); with ``strict`` the first one raises :class:`RecordFormatError` instead.
+    """
+
+    path: Path
+    strict: bool = False
+    skipped: int = 0
+    examples: list[Skipped] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        self.skipped, self.examples = 0, []
+        for file in record_files(self.path):
+            for number, line in complete_lines(file):
+                try:
+                    if line is None:
+                        raise RecordFormatError(
+                            f"a line over {MAX_RECORD_BYTES >> 20} MiB, longer than any record"
+                        )
+                    yield Record.from_json(line)
+                except RecordFormatError as exc:
+                    skipped = Skipped(file, number, str(exc))
+                    if self.strict:
+                        raise RecordFormatError(str(skipped)) from None
+                    self.skipped += 1
+                    if len(self.examples) < EXAMPLES:
+                        self.examples.append(skipped)
+
+    def summary(self) -> str | None:
+        """What was skipped, in a few lines for the user; None when nothing was."""
+        if not self.skipped:
+            return None
+        lines = [
+            f"skipped {self.skipped} line(s) that are not records (--strict stops at the first):",
+            *(f"  {example}" for example in self.examples),
+        ]
+        if self.skipped > len(self.examples):
+            lines.append(f"  … and {self.skipped - len(self.examples)} more")
+        return "\n".join(lines)
 
 
 def read_records(path: Path) -> Iterator[Record]:
-    """Every complete record in a file or a directory of record files, in write order."""
-    for file in record_files(path):
-        yield from read_file(file)
+    """Every record in a file or a directory of record files, in write order; the first line
+    that is not a record raises (:class:`RecordReader` skips and counts them)."""
+    yield from RecordReader(path, strict=True)

@@ -68,13 +68,17 @@ async def verify(body: VerifyRequest, request: Request) -> RerankResponse:
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     """200 ``{"status": "ready"}`` while the engine takes requests; else 503 with the status
-    (``loading``, ``no_healthy_backend``, ``engine_dead``…), a ``detail`` and Retry-After."""
+    (``loading``, ``no_healthy_backend``, ``engine_dead``…), a ``detail`` and Retry-After.
+    While request records cannot be written the status stays, and the detail says so."""
     rt: Runtime | None = getattr(request.app.state, "runtime", None)
     if rt is not None and rt.draining:
         body = {"status": "draining", "detail": "the server is shutting down"}
         return JSONResponse(body, status_code=503, headers=retry_after(1))
     state = rt.engine.health if rt is not None else EngineHealth("loading", 1.0, "starting")
-    body = {"status": state.status, "detail": state.detail}
+    # Failing records do not stop serving, so they change the detail, not the status.
+    recording = rt.recorder.failing if rt is not None and rt.recorder is not None else None
+    detail = "; ".join(part for part in (state.detail, recording) if part)
+    body = {"status": state.status, "detail": detail}
     if state.ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers=retry_after(state.retry_after_s))
