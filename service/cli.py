@@ -151,6 +151,14 @@ def serve(
     log_level: Annotated[
         LogLevel | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
+    no_ui: Annotated[
+        bool,
+        typer.Option(
+            "--no-ui",
+            help="Serve no trace pages at /ui (env BESTOFK_UI=false).",
+            show_default=False,
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -180,6 +188,7 @@ def serve(
         api_keys=api_key,
         log_level=log_level,
         vllm=vllm or None,
+        ui=False if no_ui else None,
     )
     server.preflight(settings)
     if settings.workers > 1:
@@ -198,6 +207,7 @@ def serve(
             "API_KEYS": ",".join(api_key or []) or None,
             "LOG_LEVEL": log_level,
             "BACKENDS": ",".join(backend or []) or None,
+            "UI": "false" if no_ui else None,
         }
         server.serve_workers(settings, flags)
         return
