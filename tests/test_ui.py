@@ -256,34 +256,42 @@ def test_responses_point_at_their_trace_and_the_api_is_unchanged(server: Server)
 
 
 @pytest.fixture(scope="module")
-def keyed_server(
+def side_servers(
     vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """bestofk with an API key and a redaction, in front of the session's vLLM server (no
-    engine of its own)."""
-    log = tmp_path_factory.mktemp("logs") / "bestofk-keyed.log"
+) -> Iterator[tuple[Server, Server]]:
+    """Two bestofk servers in front of the session's vLLM server (no engine of their own),
+    started side by side: one with an API key and a redaction, one with ``--no-ui``."""
+    logs = tmp_path_factory.mktemp("logs")
     env = engine_env(BESTOFK_CONFIG=str(CONFIG), BESTOFK_RECORD_REDACT=r'["sk-live-\\w+"]')
-    keyed = start_bestofk(log, "--backend", vllm_backend.url, "--api-key", "k-ui", env=env)
+    keyed = start_bestofk(
+        logs / "keyed.log", "--backend", vllm_backend.url, "--api-key", "k-ui", env=env
+    )
+    off = start_bestofk(logs / "no-ui.log", "--backend", vllm_backend.url, "--no-ui", env=env)
     try:
         keyed.wait_ready(60)
-        yield keyed
+        off.wait_ready(60)
+        yield keyed, off
     finally:
         keyed.stop()
+        off.stop()
 
 
-def test_with_api_keys_the_pages_want_the_key(keyed_server: Server, page: Any, shots: Path) -> None:
-    url = keyed_server.url
+def test_with_api_keys_the_pages_want_the_key(
+    side_servers: tuple[Server, Server], page: Any, shots: Path
+) -> None:
+    url = side_servers[0].url
     auth = {"Authorization": "Bearer k-ui"}
     response = httpx.post(
-        url + "/generate",
-        json={"prompt": f"My key is {SECRET}. 2+2?", "k": 2, "sampling": {"max_tokens": 8}},
+        url + "/verify",
+        json={"prompt": f"My key is {SECRET}. 2+2?", "candidates": ["4", f"{SECRET} 4"]},
         headers=auth,
-        timeout=120,
+        timeout=60,
     )
     assert response.status_code == 200, response.text
     trace = _trace_path(response)
     # Without the key: the API says 401, a browser is sent to the form.
     assert httpx.get(url + trace, timeout=30).status_code == 303
+    assert httpx.get(url + "/v1/models", timeout=30).status_code == 401
     page.goto(url + trace)
     assert "/ui/login" in page.url
     page.screenshot(path=str(shots / "login.png"))
@@ -296,8 +304,9 @@ def test_with_api_keys_the_pages_want_the_key(keyed_server: Server, page: Any, s
     (cookie,) = page.context.cookies()
     assert cookie["name"] == UI_COOKIE and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert cookie["path"] == "/ui" and cookie["value"] == ui_token("k-ui") != "k-ui"
-    # The prompt's secret is redacted as the records would be.
+    # The secret is redacted as the records would redact the prompt, wherever a page shows it.
     assert "[REDACTED]" in page.locator("#prompt").inner_text()
+    assert "[REDACTED] 4" in page.locator("#candidates").inner_text()
     assert SECRET not in page.content()
     # The cookie opens the pages, not the API; Bearer opens both.
     cookies = {UI_COOKIE: cookie["value"]}
@@ -309,15 +318,11 @@ def test_with_api_keys_the_pages_want_the_key(keyed_server: Server, page: Any, s
     assert "/ui/login" in page.url
 
 
-def test_no_ui_turns_the_pages_off(fake_backend: Server, tmp_path: Path) -> None:
-    off = start_bestofk(tmp_path / "log", "--backend", fake_backend.url, "--no-ui")
-    try:
-        off.wait_ready(60)
-        assert httpx.get(off.url + "/ui", timeout=30).status_code == 404
-        response = post(off, "/verify", {"prompt": "x", "candidates": ["a"]})
-        assert response.status_code == 200 and "link" not in response.headers
-    finally:
-        off.stop()
+def test_no_ui_turns_the_pages_off(side_servers: tuple[Server, Server]) -> None:
+    off = side_servers[1]
+    assert httpx.get(off.url + "/ui", timeout=30).status_code == 404
+    response = post(off, "/verify", {"prompt": "x", "candidates": ["a"]})
+    assert response.status_code == 200 and "link" not in response.headers
 
 
 # --- without a browser ----------------------------------------------------------------------

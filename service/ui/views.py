@@ -321,13 +321,21 @@ def _explain(
             )
             for c in found
         ]
-        top = clusters[0] if clusters else None
-        if top is not None:
+        if clusters:
+            top = clusters[0]
             why.append(
                 f"vote: the heaviest cluster (answer {top.answer!r}, {len(top.members)} of "
                 f"{len(pool)} candidates, summed score {top.weight:.3f}) wins, and its best "
                 f"member, #{sel.chosen}, is returned."
             )
+        if len(clusters) > 1 and clusters[1].weight == clusters[0].weight:
+            runner = clusters[1]
+            how = (
+                "the larger cluster"
+                if len(runner.members) != len(clusters[0].members)
+                else "the cluster whose best member ranks higher"
+            )
+            why.append(f"Tied in weight with answer {runner.answer!r}; {how} won.")
     else:
         why.append(
             f"argmax: #{sel.chosen} has the highest combined score ({winner.score:.3f})"
