@@ -15,15 +15,23 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from bestofk.service import cli
+from bestofk.service import server as server_process
+from bestofk.service.app import create_app
+from bestofk.service.history import History
 from bestofk.service.middleware import UI_COOKIE, ui_token
 from bestofk.service.records import stats
 from bestofk.service.records.format import CandidateRecord, Record, SelectionRecord, StatsRecord
 from bestofk.service.records.reader import complete_lines, complete_lines_reversed, read_records
+from bestofk.service.routes.common import trace_link
+from bestofk.service.settings import Settings
 from bestofk.service.ui import views
 from bestofk.service.ui.routes import _next
 from bestofk.tooling.procs import Server, engine_env, start_bestofk
@@ -234,6 +242,8 @@ def test_the_stats_page_is_bestofk_stats(
     )
     page.goto(server.url + "/ui/stats")  # this process's recent requests
     assert page.locator("#stats tbody tr").count() >= 1
+    page.goto(server.url + "/ui?origin=records")  # the list, read from the record files
+    assert best_of_8.json()["id"] in page.locator("#requests").inner_text()
 
 
 def test_responses_point_at_their_trace_and_the_api_is_unchanged(server: Server) -> None:
@@ -256,30 +266,23 @@ def test_responses_point_at_their_trace_and_the_api_is_unchanged(server: Server)
 
 
 @pytest.fixture(scope="module")
-def side_servers(
+def keyed_server(
     vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, Server]]:
-    """Two bestofk servers in front of the session's vLLM server (no engine of their own),
-    started side by side: one with an API key and a redaction, one with ``--no-ui``."""
-    logs = tmp_path_factory.mktemp("logs")
+) -> Iterator[Server]:
+    """bestofk with an API key and a redaction, in front of the session's vLLM server (no
+    engine of its own)."""
+    log = tmp_path_factory.mktemp("logs") / "keyed.log"
     env = engine_env(BESTOFK_CONFIG=str(CONFIG), BESTOFK_RECORD_REDACT=r'["sk-live-\\w+"]')
-    keyed = start_bestofk(
-        logs / "keyed.log", "--backend", vllm_backend.url, "--api-key", "k-ui", env=env
-    )
-    off = start_bestofk(logs / "no-ui.log", "--backend", vllm_backend.url, "--no-ui", env=env)
+    keyed = start_bestofk(log, "--backend", vllm_backend.url, "--api-key", "k-ui", env=env)
     try:
         keyed.wait_ready(60)
-        off.wait_ready(60)
-        yield keyed, off
+        yield keyed
     finally:
         keyed.stop()
-        off.stop()
 
 
-def test_with_api_keys_the_pages_want_the_key(
-    side_servers: tuple[Server, Server], page: Any, shots: Path
-) -> None:
-    url = side_servers[0].url
+def test_with_api_keys_the_pages_want_the_key(keyed_server: Server, page: Any, shots: Path) -> None:
+    url = keyed_server.url
     auth = {"Authorization": "Bearer k-ui"}
     response = httpx.post(
         url + "/verify",
@@ -318,11 +321,17 @@ def test_with_api_keys_the_pages_want_the_key(
     assert "/ui/login" in page.url
 
 
-def test_no_ui_turns_the_pages_off(side_servers: tuple[Server, Server]) -> None:
-    off = side_servers[1]
-    assert httpx.get(off.url + "/ui", timeout=30).status_code == 404
-    response = post(off, "/verify", {"prompt": "x", "candidates": ["a"]})
-    assert response.status_code == 200 and "link" not in response.headers
+def test_no_ui_turns_the_pages_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[Settings] = []
+    monkeypatch.setattr(server_process, "serve", served.append)
+    args = ["serve", "--no-ui", "--backend", "http://127.0.0.1:9", "--port", "0"]
+    outcome = CliRunner().invoke(cli.app, args)
+    assert outcome.exit_code == 0, outcome.output
+    (settings,) = served
+    assert settings.ui is False
+    paths = [getattr(route, "path", "") for route in create_app(settings).routes]
+    assert "/generate" in paths and not [p for p in paths if p.startswith("/ui")]
+    assert trace_link(SimpleNamespace(settings=settings), "gen-1") == {}
 
 
 # --- without a browser ----------------------------------------------------------------------
@@ -402,6 +411,24 @@ def test_sample_chances_and_vote_clusters_come_from_the_selection_code() -> None
         ("5", [2], 0.9, False),
     ]
     assert any("heaviest cluster (answer '4', 2 of 3" in line for line in vote.why)
+
+
+def test_the_history_keeps_only_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    history = History(2)
+    built: list[str] = []
+
+    def build(job: Any, result: Any, **_: Any) -> Any:
+        built.append(result.request_id)
+        return SimpleNamespace(id=result.request_id)
+
+    monkeypatch.setattr("bestofk.service.history.build", build)
+    for n in range(3):
+        history.add(SimpleNamespace(), SimpleNamespace(request_id=f"r{n}"), None)
+    assert len(history) == 2
+    assert history.find("r0") is None and built == []  # found by id, nothing built
+    assert [r.id for r in history.records()] == ["r2", "r1"]
+    assert history.find("r1") is not None and built == ["r2", "r1"]  # built once, kept
+    assert History(0).records() == []
 
 
 def test_the_login_only_sends_back_to_the_pages() -> None:
