@@ -27,7 +27,6 @@ from bestofk.service import server as server_process
 from bestofk.service.app import create_app
 from bestofk.service.history import History
 from bestofk.service.middleware import UI_COOKIE, ui_token
-from bestofk.service.records import stats
 from bestofk.service.records.format import CandidateRecord, Record, SelectionRecord, StatsRecord
 from bestofk.service.records.reader import complete_lines, complete_lines_reversed, read_records
 from bestofk.service.routes.common import trace_link
@@ -35,6 +34,7 @@ from bestofk.service.settings import Settings
 from bestofk.service.ui import views
 from bestofk.service.ui.routes import _next
 from bestofk.tooling.procs import Server, engine_env, start_bestofk
+from bestofk.tooling.records import stats
 from bestofk.verifiers.base import Verdict
 from tests.conftest import CONFIG, post
 

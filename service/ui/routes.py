@@ -21,7 +21,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bestofk.service.middleware import UI_COOKIE, UI_LOGIN, UI_PREFIX, is_ui_path, ui_token
-from bestofk.service.records import stats
 from bestofk.service.records.format import compile_redactions
 from bestofk.service.routes.common import runtime
 from bestofk.service.ui import views
@@ -139,6 +138,9 @@ async def stats_page(request: Request, origin: Origin | None = None) -> HTMLResp
     source = _source(request)
 
     def render() -> HTMLResponse:
+        # The one computation of `bestofk stats`, which lives with the record tooling.
+        from bestofk.tooling.records import stats
+
         scan = Scan()
         report = stats.compute(source.newest(where, scan))
         return _page(
