@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-deps
 # Debian packages: bubblewrap (code sandbox), prometheus (metrics tests, promtool).
-DEBIAN_PACKAGES := bubblewrap prometheus
+DEBIAN_PACKAGES := bubblewrap prometheus chromium fonts-liberation
 
 .PHONY: serve test lint typecheck unit install system-deps clean
 

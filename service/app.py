@@ -21,6 +21,7 @@ from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.engines.completer import EngineCompleter
 from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError
+from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
 from bestofk.service.middleware import (
     ApiKeyMiddleware,
@@ -148,6 +149,7 @@ def create_app(
             settings.limits.queue_timeout_s,
         ),
         recorder=Recorder.from_settings(settings) if settings.record_dir else None,
+        history=History(settings.ui_history, settings.record_redact) if settings.ui else None,
     )
     recorder = runtime.recorder
 
@@ -211,9 +213,13 @@ def create_app(
     app.include_router(native.router)
     app.include_router(openai.router)
     app.include_router(reward.router)
+    if settings.ui:
+        from bestofk.service.ui.routes import router as ui_router
+
+        app.include_router(ui_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, ui=settings.ui)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

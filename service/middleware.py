@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
+import http.cookies
 import json
 import time
+import urllib.parse
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -133,18 +136,46 @@ class BodyLimitMiddleware:
         await send_error(send, PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes"))
 
 
+UI_PREFIX = "/ui"
+UI_LOGIN = "/ui/login"
+UI_COOKIE = "bestofk_ui"
+
+
+def ui_token(key: str) -> str:
+    """The trace pages' cookie for an API key: a digest, so the cookie is not the key itself
+    (and opens only the pages, not the API); the same in every worker process."""
+    return hashlib.sha256(b"bestofk-ui\0" + key.encode()).hexdigest()
+
+
+def is_ui_path(path: str) -> bool:
+    """Whether ``path`` is one of the trace pages."""
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+
+
 class ApiKeyMiddleware:
-    """Bearer-token auth on every route but the ones probes and scrapers need."""
+    """Bearer-token auth on every route but the ones probes and scrapers need.
+
+    The trace pages (``ui``: they are served) also take the cookie their login form sets
+    (:func:`ui_token`), and send a browser without either to that form rather than a 401.
+    """
 
     OPEN_PATHS = frozenset({"/health", "/metrics"})
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[str], ui: bool = False) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.ui_tokens = [ui_token(k).encode() for k in keys]
+        self.ui = ui
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
+            return
+        if self.ui and is_ui_path(scope["path"]):
+            if scope["path"] == UI_LOGIN or self._ui_cookie(scope):
+                await self.app(scope, receive, send)
+            else:
+                await _see_login(scope, send)
             return
         await send_error(send, AuthenticationError("invalid or missing API key (Bearer token)"))
 
@@ -153,5 +184,27 @@ class ApiKeyMiddleware:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer":
             return False
-        # Compare against every key so timing does not reveal which prefix matched.
-        return any([hmac.compare_digest(token.strip(), key) for key in self.keys])
+        return _any_equal(token.strip(), self.keys)
+
+    def _ui_cookie(self, scope: Scope) -> bool:
+        cookies = http.cookies.SimpleCookie()
+        with contextlib.suppress(http.cookies.CookieError):
+            cookies.load(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
+        morsel = cookies.get(UI_COOKIE)
+        return morsel is not None and _any_equal(morsel.value.encode(), self.ui_tokens)
+
+
+def _any_equal(token: bytes, keys: Sequence[bytes]) -> bool:
+    # Compare against every key so timing does not reveal which prefix matched.
+    return any([hmac.compare_digest(token, key) for key in keys])
+
+
+async def _see_login(scope: Scope, send: Send) -> None:
+    """303 to the login form, which sends the browser back to this page once it has the key."""
+    target = scope["path"] + (
+        "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+    )
+    location = f"{UI_LOGIN}?{urllib.parse.urlencode({'next': target})}".encode()
+    headers = [(b"location", location), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
@@ -106,6 +106,8 @@ class RerankResult:
     """The candidates came from the engine (False for ``/verify``)."""
     k_requested: int | None = None
     """The K asked for or defaulted, when greedy sampling collapsed ``k`` to 1."""
+    answers: Mapping[int, str] = field(default_factory=dict)
+    """For the ``vote`` policy: each candidate's answer key by index (its cluster)."""
 
     @property
     def generated(self) -> int:
@@ -179,10 +181,12 @@ class JobRun:
             verdicts = [await self._check(self.pointwise[0], candidate)]
         else:
             verdicts = await asyncio.gather(*(self._check(v, candidate) for v in self.pointwise))
-        scored = Scored(candidate, list(verdicts))
+        self.verify_end = time.perf_counter()
+        scored = Scored(
+            candidate, list(verdicts), ready_ms=self.ms(now), verified_ms=self.ms(self.verify_end)
+        )
         combine(scored, self.specs[: len(self.pointwise)])
         self.scored[candidate.index] = scored
-        self.verify_end = time.perf_counter()
         return scored
 
     async def _check(self, verifier: Verifier, candidate: Candidate) -> Verdict:
@@ -368,4 +372,5 @@ class Pipeline:
             by_logprob=job.selection.by_logprob,
             sampled=job.given is None,
             k_requested=job.k_requested,
+            answers=run.answers,
         )

@@ -3,8 +3,8 @@
 The native response (``routes/common.render``) validates this into its pydantic models at the
 HTTP edge; the record writer (``records/format.build``) loads it into the record's dataclasses.
 Each dict holds every field either of them keeps, and each keeps the fields it declares: the
-response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, the record the
-stats' ``k_requested``.
+response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, ``ready_ms``,
+``verified_ms`` and ``answer``, the record the stats' ``k_requested``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def _plain(value: Verdict | Timing) -> dict[str, Any]:
     return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
-def candidate(scored: Scored) -> dict[str, Any]:
-    """A scored candidate, flat: the candidate's fields, its combined score and verdicts."""
+def candidate(scored: Scored, answer: str | None = None) -> dict[str, Any]:
+    """A scored candidate, flat: the candidate's fields, its combined score and verdicts, when
+    it was ready and verified, and its ``vote`` answer key (``answer``)."""
     c = scored.candidate
     return {
         "index": c.index,
@@ -37,6 +38,9 @@ def candidate(scored: Scored) -> dict[str, Any]:
         "tokens": c.tokens,
         "mean_logprob": c.mean_logprob,
         "verdicts": [_plain(v) for v in scored.verdicts],
+        "ready_ms": scored.ready_ms,
+        "verified_ms": scored.verified_ms,
+        "answer": answer,
     }
 
 
@@ -50,7 +54,11 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
         "index": chosen.candidate.index,
         "score": chosen.score,
         "passed": chosen.passed,
-        "candidates": [candidate(s) for s in result.candidates] if candidates else None,
+        "candidates": [
+            candidate(s, result.answers.get(s.candidate.index)) for s in result.candidates
+        ]
+        if candidates
+        else None,
         "stats": {
             "k": result.k,
             "k_requested": result.k_requested or result.k,

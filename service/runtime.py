@@ -15,6 +15,7 @@ from bestofk.service import metrics
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
+from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
 from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from bestofk.service.records.recorder import Recorder
@@ -43,6 +44,8 @@ class Runtime:
     admission: Admission
     recorder: Recorder | None = None
     """Appends every result to the record files (``--record-dir``); None when not recording."""
+    history: History | None = None
+    """The recent results the trace pages show (``/ui``); None with ``--no-ui``."""
     draining: bool = False
     """Set at SIGTERM (:mod:`bestofk.service.shutdown`): new requests are refused with 503."""
     inflight: int = 0
@@ -100,6 +103,8 @@ class Runtime:
         metrics.observe(result)
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
+        if self.history is not None:
+            self.history.add(job, result, job.profile)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for no request to be in flight; True if none is."""

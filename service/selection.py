@@ -55,6 +55,10 @@ class Scored:
     """Every required verifier passed."""
     logprobs: Sequence[TokenLogprob] = ()
     """Per-token logprobs, when the request asked for them."""
+    ready_ms: float | None = None
+    """When the candidate was finished (generated or given), in ms since the request arrived."""
+    verified_ms: float | None = None
+    """When its pointwise verifiers were done, in ms since the request arrived."""
 
 
 def combine(scored: Scored, specs: Sequence[VerifierSpec]) -> None:
@@ -108,19 +112,36 @@ def select(
         return rng.choices(pool, weights=_sample_weights(pool, config.beta), k=1)[0]
     if answers is None:
         answers = {s.candidate.index: answer_key(s.candidate.text, config.extract) for s in pool}
-    clusters: dict[str | int, list[Scored]] = defaultdict(list)
+    return vote_clusters(pool, answers, config.by_logprob)[0].members[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Candidates with the same answer under the ``vote`` policy."""
+
+    answer: str | int
+    """The answer key; a candidate without one is a cluster of its own, keyed by its index."""
+    members: list[Scored]
+    """Best first."""
+    weight: float
+    """The sum of the members' scores."""
+
+
+def vote_clusters(
+    pool: Sequence[Scored], answers: Mapping[int, str], by_logprob: bool = True
+) -> list[Cluster]:
+    """``pool`` (ranked, best first) clustered by answer, heaviest first: the ``vote`` policy
+    chooses the best member of the first."""
+    grouped: dict[str | int, list[Scored]] = defaultdict(list)
     for s in pool:
-        clusters[answers.get(s.candidate.index, s.candidate.index)].append(s)
+        grouped[answers.get(s.candidate.index, s.candidate.index)].append(s)
+    clusters = [Cluster(key, m, sum(s.score for s in m)) for key, m in grouped.items()]
     # Cluster weight = sum of member scores; an all-zero field falls back to cluster size.
-    heaviest = max(
-        clusters.values(),
-        key=lambda members: (
-            sum(m.score for m in members),
-            len(members),
-            rank_key(members[0], config.by_logprob),
-        ),
+    return sorted(
+        clusters,
+        key=lambda c: (c.weight, len(c.members), rank_key(c.members[0], by_logprob)),
+        reverse=True,
     )
-    return heaviest[0]
 
 
 def _sample_weights(pool: Sequence[Scored], beta: float) -> list[float]:

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     """Records waiting for the writer; beyond this they are dropped and counted, never waited on."""
     record_redact: list[str] = Field(default_factory=list)
     """Regexes whose matches in prompts are recorded as ``[REDACTED]`` (env: a JSON list)."""
+    ui: bool = True
+    """The trace pages at ``/ui`` (recent requests, each request's K candidates, the stats);
+    ``--no-ui`` turns them off, and responses then carry no ``Link`` to them."""
+    ui_history: int = Field(default=100, ge=0, le=100_000)
+    """Finished requests each server process keeps in memory for ``/ui`` (0: none; with
+    ``record_dir`` the pages read the record files too). Each holds its K candidates' texts."""
     default_k: int = Field(default=8, ge=1)
     """K for a request that names none (no ``k``/``best_of``; a profile's ``k`` wins). An
     OpenAI request's ``n`` raises it: K = max(n, default)."""

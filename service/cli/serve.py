@@ -78,6 +78,14 @@ def serve(
     log_level: Annotated[
         LogLevel | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
+    no_ui: Annotated[
+        bool,
+        typer.Option(
+            "--no-ui",
+            help="Serve no trace pages at /ui (env BESTOFK_UI=false).",
+            show_default=False,
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -109,6 +117,7 @@ def serve(
         api_keys=api_key,
         log_level=log_level,
         vllm=vllm or None,
+        ui=False if no_ui else None,
     )
     server.preflight(settings)
     if settings.workers > 1:

@@ -8,7 +8,9 @@ request id and a UTC timestamp. Exporters and ``bestofk stats`` read records bac
 fields it does not know, so a newer writer stays readable by an older reader as long as
 ``version`` is not bumped.
 
-Version history: 1, the first.
+Version history: 1, the first. Fields added since without a version bump (older readers ignore
+them, this reader defaults them): a candidate's ``ready_ms``, ``verified_ms`` and ``answer``,
+the selection's ``tie_break``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class CandidateRecord:
     tokens: int = 0
     mean_logprob: float | None = None
     verdicts: list[Verdict] = field(default_factory=list)
+    ready_ms: float | None = None
+    """When it was finished (generated or given), in ms since the request arrived."""
+    verified_ms: float | None = None
+    """When its pointwise verifiers were done, in ms since the request arrived."""
+    answer: str | None = None
+    """Its answer key under the ``vote`` policy: candidates with the same one form a cluster."""
 
     @property
     def verifier_error(self) -> bool:
@@ -77,6 +85,8 @@ class SelectionRecord:
     beta: float | None = None
     seed: int | None = None
     extract: str | None = None
+    tie_break: str | None = None
+    """``logprob`` or ``index`` (None in records written before it was kept)."""
 
 
 @dataclass(slots=True)
@@ -266,6 +276,7 @@ def build(
             beta=sel.beta,
             seed=sel.seed,
             extract=sel.extract,
+            tie_break=sel.tie_break,
         ),
         stats=_load(StatsRecord, data["stats"]),
         candidates=[_candidate(c) for c in data["candidates"]],

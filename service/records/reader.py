@@ -11,6 +11,7 @@ and counts it with its file and line, or with ``strict`` raises on the first, na
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,51 @@ class RecordReader:
         if self.skipped > len(self.examples):
             lines.append(f"  … and {self.skipped - len(self.examples)} more")
         return "\n".join(lines)
+
+
+def complete_lines_reversed(file: Path, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) for each newline-terminated line, the last first, reading the file
+    backwards a block at a time (the newest records of a large file cost only their bytes); a
+    trailing partial line is skipped, as :func:`complete_lines` does."""
+    with file.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        # Only what ends in the file's last newline is complete.
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        rest = b""
+        position = end
+        while position > 0:
+            start = max(0, position - max(block, len(rest)))  # a long line: read more at once
+            handle.seek(start)
+            # What is read ends with a newline, so the last piece is empty; the first may begin
+            # in the stretch before, unless this one starts the file.
+            pieces = (handle.read(position - start) + rest).split(b"\n")
+            head, found = pieces[0], []
+            offset = start + len(head) + 1
+            for line in pieces[1:-1]:
+                found.append((offset, line))
+                offset += len(line) + 1
+            yield from ((o, line + b"\n") for o, line in reversed(found) if line.strip())
+            rest = head + b"\n"
+            position = start
+        if rest.strip():
+            yield 0, rest
+
+
+def parse_line(line: bytes, where: str) -> Record:
+    """One record line; ``where`` names it in the error (``FILE:LINE``)."""
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordFormatError(f"{where}: a line over {MAX_RECORD_BYTES >> 20} MiB")
+    try:
+        return Record.from_json(line)
+    except RecordFormatError as exc:
+        raise RecordFormatError(f"{where}: {exc}") from None
 
 
 def read_records(path: Path) -> Iterator[Record]:

@@ -20,6 +20,15 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+def trace_link(rt: Runtime, request_id: str) -> dict[str, str]:
+    """The header pointing at the request's trace page (none with ``--no-ui``): a ``Link``
+    (RFC 8288) with the registered relation ``describedby``, relative, so it holds behind any
+    proxy that keeps the path; a header, so the native and OpenAI bodies stay as they are."""
+    if not rt.settings.ui:
+        return {}
+    return {"Link": f'</ui/requests/{request_id}>; rel="describedby"'}
+
+
 def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
     """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
     return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))

@@ -12,7 +12,7 @@ from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import render, runtime
+from bestofk.service.routes.common import render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
@@ -42,7 +42,7 @@ def _job_request(
 
 
 @router.post("/generate", response_model=RerankResponse)
-async def generate(body: GenerateRequest, request: Request) -> RerankResponse:
+async def generate(body: GenerateRequest, request: Request, response: Response) -> RerankResponse:
     """Sample K candidates, verify each, return the best with every score behind it."""
     fields = _job_request(
         body,
@@ -53,15 +53,17 @@ async def generate(body: GenerateRequest, request: Request) -> RerankResponse:
     )
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)
+    response.headers.update(trace_link(rt, job.request_id))
     return render(await rt.execute(job, request), body.return_candidates)
 
 
 @router.post("/verify", response_model=RerankResponse)
-async def verify(body: VerifyRequest, request: Request) -> RerankResponse:
+async def verify(body: VerifyRequest, request: Request, response: Response) -> RerankResponse:
     """Score and rank given completions; the engine is not touched."""
     fields = _job_request(body, time.perf_counter(), given=body.candidates)
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("ver"), fields)
+    response.headers.update(trace_link(rt, job.request_id))
     return render(await rt.execute(job, request), body.return_candidates)
 
 

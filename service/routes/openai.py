@@ -20,7 +20,7 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.routes.common import render, runtime
+from bestofk.service.routes.common import render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
@@ -282,7 +282,7 @@ def _envelope(job: RerankJob, renderer: _Renderer, model: str, chunk: bool) -> d
 async def _respond(
     rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer, request: Request
 ) -> JSONResponse | StreamingResponse:
-    headers = {"X-Request-Id": job.request_id}
+    headers = {"X-Request-Id": job.request_id, **trace_link(rt, job.request_id)}
     if body.stream:
         events = _stream(rt, job, body, renderer)
         # Admission happens before the first event: a refusal is still a status, not an event.

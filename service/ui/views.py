@@ -1,0 +1,457 @@
+"""Records → what the trace pages show: plain data for the templates, no HTML here.
+
+The ranking, the sampling chances and the vote clusters come from :mod:`service.selection`
+itself (a record's candidates are turned back into :class:`Scored`), so a page explains a
+choice with the code that made it. Every text a page shows passes through ``record_redact``'s
+patterns again: a prompt the model echoed, or a verdict quoting it, stays hidden too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bestofk.service.records.format import CandidateRecord, Record, redact
+from bestofk.service.selection import (
+    Scored,
+    SelectionConfig,
+    choice_probabilities,
+    ranked,
+    vote_clusters,
+)
+from bestofk.verifiers.base import Candidate, Verdict
+
+Outcome = Literal["passed", "failed"]
+NO_PROFILE = "-"
+DIFF_MAX_TOKENS = 4000
+"""Words per text past which two candidates are not diffed (difflib is quadratic at worst)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What the request list shows: all of it, or one profile, model or outcome."""
+
+    profile: str | None = None
+    """A profile's name, or ``-`` for requests that named none."""
+    model: str | None = None
+    outcome: Outcome | None = None
+    """``passed``: the chosen candidate passed every verifier; ``failed``: it did not."""
+
+    def match(self, record: Record) -> bool:
+        """Whether ``record`` passes every filter set."""
+        if self.profile is not None and (record.profile or NO_PROFILE) != self.profile:
+            return False
+        if self.model is not None and record.model != self.model:
+            return False
+        return self.outcome is None or _winner(record).passed == (self.outcome == "passed")
+
+    def query(self) -> dict[str, str]:
+        """The filters as query parameters (for links that keep them)."""
+        fields = {"profile": self.profile, "model": self.model, "outcome": self.outcome}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """One row of the request list."""
+
+    id: str
+    timestamp: str
+    model: str
+    profile: str
+    source: str
+    k: int
+    generated: int
+    passing: int
+    winner_index: int
+    winner_score: float
+    winner_passed: bool
+    total_ms: float | None
+    policy: str
+    early_exit: bool
+    partial: bool
+
+
+def _winner(record: Record) -> CandidateRecord:
+    chosen = record.selection.chosen
+    return next(c for c in record.candidates if c.index == chosen)
+
+
+def summary(record: Record) -> Summary:
+    """The list row of ``record``."""
+    winner = _winner(record)
+    return Summary(
+        id=record.id,
+        timestamp=record.timestamp,
+        model=record.model,
+        profile=record.profile or NO_PROFILE,
+        source=record.source,
+        k=record.stats.k,
+        generated=record.stats.generated,
+        passing=record.stats.passing,
+        winner_index=winner.index,
+        winner_score=winner.score,
+        winner_passed=winner.passed,
+        total_ms=record.timing.get("total_ms"),
+        policy=record.selection.policy,
+        early_exit=record.stats.early_exit,
+        partial=record.stats.partial,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One chat message (or the text prompt, as a ``prompt`` turn)."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateView:
+    """One candidate card."""
+
+    index: int
+    rank: int
+    """1 for the best under the ranking (required verifiers, score, then the tie-break)."""
+    winner: bool
+    text: str
+    reasoning: str | None
+    score: float
+    passed: bool
+    required_ok: bool
+    finish_reason: str | None
+    tokens: int
+    mean_logprob: float | None
+    verdicts: list[Verdict]
+    answer: str | None
+    chance: float | None
+    """Under ``sample``: the chance this candidate was drawn."""
+    ready_ms: float | None
+    verified_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """A ``vote`` cluster: the answer, its members' indices, their summed score."""
+
+    answer: str
+    members: list[int]
+    weight: float
+    chosen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A bar in the timing waterfall, in ms since the request arrived."""
+
+    kind: Literal["queue", "generate", "verify"]
+    start_ms: float
+    end_ms: float
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A row of the waterfall."""
+
+    label: str
+    segments: list[Segment]
+
+
+@dataclass(frozen=True, slots=True)
+class Waterfall:
+    """The request's timeline: its lanes, the scale, and the early exit if there was one."""
+
+    lanes: list[Lane]
+    total_ms: float
+    early_exit_ms: float | None
+
+    def pct(self, ms: float) -> float:
+        """A time as a share of the scale, in percent (for CSS)."""
+        return max(0.0, min(100.0, 100.0 * ms / self.total_ms)) if self.total_ms > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Trace:
+    """Everything the request page shows."""
+
+    record: Record
+    summary: Summary
+    turns: list[Turn]
+    candidates: list[CandidateView]
+    """Best first."""
+    why: list[str]
+    """Why the winner won, in sentences."""
+    clusters: list[ClusterView] = field(default_factory=list)
+    waterfall: Waterfall | None = None
+
+
+def trace(record: Record, patterns: Sequence[re.Pattern[str]] = ()) -> Trace:
+    """The request page of ``record``; ``patterns``: ``record_redact``'s, compiled."""
+    scored = [_scored(c) for c in record.candidates]
+    by_logprob = record.selection.tie_break != "index"
+    order = ranked(scored, by_logprob)
+    chances: dict[int, float] = {}
+    if record.selection.policy == "sample":
+        config = _config(record)
+        chances = {s.candidate.index: p for s, p in choice_probabilities(scored, config)}
+    by_index = {c.index: c for c in record.candidates}
+    cards = [
+        _card(by_index[s.candidate.index], rank, record, chances, patterns)
+        for rank, s in enumerate(order, start=1)
+    ]
+    why, clusters = _explain(record, order, chances)
+    return Trace(
+        record=record,
+        summary=summary(record),
+        turns=_turns(record, patterns),
+        candidates=cards,
+        why=why,
+        clusters=clusters,
+        waterfall=waterfall(record),
+    )
+
+
+def _scored(c: CandidateRecord) -> Scored:
+    candidate = Candidate(c.index, c.text, c.finish_reason, c.tokens, c.mean_logprob)
+    return Scored(candidate, c.verdicts, c.score, c.passed, c.required_ok)
+
+
+def _config(record: Record) -> SelectionConfig:
+    sel = record.selection
+    return SelectionConfig(
+        policy=sel.policy,  # type: ignore[arg-type]  # a record holds one the server knew
+        beta=sel.beta if sel.beta is not None else 5.0,
+        seed=sel.seed,
+        extract=sel.extract,
+        tie_break="index" if sel.tie_break == "index" else "logprob",
+    )
+
+
+def _card(
+    c: CandidateRecord,
+    rank: int,
+    record: Record,
+    chances: dict[int, float],
+    patterns: Sequence[re.Pattern[str]],
+) -> CandidateView:
+    # The reasoning field arrives with reasoning models' support; older records have none.
+    reasoning: str | None = getattr(c, "reasoning", None)
+    verdicts = [
+        Verdict(
+            v.verifier,
+            v.score,
+            v.passed,
+            redact(v.detail, patterns),
+            v.latency_ms,
+            redact(v.error, patterns) if v.error else v.error,
+            v.tokens,
+        )
+        for v in c.verdicts
+    ]
+    return CandidateView(
+        index=c.index,
+        rank=rank,
+        winner=c.index == record.selection.chosen,
+        text=redact(c.text, patterns),
+        reasoning=redact(reasoning, patterns) if reasoning else None,
+        score=c.score,
+        passed=c.passed,
+        required_ok=c.required_ok,
+        finish_reason=c.finish_reason,
+        tokens=c.tokens,
+        mean_logprob=c.mean_logprob,
+        verdicts=verdicts,
+        answer=redact(c.answer, patterns) if c.answer is not None else None,
+        chance=chances.get(c.index),
+        ready_ms=c.ready_ms,
+        verified_ms=c.verified_ms,
+    )
+
+
+def _turns(record: Record, patterns: Sequence[re.Pattern[str]]) -> list[Turn]:
+    if record.messages is None:
+        return [Turn("prompt", redact(record.prompt or "", patterns))]
+    turns = []
+    for message in record.messages:
+        content = message.get("content")
+        if isinstance(content, list):  # OpenAI content parts: the text ones, the rest named
+            content = "\n".join(
+                p["text"] if p.get("type") == "text" else f"[{p.get('type')}]"
+                for p in content
+                if isinstance(p, dict)
+            )
+        turns.append(Turn(str(message.get("role", "?")), redact(str(content or ""), patterns)))
+    return turns
+
+
+def _explain(
+    record: Record, order: list[Scored], chances: dict[int, float]
+) -> tuple[list[str], list[ClusterView]]:
+    sel = record.selection
+    winner = next(s for s in order if s.candidate.index == sel.chosen)
+    n_failing = sum(not s.required_ok for s in order)
+    why: list[str] = []
+    if n_failing:
+        why.append(
+            f"{n_failing} of {len(order)} candidates failed a required verifier and rank below "
+            "every candidate that passed them."
+        )
+    clusters: list[ClusterView] = []
+    if sel.policy == "sample":
+        why.append(
+            f"sample: drawn with probability ∝ exp(β·score), β = {_config(record).beta:g}"
+            + (f", seed {sel.seed}" if sel.seed is not None else "")
+            + f"; #{sel.chosen} had a {chances.get(sel.chosen, 0.0):.1%} chance."
+        )
+    elif sel.policy == "vote":
+        pool = [s for s in order if s.required_ok] or order
+        answers = {c.index: c.answer for c in record.candidates if c.answer is not None}
+        found = vote_clusters(pool, answers, sel.tie_break != "index")
+        clusters = [
+            ClusterView(
+                str(c.answer) if isinstance(c.answer, str) else f"(no answer: #{c.answer})",
+                [m.candidate.index for m in c.members],
+                c.weight,
+                sel.chosen in {m.candidate.index for m in c.members},
+            )
+            for c in found
+        ]
+        if clusters:
+            top = clusters[0]
+            why.append(
+                f"vote: the heaviest cluster (answer {top.answer!r}, {len(top.members)} of "
+                f"{len(pool)} candidates, summed score {top.weight:.3f}) wins, and its best "
+                f"member, #{sel.chosen}, is returned."
+            )
+        if len(clusters) > 1 and clusters[1].weight == clusters[0].weight:
+            runner = clusters[1]
+            how = (
+                "the larger cluster"
+                if len(runner.members) != len(clusters[0].members)
+                else "the cluster whose best member ranks higher"
+            )
+            why.append(f"Tied in weight with answer {runner.answer!r}; {how} won.")
+    else:
+        why.append(
+            f"argmax: #{sel.chosen} has the highest combined score ({winner.score:.3f})"
+            + (" and passes every required verifier." if winner.required_ok else ".")
+        )
+    why.extend(_ties(record, order, winner))
+    return why, clusters
+
+
+def _ties(record: Record, order: list[Scored], winner: Scored) -> list[str]:
+    if record.selection.policy != "argmax":
+        return []
+    tied = [
+        s
+        for s in order
+        if s is not winner and (s.required_ok, s.score) == (winner.required_ok, winner.score)
+    ]
+    if not tied:
+        rest = [s for s in order if s is not winner]
+        if rest:
+            return [f"The runner-up, #{rest[0].candidate.index}, scored {rest[0].score:.3f}."]
+        return []
+    others = ", ".join(f"#{s.candidate.index}" for s in tied)
+    logprobs = [s.candidate.mean_logprob for s in (winner, *tied)]
+    by_logprob = record.selection.tie_break != "index"
+    if by_logprob and logprobs[0] is not None and len(set(logprobs)) > 1:
+        best_other = max((lp for lp in logprobs[1:] if lp is not None), default=None)
+        versus = f" against {best_other:.3f}" if best_other is not None else ""
+        how = f"the higher mean token logprob ({logprobs[0]:.3f}{versus})"
+    else:
+        how = "the lower index" + ("" if by_logprob else " (tie_break: index)")
+    return [f"Tied at {winner.score:.3f} with {others}; {how} broke the tie."]
+
+
+def waterfall(record: Record) -> Waterfall | None:
+    """The timeline: queue, generation, each candidate's generation and verification."""
+    t = record.timing
+    total = t.get("total_ms")
+    if not total:
+        return None
+    queue = t.get("queue_ms") or 0.0
+    lanes = [Lane("queue", [Segment("queue", 0.0, queue, f"queue {queue:.1f} ms")])]
+    generate = t.get("generate_ms") or 0.0
+    if record.source == "generate":
+        end = queue + generate
+        lanes.append(
+            Lane("generation", [Segment("generate", queue, end, f"generation {generate:.1f} ms")])
+        )
+    ready = [c.ready_ms for c in record.candidates if c.ready_ms is not None]
+    verify = t.get("verify_ms") or 0.0
+    if ready:
+        start = min(ready)
+        title = f"verification, set-level verifiers included: {verify:.1f} ms"
+        lanes.append(Lane("verification", [Segment("verify", start, start + verify, title)]))
+    for c in sorted(record.candidates, key=lambda c: c.index):
+        if c.ready_ms is None or c.verified_ms is None:
+            continue
+        segments = []
+        if record.source == "generate":
+            took = c.ready_ms - queue
+            segments.append(
+                Segment("generate", queue, c.ready_ms, f"#{c.index} generated in {took:.1f} ms")
+            )
+        took = c.verified_ms - c.ready_ms
+        segments.append(
+            Segment("verify", c.ready_ms, c.verified_ms, f"#{c.index} verified in {took:.1f} ms")
+        )
+        lanes.append(Lane(f"#{c.index}", segments))
+    early = queue + generate if record.stats.early_exit else None
+    return Waterfall(lanes, float(total), early)
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """Two candidates' texts word by word: ``equal``, ``delete`` (only in a), ``insert``."""
+
+    a: int
+    b: int
+    parts: list[tuple[str, str]]
+    too_long: bool = False
+
+
+def diff(trace: Trace, a: int, b: int) -> Diff | None:
+    """The word diff of candidates ``a`` and ``b`` of ``trace`` (None if either is unknown)."""
+    texts = {c.index: c.text for c in trace.candidates}
+    if a not in texts or b not in texts:
+        return None
+    left, right = _words(texts[a]), _words(texts[b])
+    if max(len(left), len(right)) > DIFF_MAX_TOKENS:
+        return Diff(a, b, [], too_long=True)
+    parts: list[tuple[str, str]] = []
+    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag in ("equal", "delete", "replace"):
+            parts.append(("equal" if tag == "equal" else "delete", "".join(left[i1:i2])))
+        if tag in ("insert", "replace"):
+            parts.append(("insert", "".join(right[j1:j2])))
+    return Diff(a, b, parts)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"(\s+)", text) if w]
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """The stats chart: one profile's pass@1 and pass@K."""
+
+    profile: str
+    pass_at_1: float
+    pass_at_k: float
+    requests: int
+
+
+def chart(rows: Sequence[Any]) -> list[Bar]:
+    """One bar pair per profile, from the stats report's ``all`` rows."""
+    return [
+        Bar(r.profile, r.pass_at_1, r.pass_at_k, r.requests) for r in rows if r.verifier == "all"
+    ]
