@@ -16,7 +16,7 @@ from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, S
 from bestofk.service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
 from bestofk.service.selection import Scored, SelectionConfig, combine, ranked, select
 from bestofk.verifiers import registry
-from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
+from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_keys
 from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
@@ -276,27 +276,23 @@ class Pipeline:
         return self._result(run, stream, timed_out)
 
     async def _answers(self, run: JobRun) -> dict[int, str]:
-        """The ``vote`` policy's answer keys, extracted off the loop. A runaway extract pattern
-        is the client's to fix: 400 at the first candidate it runs away on."""
+        """The ``vote`` policy's answer clusters, found off the loop. A runaway extract pattern
+        is the client's to fix: 400; without one, answers math-verify could not group in time
+        are each their own cluster."""
+        indices = sorted(run.scored)
+        texts = [run.scored[i].candidate.text for i in indices]
         extract = run.job.selection.extract
-
-        async def key(index: int) -> str:
-            text = run.scored[index].candidate.text
-            try:
-                return await run_bounded(self.resources.workers, answer_key, text, extract)
-            except (TimeoutError, MemoryError) as exc:
-                why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
-                raise InvalidRequestError(
-                    f"selection.extract: {why} on candidate {index}; simplify the pattern",
-                    param="selection.extract",
-                ) from None
-
         try:
-            async with asyncio.TaskGroup() as tasks:
-                keys = {i: tasks.create_task(key(i)) for i in run.scored}
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        return {i: task.result() for i, task in keys.items()}
+            keys = await run_bounded(self.resources.workers, answer_keys, texts, extract)
+        except (TimeoutError, MemoryError) as exc:
+            if extract is None:
+                log.warning("request %s: no vote clusters: %s", run.job.request_id, exc)
+                return {}
+            why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
+            raise InvalidRequestError(
+                f"selection.extract: {why}; simplify the pattern", param="selection.extract"
+            ) from None
+        return dict(zip(indices, keys, strict=True))
 
     async def _generate_and_verify(self, run: JobRun, stream: SampleStream) -> None:
         min_score = run.job.early_exit_min_score

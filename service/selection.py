@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bestofk.service.engines.base import TokenLogprob
-from bestofk.verifiers.answers import answer_key
+from bestofk.verifiers.answers import answer_keys
 from bestofk.verifiers.base import Candidate, Verdict, VerifierSpec
 
 Policy = Literal["argmax", "sample", "vote"]
@@ -107,7 +107,8 @@ def select(
         rng = random.Random(config.seed)
         return rng.choices(pool, weights=_sample_weights(pool, config.beta), k=1)[0]
     if answers is None:
-        answers = {s.candidate.index: answer_key(s.candidate.text, config.extract) for s in pool}
+        keys = answer_keys([s.candidate.text for s in pool], config.extract)
+        answers = {s.candidate.index: key for s, key in zip(pool, keys, strict=True)}
     clusters: dict[str | int, list[Scored]] = defaultdict(list)
     for s in pool:
         clusters[answers.get(s.candidate.index, s.candidate.index)].append(s)
