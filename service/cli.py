@@ -151,6 +151,22 @@ def serve(
     log_level: Annotated[
         LogLevel | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
+    reasoning_parser: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="vLLM's reasoning parser (deepseek_r1, qwen3, ...): verifiers judge the answer "
+            "after the thinking; chat responses carry message.reasoning.",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="The tokenizer the reasoning parser reads (default: the model's; with "
+            "--backend, BESTOFK_BACKEND_MODEL's).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -179,6 +195,8 @@ def serve(
         served_model_name=served_model_name,
         api_keys=api_key,
         log_level=log_level,
+        reasoning_parser=reasoning_parser,
+        tokenizer=tokenizer,
         vllm=vllm or None,
     )
     server.preflight(settings)
@@ -198,6 +216,8 @@ def serve(
             "API_KEYS": ",".join(api_key or []) or None,
             "LOG_LEVEL": log_level,
             "BACKENDS": ",".join(backend or []) or None,
+            "REASONING_PARSER": reasoning_parser,
+            "TOKENIZER": tokenizer,
         }
         server.serve_workers(settings, flags)
         return

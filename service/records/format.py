@@ -43,6 +43,7 @@ class CandidateRecord:
 
     index: int
     text: str
+    """The answer when a reasoning parser split the output, else the whole output."""
     score: float
     passed: bool
     """Every verifier passed (and there was at least one)."""
@@ -51,6 +52,16 @@ class CandidateRecord:
     tokens: int = 0
     mean_logprob: float | None = None
     verdicts: list[Verdict] = field(default_factory=list)
+    reasoning: str | None = None
+    """The thinking before the answer, when a reasoning parser split the output."""
+    output: str | None = None
+    """The whole completion as generated (thinking, its end marker, answer), when split."""
+    reasoning_tokens: int = 0
+
+    @property
+    def completion(self) -> str:
+        """What the model generated, whole: the text to train on (thinking included)."""
+        return self.output if self.output is not None else self.text
 
     @property
     def verifier_error(self) -> bool:
