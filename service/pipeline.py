@@ -158,7 +158,12 @@ def _candidate(sample: Sample, job: RerankJob, reasoning: ReasoningParsers | Non
     name = job.reasoning_parser
     if name is None or reasoning is None:
         return candidate
-    if sample.reasoning is not None:
+    start, end = reasoning.markers(name)
+    if sample.reasoning or (
+        # A backend that splits sent this one with nothing thought: unless its markers are in
+        # the text, for then the backend did not split it (another server behind the URL).
+        sample.reasoning is not None and not any(m and m in sample.text for m in (start, end))
+    ):
         # The backend's own parser split it; its end marker is gone, so the whole output is
         # told back as vLLM's parsers read it: reasoning, the marker, the answer.
         split = Split(
@@ -166,7 +171,7 @@ def _candidate(sample: Sample, job: RerankJob, reasoning: ReasoningParsers | Non
             sample.text or None,
             reasoning.reasoning_tokens(sample.tokens, sample.text),
         )
-        output = sample.reasoning + reasoning.end_marker(name) + sample.text
+        output = (sample.reasoning or "") + end + sample.text
     else:
         split = reasoning.split(name, sample.text, sample.tokens, job.prompt.chat_template_kwargs)
         output = sample.text

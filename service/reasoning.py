@@ -77,6 +77,7 @@ class ReasoningParsers:
         self._load_tokenizer = load_tokenizer
         self._tokenizer: Any = None
         self._parsers: dict[str, Any] = {}
+        self._markers: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def _parser_class(self, name: str) -> Any:
@@ -110,11 +111,17 @@ class ReasoningParsers:
         reasoning, answer, _ = parser.parse(text, _request(kwargs))
         return Split(reasoning, answer or None, self.reasoning_tokens(tokens, answer))
 
-    def end_marker(self, name: str) -> str:
-        """What ends the thinking for parser ``name`` (``</think>``), or "" if it says none."""
-        parser = self._parser_class(name)(self._tokenizer, None)
-        reasoning_parser = parser.reasoning_parser
-        return (reasoning_parser.reasoning_end_str or "") if reasoning_parser else ""
+    def markers(self, name: str) -> tuple[str, str]:
+        """What starts and ends the thinking for parser ``name`` (``<think>``, ``</think>``);
+        "" for one it does not say."""
+        markers = self._markers.get(name)
+        if markers is None:
+            parser = self._parser_class(name)(self._tokenizer, None).reasoning_parser
+            markers = ("", "")
+            if parser is not None:
+                markers = (parser.reasoning_start_str or "", parser.reasoning_end_str or "")
+            self._markers[name] = markers
+        return markers
 
     def reasoning_tokens(self, tokens: int, answer: str | None) -> int:
         """The generated tokens before the answer: all ``tokens`` but the answer's, which are

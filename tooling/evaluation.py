@@ -40,6 +40,8 @@ class Task:
     family: str
     prompt: str
     verifiers: list[dict[str, Any]]
+    profile: str | None = None
+    """A server profile to ask under (``think``: the demo's reasoning parser)."""
 
 
 MAX_SUBSETS = 2_000
@@ -59,7 +61,9 @@ def load_tasks(path: Path, families: Sequence[str] = ()) -> list[Task]:
             continue
         try:
             raw = json.loads(line)
-            tasks.append(Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"]))
+            tasks.append(
+                Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"], raw.get("profile"))
+            )
         except (ValueError, KeyError, TypeError) as exc:
             what = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
             raise TaskFileError(f"{path} line {number} is not a task: {what}") from None
@@ -88,6 +92,8 @@ class TaskSamples:
     mean_logprobs: list[float | None]
     tokens: list[int]
     latency_ms: float
+    reasoning_tokens: list[int] = field(default_factory=list)
+    """Each candidate's tokens before its answer (with a reasoning parser; else none)."""
 
     def pool(self, indices: Iterable[int], signal: str) -> list[Scored]:
         """Candidates as the selection code sees them under ``signal``."""
@@ -130,6 +136,7 @@ def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> Tas
         mean_logprobs=[c["mean_logprob"] for c in candidates],
         tokens=[c["tokens"] for c in candidates],
         latency_ms=response["timing"]["total_ms"],
+        reasoning_tokens=[c.get("reasoning_tokens") or 0 for c in candidates],
     )
 
 
@@ -211,6 +218,8 @@ def summarise(
         }
         tokens = statistics.fmean(statistics.fmean(s.tokens) for s in group)
         row["tokens_per_request"] = {k: tokens * k for k in ks}
+        thinking = statistics.fmean(statistics.fmean(s.reasoning_tokens or [0]) for s in group)
+        row["thinking_tokens_per_request"] = {k: thinking * k for k in ks}
         row["latency_ms_at_max_k"] = statistics.median(s.latency_ms for s in group)
         report.rows[family] = row
     return report
@@ -243,6 +252,8 @@ async def collect(
                 "sampling": _seeded(sampling, number),
                 "verifiers": [*task.verifiers, *extra],
             }
+            if task.profile is not None:
+                body["profile"] = task.profile
             reply = await client.post("/generate", json=body, timeout=600)
             on_done()
             if reply.status_code == 400 and "unknown verifier type" in reply.text:

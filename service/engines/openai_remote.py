@@ -286,7 +286,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                     acc.reasoning = []
                 acc.reasoning.append(thought)
             if raw.get("finish_reason") is not None:
-                if acc.reasoning is None and backend.splits_reasoning:
+                if chat and acc.reasoning is None and backend.splits_reasoning:
                     acc.reasoning = []  # split by the backend, with nothing thought
                 finished.append(acc.finish(index, raw["finish_reason"]))
         return finished

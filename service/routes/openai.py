@@ -172,12 +172,12 @@ class _ChatRenderer(_Renderer):
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         candidate = scored.candidate
+        # As vLLM's ChatMessage: ``reasoning`` always there (null without a parser); with one,
+        # the answer as content (null when the thinking never ended), the thinking apart.
         message: dict[str, Any] = {"role": "assistant", "content": candidate.text}
+        message["reasoning"] = self._reasoning(candidate.reasoning)
         if candidate.output is not None:
-            # As vLLM's server with --reasoning-parser: the answer as content (null when the
-            # thinking never ended), the thinking as reasoning.
             message["content"] = candidate.text or None
-            message["reasoning"] = self._reasoning(candidate.reasoning)
         return {
             "index": position,
             "message": message,
