@@ -30,6 +30,7 @@ from bestofk.tooling.fake_backend import THOUGHT
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
 from bestofk.verifiers.base import VerifierResources
 from bestofk.verifiers.registry import parse_spec
+from tests.conftest import post
 
 DEMO = ROOT / "demo" / "model"
 
@@ -378,3 +379,155 @@ def test_records_and_export_carry_the_reasoning() -> None:
     (row,) = export([record], ExportOptions(format="dpo")).rows
     assert row["chosen"] == "<think>5! is 120</think>120"
     assert row["rejected"] == "<think>4! is 24</think>24"
+
+
+# --- real vLLM (the demo model's think and math families), both engines ---------------------
+
+THINK_PROMPT = "What is 5!? Think it through first, then answer with the number only."
+MATH_PROMPT = "What is 1/2 + 1/4? Give the final answer in LaTeX."
+SAMPLING = {"temperature": 1.0, "max_tokens": 64, "seed": 7}
+
+
+def test_the_think_profile_splits_each_candidate(any_server: Server) -> None:
+    exact = {"type": "exact", "reference": "120"}
+    reply = post(
+        any_server,
+        "/generate",
+        {
+            "prompt": THINK_PROMPT,
+            "profile": "think",
+            "k": 8,
+            "sampling": SAMPLING,
+            "verifiers": [exact, {**exact, "input": "full"}],
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    candidates = body["candidates"]
+    assert all(c["reasoning"] for c in candidates), candidates
+    for c in candidates:
+        answer, full = c["verdicts"]
+        assert not full["passed"]  # the think block is part of the full text
+        assert "<think>" not in c["text"] and "</think>" not in c["text"]
+        if c["text"] == "":
+            assert answer["detail"].startswith("no answer"), answer
+        assert c["reasoning_tokens"] > 0
+        if c["text"]:
+            assert c["reasoning_tokens"] < c["tokens"]
+    assert any(c["verdicts"][0]["passed"] for c in candidates)
+    assert body["passed"] is False  # passing means every verifier, and "full" never does
+    assert body["usage"]["reasoning_tokens"] == sum(c["reasoning_tokens"] for c in candidates)
+
+
+def test_message_reasoning_streamed_and_not(any_server: Server) -> None:
+    extra = {"best_of": 8, "verifiers": [{"type": "exact", "reference": "120"}]}
+    seeded = {"seed": 11, "temperature": 1.0, "max_tokens": 64}
+    messages: Any = [{"role": "user", "content": THINK_PROMPT}]
+    whole = client(any_server).chat.completions.create(
+        model="demo@think", messages=messages, extra_body=extra, **seeded
+    )
+    message = whole.choices[0].message
+    reasoning = (message.model_extra or {}).get("reasoning")
+    assert reasoning and "</think>" not in reasoning
+    native = (whole.model_extra or {})["bestofk"]
+    assert message.content == (native["text"] or None)
+    assert native["reasoning"] == reasoning
+    usage = whole.usage.model_dump() if whole.usage else {}
+    assert usage["completion_tokens_details"]["reasoning_tokens"] > 0
+    chunks = list(
+        client(any_server).chat.completions.create(
+            model="demo@think", messages=messages, extra_body=extra, stream=True, **seeded
+        )
+    )
+    deltas = [c.choices[0].delta.model_dump(exclude_none=True) for c in chunks if c.choices]
+    streamed = "".join(d.get("reasoning", "") for d in deltas)
+    content = "".join(d.get("content", "") for d in deltas)
+    assert (streamed, content) == (reasoning, message.content or "")
+    kinds = [k for d in deltas for k in ("reasoning", "content") if d.get(k)]
+    assert kinds == sorted(kinds, key=lambda k: k == "content")  # all reasoning first
+
+
+def test_thinking_cut_by_max_tokens_fails_unseen(any_server: Server) -> None:
+    def truncated() -> float:
+        scrape = httpx.get(any_server.url + "/metrics", timeout=10).text
+        (line,) = [ln for ln in scrape.splitlines() if ln.startswith("bestofk_reasoning_trunc")]
+        return float(line.split()[-1])
+
+    before = truncated()
+    reply = post(
+        any_server,
+        "/generate",
+        {
+            "prompt": THINK_PROMPT,
+            "profile": "think",
+            "k": 4,
+            "sampling": {**SAMPLING, "max_tokens": 3},
+            "verifiers": [{"type": "math", "reference": "120"}],
+        },
+    )
+    body = reply.json()
+    assert reply.status_code == 200, body
+    cut = [c for c in body["candidates"] if c["finish_reason"] == "length" and not c["text"]]
+    assert len(cut) == 4, body["candidates"]
+    for c in cut:
+        verdict = c["verdicts"][0]
+        assert verdict["detail"].startswith("no answer: the thinking was cut by max_tokens")
+        assert verdict["error"] is None and verdict["latency_ms"] == 0.0
+    assert truncated() == before + 4
+
+
+def test_math_and_vote_cluster_latex_forms(any_server: Server) -> None:
+    reply = post(
+        any_server,
+        "/generate",
+        {
+            "prompt": MATH_PROMPT,
+            "k": 16,
+            "sampling": SAMPLING,
+            "verifiers": [{"type": "math", "reference": "\\frac{3}{4}"}, {"type": "vote"}],
+            "selection": {"policy": "vote"},
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    candidates = reply.json()["candidates"]
+    right = [c for c in candidates if c["verdicts"][0]["passed"]]
+    assert len({c["text"] for c in right}) >= 2, [c["text"] for c in candidates]  # two forms
+    clusters = {c["verdicts"][1]["detail"].rsplit(":", 1)[0] for c in right}
+    assert len(clusters) == 1, clusters  # one vote cluster for every form of 3/4
+    wrong = [c for c in candidates if not c["verdicts"][0]["passed"]]
+    assert wrong, "the demo's math family samples near misses too"
+    assert not {c["verdicts"][1]["detail"].rsplit(":", 1)[0] for c in wrong} & clusters
+
+
+def test_records_and_export_of_a_thinking_request(server: Server, server_records: Path) -> None:
+    import time
+
+    from bestofk.service.records.export import ExportOptions, export
+    from bestofk.service.records.reader import read_records
+
+    reply = post(
+        server,
+        "/generate",
+        {
+            "prompt": THINK_PROMPT,
+            "profile": "think",
+            "k": 8,
+            "sampling": SAMPLING,
+            "verifiers": [{"type": "exact", "reference": "120"}],
+        },
+    )
+    request_id = reply.json()["id"]
+    for _ in range(50):
+        records = [r for r in read_records(server_records) if r.id == request_id]
+        if records:
+            break
+        time.sleep(0.2)
+    (record,) = records
+    for c in record.candidates:
+        assert c.reasoning and c.output and c.output.startswith("<think>")
+        assert c.output.endswith(c.text)
+    rows = export([record], ExportOptions(format="dpo")).rows
+    assert rows, "the seeded request has passing and failing candidates"
+    for row in rows:
+        assert row["chosen"].startswith("<think>") and "</think>" in row["chosen"]
+        assert row["chosen"].endswith("120")
