@@ -131,12 +131,13 @@ def _sample_weights(pool: Sequence[Scored], beta: float) -> list[float]:
 
 
 def choice_probabilities(
-    scored: Sequence[Scored], config: SelectionConfig
+    scored: Sequence[Scored], config: SelectionConfig, answers: Mapping[int, str] | None = None
 ) -> list[tuple[Scored, float]]:
     """What :func:`select` chooses, as probabilities: the one candidate ``argmax`` and ``vote``
-    choose, or every candidate ``sample`` may draw with its chance (offline evaluation)."""
+    choose, or every candidate ``sample`` may draw with its chance (offline evaluation).
+    ``answers``: as for :func:`select`."""
     if config.policy != "sample":
-        return [(select(scored, config), 1.0)]
+        return [(select(scored, config, answers), 1.0)]
     order = ranked(scored, config.by_logprob)
     pool = [s for s in order if s.required_ok] or order
     weights = _sample_weights(pool, config.beta)

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from bestofk.service.selection import Policy, Scored, SelectionConfig, choice_probabilities, ranked
+from bestofk.verifiers.answers import answer_keys
 from bestofk.verifiers.base import Candidate
 
 SIGNALS = ("verifiers", "judge", "none")
@@ -94,6 +95,19 @@ class TaskSamples:
     latency_ms: float
     reasoning_tokens: list[int] = field(default_factory=list)
     """Each candidate's tokens before its answer (with a reasoning parser; else none)."""
+    _answers: dict[int, str] | None = None
+
+    @property
+    def answers(self) -> dict[int, str]:
+        """Each candidate's ``vote`` cluster, found once for all of them (math-verify compares
+        answers pairwise: once per task, not once per subset); none for a candidate without an
+        answer."""
+        if self._answers is None:
+            # An empty text has no answer (thinking cut short): it joins no cluster.
+            given = [i for i, text in enumerate(self.texts) if text.strip()]
+            keys = answer_keys([self.texts[i] for i in given])
+            self._answers = dict(zip(given, keys, strict=True))
+        return self._answers
 
     def pool(self, indices: Iterable[int], signal: str) -> list[Scored]:
         """Candidates as the selection code sees them under ``signal``."""
@@ -171,7 +185,10 @@ def best_of_k(samples: TaskSamples, k: int, policy: Policy, signal: str) -> floa
     for subset in subsets(n, k):
         pool = samples.pool(subset, signal)
         total += sum(
-            p * samples.correct[s.candidate.index] for s, p in choice_probabilities(pool, config)
+            p * samples.correct[s.candidate.index]
+            for s, p in choice_probabilities(
+                pool, config, samples.answers if policy == "vote" else None
+            )
         )
         count += 1
     return total / count

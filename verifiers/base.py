@@ -63,7 +63,7 @@ class Candidate:
                 "no answer: the thinking was cut by max_tokens (finish_reason length) before "
                 "it ended; raise max_tokens"
             )
-        return "no answer: the output ends inside the thinking (no end-of-thinking marker)"
+        return "no answer: nothing follows the thinking, or it never ended"
 
     def view(self, part: VerifierInput) -> Candidate:
         """This candidate as a verifier of ``input`` ``part`` sees it: ``text`` is the answer,
