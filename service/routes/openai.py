@@ -199,6 +199,8 @@ class _ChatRenderer(_Renderer):
         if reasoning:
             thought = [("reasoning", w, []) for w in _words(reasoning)]
         tokens = _answer_logprobs(visible_logprobs(scored), candidate.text)
+        if not candidate.text:
+            return thought  # no answer: vLLM streams no content
         if tokens and "".join(t.token for t in tokens) == candidate.text:
             answer = [("content", t.token, [t]) for t in tokens]
         else:
