@@ -531,3 +531,28 @@ def test_records_and_export_of_a_thinking_request(server: Server, server_records
     for row in rows:
         assert row["chosen"].startswith("<think>") and "</think>" in row["chosen"]
         assert row["chosen"].endswith("120")
+
+
+def test_include_reasoning_false_and_a_cut_stream(
+    thinking_remote: Server, fake_backend: Server
+) -> None:
+    set_mode(fake_backend, "think")
+    try:
+        hidden = client(thinking_remote).chat.completions.create(
+            model="demo", messages=MESSAGES, extra_body={**EXACT, "include_reasoning": False}
+        )
+        set_mode(fake_backend, "think_cut")
+        chunks = list(
+            client(thinking_remote).chat.completions.create(
+                model="demo", messages=MESSAGES, stream=True, extra_body=EXACT
+            )
+        )
+    finally:
+        set_mode(fake_backend, "ok")
+    message = hidden.choices[0].message
+    assert message.content == "42" and (message.model_extra or {}).get("reasoning") is None
+    assert (hidden.model_extra or {})["bestofk"]["reasoning"] == "".join(THOUGHT)  # kept
+    deltas = [c.choices[0].delta.model_dump(exclude_none=True) for c in chunks if c.choices]
+    assert "".join(d.get("reasoning", "") for d in deltas) == "".join(THOUGHT)
+    assert not any("content" in d for d in deltas)  # no answer: no content at all
+    assert chunks[-1].choices[0].finish_reason == "length"
