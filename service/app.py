@@ -233,7 +233,8 @@ def app_from_env() -> FastAPI:
     """uvicorn's app factory for ``--workers N``: each worker builds its app from ``BESTOFK_*``.
 
     Worker processes are spawned, so they cannot be handed a ``Settings`` object; ``bestofk
-    serve`` exports its flags as their env twins before starting them.
+    serve`` exports its settings as their env twins (:meth:`Settings.as_env`) before starting
+    them.
     """
     return create_app(Settings(), exit_on_engine_failure=True, drain_on_signal=True)
 

@@ -14,7 +14,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -120,16 +120,12 @@ def serve(settings: Any) -> None:
         )
 
 
-def serve_workers(settings: Any, env: Mapping[str, object]) -> None:
-    """Several uvicorn workers over the remote engine, with metrics summed across them.
-
-    ``env``: settings the workers read as ``BESTOFK_<NAME>`` (None: not given)."""
+def serve_workers(settings: Any) -> None:
+    """Several uvicorn workers over the remote engine, with metrics summed across them."""
     import uvicorn
 
     # Workers are spawned and build their own Settings from the environment (app_from_env).
-    for name, value in env.items():
-        if value is not None:
-            os.environ[f"BESTOFK_{name}"] = str(value)
+    os.environ.update(settings.as_env())
     # Set before the workers start: prometheus-client picks its multiprocess mode at import.
     given = _fresh_metrics_dir()
     path = given or Path(tempfile.mkdtemp(prefix="bestofk-metrics-"))

@@ -5,6 +5,7 @@ Nested fields use ``__`` in env names, e.g. ``BESTOFK_LIMITS__MAX_K=16``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -281,6 +282,22 @@ class Settings(BaseSettings):
     def engine(self) -> Literal["vllm", "openai"]:
         """``openai`` when backends are configured, else the in-process ``vllm``."""
         return "openai" if self.backends else "vllm"
+
+    def as_env(self) -> dict[str, str]:
+        """The ``BESTOFK_*`` variables from which another process (a ``--workers`` worker)
+        rebuilds these same settings with ``Settings()``: scalars as text, nested settings and
+        lists as JSON, the comma-separated lists comma-joined. They outrank a YAML file."""
+        prefix = self.model_config.get("env_prefix", "")
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:  # unset: every field that may be None defaults to None
+                continue
+            if NoDecode in type(self).model_fields[name].metadata:
+                text = ",".join(value)
+            else:
+                text = value if isinstance(value, str) else json.dumps(value)
+            env[f"{prefix}{name}".upper()] = text
+        return env
 
     @classmethod
     def settings_customise_sources(

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from bestofk.service import cli
+from bestofk.service.cli import client, serve
 from bestofk.service.records.format import Record
 from bestofk.service.selection import SelectionConfig, select
 from bestofk.tooling.evaluation import (
@@ -120,12 +120,12 @@ def loopback_http() -> Iterator[str]:
 def test_the_default_address_is_used_when_something_answers_there(
     loopback_http: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "DEFAULT_URL", loopback_http)
-    assert cli._server_url(None, None) == loopback_http
-    assert cli._server_url(None, "demo/model") is None  # --model: in-process, as asked
-    assert cli._server_url("http://elsewhere:9/", None) == "http://elsewhere:9"
-    monkeypatch.setattr(cli, "DEFAULT_URL", f"http://127.0.0.1:{free_port()}")
-    assert cli._server_url(None, None) is None  # nobody there: load the model in-process
+    monkeypatch.setattr(client, "DEFAULT_URL", loopback_http)
+    assert client.server_url(None, None) == loopback_http
+    assert client.server_url(None, "demo/model") is None  # --model: in-process, as asked
+    assert client.server_url("http://elsewhere:9/", None) == "http://elsewhere:9"
+    monkeypatch.setattr(client, "DEFAULT_URL", f"http://127.0.0.1:{free_port()}")
+    assert client.server_url(None, None) is None  # nobody there: load the model in-process
 
 
 def test_in_process_generate_keeps_engine_logs_off_stdout(tmp_path: Path) -> None:
@@ -327,7 +327,7 @@ def test_engine_flags_merge_over_the_config_file(
     config = tmp_path / "config.yaml"
     config.write_text("vllm: {enforce_eager: false, engine_args: {max_num_seqs: 8}}\n")
     monkeypatch.setenv("BESTOFK_CONFIG", str(config))
-    vllm = cli._vllm_overrides(
+    vllm = serve.vllm_overrides(
         ["enable-prefix-caching=true", "--swap-space=2", "kv_cache_dtype=fp8"],
         max_model_len=256, gpu_memory_utilization=0.5, tensor_parallel_size=2,
     )  # fmt: skip
@@ -338,6 +338,29 @@ def test_engine_flags_merge_over_the_config_file(
         "max_num_seqs": 8, "enable_prefix_caching": True, "swap_space": 2,
         "kv_cache_dtype": "fp8", "tensor_parallel_size": 2,
     }  # fmt: skip
+
+
+def test_workers_rebuild_the_same_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--workers N`` hands its settings to spawned workers as ``BESTOFK_*`` variables: all of
+    them, nested ones and lists included, not a hand-kept list of flags."""
+    from bestofk.service.settings import Settings
+
+    settings = Settings(
+        backends=["http://a:1", "http://b:2"], api_keys=["sk-one", "sk-two"],
+        vllm={"max_model_len": 256, "engine_args": {"max_num_seqs": 8, "x": {"y": [1, 2]}}},
+        profiles={"p": {"verifiers": [{"type": "regex", "pattern": r"^\d+$"}], "k": 3}},
+        limits={"max_k": 16}, selection={"tie_break": "index"}, record_redact=["a,b"],
+        served_model_name="m", allow_any_verifier_target=True, workers=2,
+    )  # fmt: skip
+    env = settings.as_env()
+    assert env["BESTOFK_API_KEYS"] == "sk-one,sk-two"
+    for name in [n for n in os.environ if n.startswith("BESTOFK_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().model_dump() == settings.model_dump()
 
 
 def test_vllm_serving_bench_takes_the_extra_body_it_advertises() -> None:

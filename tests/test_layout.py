@@ -61,3 +61,26 @@ def test_the_images_copy_every_package_folder() -> None:
     for folder in FOLDERS:
         assert dockerfile.count(f"COPY {folder} ./{folder}\n") == 2, folder  # base and gpu
         assert folder not in ignored, folder
+
+
+def test_the_cli_help_loads_no_engine_plotting_or_training_stack(tmp_path: Path) -> None:
+    """Each command imports what only it needs inside it: help is instant and works in an
+    install without the extras."""
+    code = (
+        "import sys\n"
+        "from bestofk.service.cli import main\n"
+        "for argv in (['bestofk', '--help'], ['bestofk', 'serve', '--help']):\n"
+        "    sys.argv = argv\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, exit.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert "typer" in loaded  # the help was rendered
+    heavy = {"matplotlib", "torch", "vllm", "trl", "datasets", "transformers", "aiohttp"}
+    assert not loaded & heavy, loaded & heavy

@@ -91,7 +91,7 @@ def test_settings_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cli_verifier_shorthand() -> None:
-    from bestofk.service.cli import parse_verifier
+    from bestofk.service.cli.generate import parse_verifier
 
     assert parse_verifier("exact:reference=120") == {"type": "exact", "reference": "120"}
     assert parse_verifier("style:max_sentences=2;no_emoji=true") == {

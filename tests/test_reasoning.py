@@ -350,8 +350,8 @@ def test_remote_cut_thinking_has_no_answer(thinking_remote: Server, fake_backend
 
 
 def test_records_and_export_carry_the_reasoning() -> None:
-    from bestofk.service.records.export import ExportOptions, export
     from bestofk.service.records.format import Record
+    from bestofk.tooling.records.export import ExportOptions, export
 
     raw = {
         "version": 1,
@@ -502,8 +502,8 @@ def test_math_and_vote_cluster_latex_forms(any_server: Server) -> None:
 def test_records_and_export_of_a_thinking_request(server: Server, server_records: Path) -> None:
     import time
 
-    from bestofk.service.records.export import ExportOptions, export
     from bestofk.service.records.reader import read_records
+    from bestofk.tooling.records.export import ExportOptions, export
 
     reply = post(
         server,

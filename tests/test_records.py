@@ -27,13 +27,13 @@ from prometheus_client import REGISTRY
 
 from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.pipeline import RerankJob, RerankResult, Timing
-from bestofk.service.records.export import ExportOptions, export
 from bestofk.service.records.format import Record, RecordFormatError, build
 from bestofk.service.records.reader import complete_lines, read_records, record_files
 from bestofk.service.records.recorder import Recorder
-from bestofk.service.records.stats import compute
 from bestofk.service.selection import Scored
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
+from bestofk.tooling.records.export import ExportOptions, export
+from bestofk.tooling.records.stats import compute
 from bestofk.verifiers.base import Candidate, Verdict
 from bestofk.verifiers.registry import parse_spec
 from tests.conftest import CONFIG
@@ -212,7 +212,7 @@ def test_export_rules(tmp_path: Path) -> None:
 
 
 def test_chat_prompts_stay_conversational_and_every_format_loads(tmp_path: Path) -> None:
-    from bestofk.service.records.export import write_jsonl
+    from bestofk.tooling.records.export import write_jsonl
 
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     records = [record(chat, ("4", True, 1.0), ("5", False, 0.0)), record("1+1?", ("2", True, 1.0))]

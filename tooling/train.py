@@ -10,7 +10,7 @@ Three of the seed's families of post-training, all pushing the model toward
 - ``grpo`` (on-policy RL): the recorded prompts with their verifiers, fresh samples each step,
   rewarded by a live bestofk's ``/verify`` (:class:`bestofk.tooling.reward.BestOfKReward`).
 
-The datasets come from ``bestofk.service.records.export`` (its grouping, de-duplication and
+The datasets come from ``bestofk.tooling.records.export`` (its grouping, de-duplication and
 exclusions), after two filters of our own: only the model's own samples (``source``: a ``/verify``
 record's candidates came from a client), and no record scored only by an LLM judge (on the demo
 model the judge prompts reuse the factorial and date questions, and its labels are noisy).
@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import yaml
 
-from bestofk.service.records.export import ExportFormat, ExportOptions, export, reason_to_skip
 from bestofk.service.records.format import Record
+from bestofk.tooling.records.export import ExportFormat, ExportOptions, export, reason_to_skip
 
 Method = Literal["rsft", "dpo", "grpo"]
 METHODS: tuple[Method, ...] = ("rsft", "dpo", "grpo")

@@ -1,9 +1,8 @@
-"""Request records: every candidate, verdict and choice, kept as JSONL and turned into datasets.
+"""Request records: every candidate, verdict and choice, kept as JSONL.
 
 ``recorder`` appends records off the request path (``--record-dir``); ``format`` is the record
-schema; ``reader`` reads files back while they are written; ``export`` turns records into DPO,
-RSFT and KTO datasets; ``stats`` says how much pass@K beats pass@1, i.e. whether training on
-these verdicts would pay.
+schema; ``reader`` reads files back while they are written. Turning them into datasets and
+statistics is tooling: :mod:`bestofk.tooling.records`.
 """
 
 from __future__ import annotations
