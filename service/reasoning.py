@@ -85,11 +85,11 @@ class ReasoningParsers:
         with self._lock:
             parser = self._parsers.get(name)
             if parser is None:
-                from vllm.parser.parser_manager import ParserManager
-
                 check_parser_name(name)
                 if self._tokenizer is None:
                     self._tokenizer = self._load_tokenizer()
+                from vllm.parser.parser_manager import ParserManager
+
                 # Raises TypeError naming the flag when the tokenizer lacks the parser's markers.
                 parser = ParserManager.get_parser(
                     reasoning_parser_name=name, tokenizer=self._tokenizer

@@ -126,6 +126,20 @@ def test_serve_refuses_a_parser_the_tokenizer_cannot_read() -> None:
     assert "could not locate think start/end tokens" in run.stderr.strip().splitlines()[-1]
 
 
+def test_serve_over_backends_needs_a_tokenizer() -> None:
+    run = subprocess.run(
+        [str(VENV_BIN / "bestofk"), "serve", "--backend", "http://127.0.0.1:9"]
+        + ["--reasoning-parser", "deepseek_r1"],
+        capture_output=True,
+        text=True,
+        env=engine_env(BESTOFK_PORT="0"),
+        timeout=120,
+    )
+    assert run.returncode == 1
+    (line,) = run.stderr.strip().splitlines()
+    assert "needs the model's tokenizer" in line and "--tokenizer" in line
+
+
 # --- the pipeline, with a scripted engine ---------------------------------------------------
 
 
