@@ -1135,6 +1135,7 @@ def tasks() -> list[dict[str, Any]]:
             {
                 "id": f"think-factorial-{n}",
                 "family": "think",
+                "profile": "think",
                 "prompt": THINK_FACTORIAL_WORDINGS[n % 2].format(n=n),
                 "verifiers": [{"type": "exact", "reference": str(math.factorial(n))}],
             }
@@ -1144,6 +1145,7 @@ def tasks() -> list[dict[str, Any]]:
             {
                 "id": f"think-dates-{d.isoformat()}",
                 "family": "think",
+                "profile": "think",
                 "prompt": THINK_DATE_WORDING.format(d=d.isoformat()),
                 "verifiers": [
                     {"type": "exact", "reference": next_monday(d).isoformat(), "numeric": False}

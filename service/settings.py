@@ -32,6 +32,9 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
             {"type": "regex", "pattern": r"^\d+$", "mode": "fullmatch", "required": True}
         ],
     },
+    # The demo's thinking family: "<think>...</think>answer", read by vLLM's DeepSeek-R1 parser
+    # (which reads an output without "</think>" as all thinking: only this family has it).
+    "think": {"reasoning_parser": "deepseek_r1"},
 }
 """The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
 
