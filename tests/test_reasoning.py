@@ -128,8 +128,10 @@ def test_serve_refuses_a_parser_the_tokenizer_cannot_read() -> None:
 
 def test_serve_over_backends_needs_a_tokenizer() -> None:
     run = subprocess.run(
-        [str(VENV_BIN / "bestofk"), "serve", "--backend", "http://127.0.0.1:9"]
-        + ["--reasoning-parser", "deepseek_r1"],
+        [
+            *(str(VENV_BIN / "bestofk"), "serve", "--backend", "http://127.0.0.1:9"),
+            *("--reasoning-parser", "deepseek_r1"),
+        ],
         capture_output=True,
         text=True,
         env=engine_env(BESTOFK_PORT="0"),
