@@ -57,6 +57,24 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return think_tokenizer(tmp_path_factory.mktemp("think-tokenizer"))
 
 
+def plain_tokenizer(directory: Path) -> Path:
+    """The demo model's tokenizer without the thinking markers (a model that cannot think)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEMO / "tokenizer_config.json", directory / "tokenizer_config.json")
+    raw = json.loads((DEMO / "tokenizer.json").read_text())
+    markers = {"<think>", "</think>"}
+    raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] not in markers]
+    raw["model"]["vocab"] = {k: v for k, v in raw["model"]["vocab"].items() if k not in markers}
+    (directory / "tokenizer.json").write_text(json.dumps(raw))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def no_markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tokenizer without DeepSeek-R1's thinking markers."""
+    return plain_tokenizer(tmp_path_factory.mktemp("plain-tokenizer"))
+
+
 @pytest.fixture(scope="module")
 def parsers(tokenizer_dir: Path) -> ReasoningParsers:
     return ReasoningParsers(tokenizer_loader(str(tokenizer_dir)))
@@ -87,8 +105,8 @@ def test_qwen3_reads_an_output_without_thinking_as_answer(parsers: ReasoningPars
     assert (split.reasoning, split.answer) == (None, "120")
 
 
-def test_a_tokenizer_without_the_markers_is_refused() -> None:
-    demo = ReasoningParsers(tokenizer_loader(str(DEMO)))
+def test_a_tokenizer_without_the_markers_is_refused(no_markers: Path) -> None:
+    demo = ReasoningParsers(tokenizer_loader(str(no_markers)))
     with pytest.raises(TypeError, match="--reasoning-parser deepseek_r1 cannot be used"):
         demo.check("deepseek_r1")
 
@@ -114,9 +132,12 @@ def test_serve_refuses_an_unknown_parser_in_one_line(tmp_path: Path) -> None:
     assert "unknown reasoning parser 'r1'" in lines[0] and "deepseek_r1" in lines[0]
 
 
-def test_serve_refuses_a_parser_the_tokenizer_cannot_read() -> None:
+def test_serve_refuses_a_parser_the_tokenizer_cannot_read(no_markers: Path) -> None:
     run = subprocess.run(
-        [str(VENV_BIN / "bestofk"), "serve", "--reasoning-parser", "deepseek_r1"],
+        [
+            *(str(VENV_BIN / "bestofk"), "serve", "--reasoning-parser", "deepseek_r1"),
+            *("--tokenizer", str(no_markers)),
+        ],
         capture_output=True,
         text=True,
         env=engine_env(BESTOFK_PORT="0"),
@@ -466,7 +487,8 @@ def test_message_reasoning_streamed_and_not(any_server: Server) -> None:
 def test_thinking_cut_by_max_tokens_fails_unseen(any_server: Server) -> None:
     def truncated() -> float:
         scrape = httpx.get(any_server.url + "/metrics", timeout=10).text
-        (line,) = [ln for ln in scrape.splitlines() if ln.startswith("bestofk_reasoning_trunc")]
+        name = "bestofk_reasoning_truncated_total"
+        (line,) = [ln for ln in scrape.splitlines() if ln.startswith(name)]
         return float(line.split()[-1])
 
     before = truncated()
