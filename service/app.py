@@ -29,6 +29,7 @@ from bestofk.service.middleware import (
     RequestMetricsMiddleware,
 )
 from bestofk.service.pipeline import Pipeline
+from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
 from bestofk.service.records.recorder import Recorder
 from bestofk.service.routes import native, openai, reward
 from bestofk.service.runtime import Runtime
@@ -138,10 +139,15 @@ def create_app(
         if settings.allow_any_verifier_target
         else frozenset(settings.verifier_targets),
     )
+    reasoning = (
+        ReasoningParsers(tokenizer_loader(settings.tokenizer_name))
+        if settings.reasoning_parsers
+        else None
+    )
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        pipeline=Pipeline(engine, resources),
+        pipeline=Pipeline(engine, resources, reasoning),
         jobs=JobFactory(settings, engine),
         admission=Admission(
             settings.limits.max_inflight,
@@ -157,6 +163,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if recorder is not None:
             recorder.start()  # an unwritable record directory fails the start, not a request
+        if reasoning is not None:
+            # Loads the tokenizer and checks it has each parser's markers, off the loop: a
+            # parser that cannot read this model fails the start, not every request.
+            for name in settings.reasoning_parsers:
+                await asyncio.to_thread(reasoning.check, name)
         # Claims the slots' uids, so it belongs to the running server, not to the app object.
         resources.sandbox = SandboxPool(
             settings.sandbox_slots,

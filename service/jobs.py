@@ -40,6 +40,8 @@ class JobRequest:
     early_exit_min_score: float | None = None
     given: Sequence[str] | None = None
     timeout_s: float | None = None
+    chat_template_kwargs: Mapping[str, Any] | None = None
+    """The request's chat template variables, over the profile's (vLLM's field)."""
     arrived: float | None = None
     """``time.perf_counter()`` when the request arrived, so queue time is counted."""
 
@@ -91,6 +93,12 @@ class JobFactory:
             )
         prompt = req.prompt or Prompt(text="")
         self._check_prompt(prompt)
+        template_kwargs = {
+            **((profile.chat_template_kwargs or {}) if profile else {}),
+            **(req.chat_template_kwargs or {}),
+        }
+        if template_kwargs and prompt.messages is not None:
+            prompt = replace(prompt, chat_template_kwargs=template_kwargs)
         k = self._k(req, profile)
         if req.given is not None:
             self._check_given(req.given)
@@ -114,6 +122,8 @@ class JobFactory:
             given=req.given,
             timeout_s=timeout,
             profile=profile_name,
+            reasoning_parser=(profile.reasoning_parser if profile else None)
+            or self.settings.reasoning_parser,
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
 

@@ -79,6 +79,15 @@ VERIFICATION_DURATION = Histogram(
     buckets=VERIFIER_BUCKETS,
 )
 CANDIDATES = Counter("bestofk_candidates_total", "Candidates generated or given for verification.")
+REASONING_TRUNCATED = Counter(
+    "bestofk_reasoning_truncated_total",
+    "Candidates whose thinking max_tokens cut before it ended: no answer, every answer "
+    "verifier fails them.",
+)
+REASONING_TOKENS = Counter(
+    "bestofk_reasoning_tokens_total",
+    "Generated tokens spent thinking (before the answer), over every candidate.",
+)
 VERDICTS = Counter(
     "bestofk_verdicts_total", "Verdicts by verifier and outcome (pass/fail/error).",
     ["verifier", "outcome"],
@@ -147,6 +156,9 @@ def observe(result: RerankResult) -> None:
         GENERATION_DURATION.observe(timing.generate_ms / 1000)
     K.observe(result.k)
     CANDIDATES.inc(len(result.candidates))
+    if result.reasoning_parser is not None:
+        REASONING_TRUNCATED.inc(sum(s.candidate.truncated for s in result.candidates))
+        REASONING_TOKENS.inc(result.reasoning_tokens)
     # One label lookup per verifier, not per verdict: K x verifiers lookups add up per request.
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     latencies: dict[str, list[float]] = {}

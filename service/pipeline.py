@@ -10,13 +10,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
 from bestofk.service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
+from bestofk.service.reasoning import ReasoningParsers, Split
 from bestofk.service.selection import Scored, SelectionConfig, combine, ranked, select
 from bestofk.verifiers import registry
-from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
+from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_keys
 from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
@@ -69,6 +70,8 @@ class RerankJob:
     timeout_s: float = 300.0
     profile: str | None = None
     """The server-side profile the request named, if any (recorded with the verdicts)."""
+    reasoning_parser: str | None = None
+    """vLLM's reasoning parser that splits each candidate into reasoning and answer."""
     arrived: float = field(default_factory=time.perf_counter)
 
 
@@ -108,6 +111,13 @@ class RerankResult:
     """The K asked for or defaulted, when greedy sampling collapsed ``k`` to 1."""
     answers: Mapping[int, str] = field(default_factory=dict)
     """For the ``vote`` policy: each candidate's answer key by index (its cluster)."""
+    reasoning_parser: str | None = None
+    """The reasoning parser that split the candidates, if any."""
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens all candidates spent before their answers (vLLM's ``reasoning_tokens``)."""
+        return sum(s.candidate.reasoning_tokens for s in self.candidates)
 
     @property
     def generated(self) -> int:
@@ -137,13 +147,43 @@ class RerankResult:
         return out
 
 
-def _candidate(sample: Sample) -> Candidate:
-    return Candidate(
+def _candidate(sample: Sample, job: RerankJob, reasoning: ReasoningParsers | None) -> Candidate:
+    """The candidate to verify; with a reasoning parser, split into reasoning and answer (by
+    the remote backend when it sent them apart, else here with the same parser)."""
+    candidate = Candidate(
         index=sample.index,
         text=sample.text,
         finish_reason=sample.finish_reason,
         tokens=sample.tokens,
         mean_logprob=sample.mean_logprob,
+    )
+    name = job.reasoning_parser
+    if name is None or reasoning is None:
+        return candidate
+    start, end = reasoning.markers(name)
+    if sample.reasoning or (
+        # A backend that splits sent this one with nothing thought: unless its markers are in
+        # the text, for then the backend did not split it (another server behind the URL).
+        sample.reasoning is not None and not any(m and m in sample.text for m in (start, end))
+    ):
+        # The backend's own parser split it; its end marker is gone, so the whole output is
+        # told back as vLLM's parsers read it: reasoning, the marker, the answer.
+        split = Split(
+            sample.reasoning,
+            sample.text or None,
+            reasoning.reasoning_tokens(sample.tokens, sample.text),
+        )
+        output = (sample.reasoning or "") + end + sample.text
+    else:
+        split = reasoning.split(name, sample.text, sample.tokens, job.prompt.chat_template_kwargs)
+        output = sample.text
+    return replace(
+        candidate,
+        text=split.answer or "",
+        reasoning=split.reasoning,
+        output=output,
+        answered=split.answer is not None,
+        reasoning_tokens=split.reasoning_tokens,
     )
 
 
@@ -190,18 +230,31 @@ class JobRun:
         return scored
 
     async def _check(self, verifier: Verifier, candidate: Candidate) -> Verdict:
-        return await timed(verifier.spec.type, lambda: verifier.verify(self.ctx, candidate))
+        part = verifier.spec.input
+        if part == "answer" and not candidate.answered:
+            return Verdict(verifier.spec.type, 0.0, False, candidate.no_answer)
+        seen = candidate.view(part)
+        return await timed(verifier.spec.type, lambda: verifier.verify(self.ctx, seen))
 
     async def set_verify(self) -> None:
         if not self.set_level or not self.scored:
             return
         ordered = [self.scored[i] for i in sorted(self.scored)]
-        candidates = [s.candidate for s in ordered]
         for verifier in self.set_level:
             assert isinstance(verifier, SetVerifier)
-            verdicts = await _verify_set(verifier, self.ctx, candidates)
-            for s, verdict in zip(ordered, verdicts, strict=True):
-                s.verdicts.append(verdict)
+            part = verifier.spec.input
+            # Candidates without an answer fail an answer verifier unseen; the rest are judged
+            # together (a vote among the answers there are).
+            judged = [s for s in ordered if part != "answer" or s.candidate.answered]
+            verdicts = (
+                await _verify_set(verifier, self.ctx, [s.candidate.view(part) for s in judged])
+                if judged
+                else []
+            )
+            by_index = {s.candidate.index: v for s, v in zip(judged, verdicts, strict=True)}
+            for s in ordered:
+                missing = Verdict(verifier.spec.type, 0.0, False, s.candidate.no_answer)
+                s.verdicts.append(by_index.get(s.candidate.index, missing))
         for s in ordered:
             combine(s, self.specs)
         self.verify_end = time.perf_counter()
@@ -231,9 +284,16 @@ async def _verify_set(
 class Pipeline:
     """Runs jobs against one engine with one set of verifier resources."""
 
-    def __init__(self, engine: Engine, resources: VerifierResources) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        resources: VerifierResources,
+        reasoning: ReasoningParsers | None = None,
+    ) -> None:
         self.engine = engine
         self.resources = resources
+        self.reasoning = reasoning
+        """vLLM's reasoning parsers over the model's tokenizer, for jobs that name one."""
 
     def prepare(self, job: RerankJob) -> JobRun:
         """Build ``job``'s verifiers: what a spec refuses (a judge endpoint or reward model the
@@ -258,8 +318,9 @@ class Pipeline:
         try:
             async with asyncio.timeout(job.timeout_s - (run.start - job.arrived)):
                 if job.given is not None:
+                    given = [Sample(i, t, None, 0) for i, t in enumerate(job.given)]
                     await asyncio.gather(
-                        *(run.verify(Candidate(i, t)) for i, t in enumerate(job.given))
+                        *(run.verify(_candidate(g, job, self.reasoning)) for g in given)
                     )
                 else:
                     stream = self.engine.sample(job.prompt, job.k, job.sampling, job.request_id)
@@ -280,27 +341,23 @@ class Pipeline:
         return self._result(run, stream, timed_out)
 
     async def _answers(self, run: JobRun) -> dict[int, str]:
-        """The ``vote`` policy's answer keys, extracted off the loop. A runaway extract pattern
-        is the client's to fix: 400 at the first candidate it runs away on."""
+        """The ``vote`` policy's answer clusters, found off the loop. A runaway extract pattern
+        is the client's to fix: 400; without one, answers math-verify could not group in time
+        are each their own cluster."""
+        indices = [i for i in sorted(run.scored) if run.scored[i].candidate.answered]
+        texts = [run.scored[i].candidate.text for i in indices]
         extract = run.job.selection.extract
-
-        async def key(index: int) -> str:
-            text = run.scored[index].candidate.text
-            try:
-                return await run_bounded(self.resources.workers, answer_key, text, extract)
-            except (TimeoutError, MemoryError) as exc:
-                why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
-                raise InvalidRequestError(
-                    f"selection.extract: {why} on candidate {index}; simplify the pattern",
-                    param="selection.extract",
-                ) from None
-
         try:
-            async with asyncio.TaskGroup() as tasks:
-                keys = {i: tasks.create_task(key(i)) for i in run.scored}
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        return {i: task.result() for i, task in keys.items()}
+            keys = await run_bounded(self.resources.workers, answer_keys, texts, extract)
+        except (TimeoutError, MemoryError) as exc:
+            if extract is None:
+                log.warning("request %s: no vote clusters: %s", run.job.request_id, exc)
+                return {}
+            why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
+            raise InvalidRequestError(
+                f"selection.extract: {why}; simplify the pattern", param="selection.extract"
+            ) from None
+        return dict(zip(indices, keys, strict=True))
 
     async def _generate_and_verify(self, run: JobRun, stream: SampleStream) -> None:
         min_score = run.job.early_exit_min_score
@@ -332,7 +389,7 @@ class Pipeline:
                     async for sample in stream:
                         run.first_candidate = run.first_candidate or time.perf_counter()
                         run.samples[sample.index] = sample
-                        tasks.create_task(check(_candidate(sample)))
+                        tasks.create_task(check(_candidate(sample, run.job, self.reasoning)))
                         # Let the check start now, even while the stream has more buffered.
                         await asyncio.sleep(0)
                 finally:
@@ -373,4 +430,5 @@ class Pipeline:
             sampled=job.given is None,
             k_requested=job.k_requested,
             answers=run.answers,
+            reasoning_parser=job.reasoning_parser if self.reasoning is not None else None,
         )

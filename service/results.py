@@ -31,6 +31,9 @@ def candidate(scored: Scored, answer: str | None = None) -> dict[str, Any]:
     return {
         "index": c.index,
         "text": c.text,
+        "reasoning": c.reasoning,
+        "output": c.output,
+        "reasoning_tokens": c.reasoning_tokens,
         "score": scored.score,
         "passed": scored.passed,
         "required_ok": scored.required_ok,
@@ -51,6 +54,7 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
         "id": result.request_id,
         "model": result.model,
         "text": chosen.candidate.text,
+        "reasoning": chosen.candidate.reasoning,
         "index": chosen.candidate.index,
         "score": chosen.score,
         "passed": chosen.passed,
@@ -72,6 +76,7 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "verifier_tokens": result.verifier_tokens,
+            "reasoning_tokens": result.reasoning_tokens,
         },
         "timing": _plain(result.timing),
     }

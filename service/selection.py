@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bestofk.service.engines.base import TokenLogprob
-from bestofk.verifiers.answers import answer_key
+from bestofk.verifiers.answers import answer_keys
 from bestofk.verifiers.base import Candidate, Verdict, VerifierSpec
 
 Policy = Literal["argmax", "sample", "vote"]
@@ -111,7 +111,8 @@ def select(
         rng = random.Random(config.seed)
         return rng.choices(pool, weights=_sample_weights(pool, config.beta), k=1)[0]
     if answers is None:
-        answers = {s.candidate.index: answer_key(s.candidate.text, config.extract) for s in pool}
+        keys = answer_keys([s.candidate.text for s in pool], config.extract)
+        answers = {s.candidate.index: key for s, key in zip(pool, keys, strict=True)}
     return vote_clusters(pool, answers, config.by_logprob)[0].members[0]
 
 
@@ -151,12 +152,13 @@ def _sample_weights(pool: Sequence[Scored], beta: float) -> list[float]:
 
 
 def choice_probabilities(
-    scored: Sequence[Scored], config: SelectionConfig
+    scored: Sequence[Scored], config: SelectionConfig, answers: Mapping[int, str] | None = None
 ) -> list[tuple[Scored, float]]:
     """What :func:`select` chooses, as probabilities: the one candidate ``argmax`` and ``vote``
-    choose, or every candidate ``sample`` may draw with its chance (offline evaluation)."""
+    choose, or every candidate ``sample`` may draw with its chance (offline evaluation).
+    ``answers``: as for :func:`select`."""
     if config.policy != "sample":
-        return [(select(scored, config), 1.0)]
+        return [(select(scored, config, answers), 1.0)]
     order = ranked(scored, config.by_logprob)
     pool = [s for s in order if s.required_ok] or order
     weights = _sample_weights(pool, config.beta)

@@ -54,7 +54,22 @@ def preflight(settings: Any) -> None:
     if settings.engine == "vllm":
         check_model(settings.model)
     _check_port(settings.host, settings.port)
+    _check_reasoning(settings)
     engine_env()
+
+
+def _check_reasoning(settings: Any) -> None:
+    """Each reasoning parser named must read the model's tokenizer (its end marker is a token)."""
+    if not settings.reasoning_parsers:
+        return
+    from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
+
+    parsers = ReasoningParsers(tokenizer_loader(settings.tokenizer_name))
+    for name in settings.reasoning_parsers:
+        try:
+            parsers.check(name)
+        except Exception as exc:
+            raise PreflightError(f"--reasoning-parser {name}: {exc}") from None
 
 
 def engine_env() -> None:

@@ -32,8 +32,19 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
             {"type": "regex", "pattern": r"^\d+$", "mode": "fullmatch", "required": True}
         ],
     },
+    # The demo's thinking family: "<think>...</think>answer", read by vLLM's DeepSeek-R1 parser
+    # (which reads an output without "</think>" as all thinking: only this family has it).
+    "think": {"reasoning_parser": "deepseek_r1"},
 }
 """The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
+
+
+def _check_parser(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from bestofk.service.reasoning import check_parser_name
+
+    return check_parser_name(name)
 
 
 class Limits(BaseModel):
@@ -84,6 +95,17 @@ class Profile(BaseModel):
     """The profile's default K (a request's ``k``/``best_of`` wins); None: ``default_k``."""
     selection: SelectionDefaults | None = None
     early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    reasoning_parser: str | None = None
+    """vLLM's reasoning parser for this profile's requests (a model family's), over the
+    server's ``reasoning_parser``."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Chat template variables for this profile's requests, e.g. ``{enable_thinking: false}``
+    (Qwen3); a request's own ``chat_template_kwargs`` win key by key."""
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        return _check_parser(value)
 
 
 class VllmSettings(BaseModel):
@@ -192,6 +214,18 @@ class Settings(BaseSettings):
     allow_any_verifier_target: bool = False
     """Let clients name any endpoint or model: only for trusted clients (tests, notebooks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    reasoning_parser: str | None = None
+    """vLLM's reasoning parser (``--reasoning-parser``, vLLM's names: ``deepseek_r1``,
+    ``qwen3``…): each candidate is split into its reasoning and its answer, verifiers judge
+    the answer, and chat responses carry ``message.reasoning``."""
+    tokenizer: str | None = None
+    """The tokenizer the reasoning parser reads (a path or name, as vLLM's ``--tokenizer``);
+    None: the model's (in-process), ``backend_model`` (with backends)."""
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        return _check_parser(value)
 
     @field_validator("backends", "api_keys", "verifier_targets", mode="before")
     @classmethod
@@ -239,6 +273,19 @@ class Settings(BaseSettings):
             return DEMO_NAME
         path = Path(self.model)
         return path.resolve().name if path.is_dir() else self.model
+
+    @property
+    def tokenizer_name(self) -> str | None:
+        """The tokenizer reasoning parsers read; None when nothing says which."""
+        if self.tokenizer:
+            return self.tokenizer
+        return self.backend_model if self.engine == "openai" else self.model
+
+    @property
+    def reasoning_parsers(self) -> list[str]:
+        """Every reasoning parser the server or a profile names."""
+        names = [self.reasoning_parser, *(p.reasoning_parser for p in self.profiles.values())]
+        return sorted({name for name in names if name})
 
     @property
     def engine(self) -> Literal["vllm", "openai"]:

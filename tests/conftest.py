@@ -21,6 +21,9 @@ from bestofk.tooling.procs import (
 )
 
 CONFIG = ROOT / "tests" / "data" / "config.yaml"
+THINK_CONFIG = ROOT / "tests" / "data" / "think.yaml"
+"""The session servers' settings: CONFIG's, plus the demo's ``think`` profile (vLLM's deepseek_r1
+parser), which loads the tokenizer and vLLM's parsers at start (other servers skip that cost)."""
 # Tests point judges and reward models at fakes on random ports; servers they start inherit.
 os.environ.setdefault("BESTOFK_ALLOW_ANY_VERIFIER_TARGET", "1")
 ENGINE_START_S = 300.0
@@ -59,7 +62,7 @@ def engines(
     _require_vllm()
     logs = tmp_path_factory.mktemp("logs")
     model = model_path()
-    env = engine_env(BESTOFK_CONFIG=str(CONFIG), BESTOFK_RECORD_DIR=str(server_records))
+    env = engine_env(BESTOFK_CONFIG=str(THINK_CONFIG), BESTOFK_RECORD_DIR=str(server_records))
     local = start_bestofk(logs / "bestofk-local.log", "--model", model, env=env)
     backend = start_vllm_openai(logs / "vllm-openai.log", model, "demo")
     try:
@@ -89,7 +92,7 @@ def remote_server(
 ) -> Iterator[Server]:
     """bestofk with the ``openai`` engine in front of ``vllm_backend``."""
     log = tmp_path_factory.mktemp("logs") / "bestofk-remote.log"
-    env = engine_env(BESTOFK_CONFIG=str(CONFIG))
+    env = engine_env(BESTOFK_CONFIG=str(THINK_CONFIG))
     remote = start_bestofk(log, "--backend", vllm_backend.url, env=env)
     try:
         remote.wait_ready(60)

@@ -152,7 +152,12 @@ def test_verify_ranks_given_candidates_without_the_engine(server: Server) -> Non
     data = reply.json()
     assert data["index"] == 2 and data["text"] == "120"  # ties with "120.0" go to the lower index
     assert [c["score"] for c in data["candidates"]] == [0.0, 0.5, 1.0, 1.0]
-    assert data["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "verifier_tokens": 0}
+    assert data["usage"] == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "verifier_tokens": 0,
+        "reasoning_tokens": 0,
+    }
     assert data["timing"]["generate_ms"] == 0
     assert _engine_requests(server) == before
 

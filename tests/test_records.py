@@ -134,7 +134,14 @@ def test_recorder_rotates_redacts_and_is_readable_while_writing(tmp_path: Path) 
     assert "secret-" not in "".join(f.read_text() for f in files)
     assert records[0].candidates[1].verdicts[0].verifier == "exact"
     assert records[0].verifiers == [
-        {"type": "exact", "weight": 1.0, "required": False, "reference": "1", "numeric": True}
+        {
+            "type": "exact",
+            "weight": 1.0,
+            "required": False,
+            "input": "answer",
+            "reference": "1",
+            "numeric": True,
+        }
     ]
 
 

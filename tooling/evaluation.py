@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from bestofk.service.selection import Policy, Scored, SelectionConfig, choice_probabilities, ranked
+from bestofk.verifiers.answers import answer_keys
 from bestofk.verifiers.base import Candidate
 
 SIGNALS = ("verifiers", "judge", "none")
@@ -40,6 +41,8 @@ class Task:
     family: str
     prompt: str
     verifiers: list[dict[str, Any]]
+    profile: str | None = None
+    """A server profile to ask under (``think``: the demo's reasoning parser)."""
 
 
 MAX_SUBSETS = 2_000
@@ -59,7 +62,9 @@ def load_tasks(path: Path, families: Sequence[str] = ()) -> list[Task]:
             continue
         try:
             raw = json.loads(line)
-            tasks.append(Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"]))
+            tasks.append(
+                Task(raw["id"], raw["family"], raw["prompt"], raw["verifiers"], raw.get("profile"))
+            )
         except (ValueError, KeyError, TypeError) as exc:
             what = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
             raise TaskFileError(f"{path} line {number} is not a task: {what}") from None
@@ -88,6 +93,21 @@ class TaskSamples:
     mean_logprobs: list[float | None]
     tokens: list[int]
     latency_ms: float
+    reasoning_tokens: list[int] = field(default_factory=list)
+    """Each candidate's tokens before its answer (with a reasoning parser; else none)."""
+    _answers: dict[int, str] | None = None
+
+    @property
+    def answers(self) -> dict[int, str]:
+        """Each candidate's ``vote`` cluster, found once for all of them (math-verify compares
+        answers pairwise: once per task, not once per subset); none for a candidate without an
+        answer."""
+        if self._answers is None:
+            # An empty text has no answer (thinking cut short): it joins no cluster.
+            given = [i for i, text in enumerate(self.texts) if text.strip()]
+            keys = answer_keys([self.texts[i] for i in given])
+            self._answers = dict(zip(given, keys, strict=True))
+        return self._answers
 
     def pool(self, indices: Iterable[int], signal: str) -> list[Scored]:
         """Candidates as the selection code sees them under ``signal``."""
@@ -130,6 +150,7 @@ def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> Tas
         mean_logprobs=[c["mean_logprob"] for c in candidates],
         tokens=[c["tokens"] for c in candidates],
         latency_ms=response["timing"]["total_ms"],
+        reasoning_tokens=[c.get("reasoning_tokens") or 0 for c in candidates],
     )
 
 
@@ -164,7 +185,10 @@ def best_of_k(samples: TaskSamples, k: int, policy: Policy, signal: str) -> floa
     for subset in subsets(n, k):
         pool = samples.pool(subset, signal)
         total += sum(
-            p * samples.correct[s.candidate.index] for s, p in choice_probabilities(pool, config)
+            p * samples.correct[s.candidate.index]
+            for s, p in choice_probabilities(
+                pool, config, samples.answers if policy == "vote" else None
+            )
         )
         count += 1
     return total / count
@@ -211,6 +235,8 @@ def summarise(
         }
         tokens = statistics.fmean(statistics.fmean(s.tokens) for s in group)
         row["tokens_per_request"] = {k: tokens * k for k in ks}
+        thinking = statistics.fmean(statistics.fmean(s.reasoning_tokens or [0]) for s in group)
+        row["thinking_tokens_per_request"] = {k: thinking * k for k in ks}
         row["latency_ms_at_max_k"] = statistics.median(s.latency_ms for s in group)
         report.rows[family] = row
     return report
@@ -243,6 +269,8 @@ async def collect(
                 "sampling": _seeded(sampling, number),
                 "verifiers": [*task.verifiers, *extra],
             }
+            if task.profile is not None:
+                body["profile"] = task.profile
             reply = await client.post("/generate", json=body, timeout=600)
             on_done()
             if reply.status_code == 400 and "unknown verifier type" in reply.text:

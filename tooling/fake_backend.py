@@ -18,6 +18,13 @@ test module:
     wedge          200 and then nothing, ever: /v1/models answers, no token ever comes
     flood          candidate 0 never ends and streams 16 KB deltas as fast as it can (max_tokens
                    ignored); the others finish at once
+    think          a reasoning model behind vLLM's ``--reasoning-parser``: each chat candidate
+                   streams its thinking as ``delta.reasoning`` ("6*7 is 42"), then "42"
+    think_legacy   the same, in the older field ``delta.reasoning_content``
+    think_inline   a reasoning model served without a parser: "<think>6*7 is 42</think>42" as
+                   content (and as text on /v1/completions, in every ``think`` mode)
+    think_cut      thinking only (``delta.reasoning``), then finish_reason "length": cut by
+                   ``max_tokens``
 
 ``GET /control`` reports what it has seen: every completion request's ``n``, ``stream`` and
 client port (one per TCP connection), and how many streams the client closed before they ended
@@ -47,8 +54,12 @@ ANSWER = ("4", "2")
 TRICKLE_S = 0.2
 MODES = (
     "ok", "down", "die", "slow", "slow_tail", "garbage", "garbage_shape", "empty",
-    "error_status", "refuse_n", "wedge", "flood",
+    "error_status", "refuse_n", "wedge", "flood", "think", "think_legacy", "think_inline",
+    "think_cut",
 )  # fmt: skip
+THOUGHT = ("6*7", " is 42")
+"""What every candidate thinks in the ``think`` modes, before its answer."""
+THINK_START, THINK_END = "<think>", "</think>"
 FLOOD_DELTA = "x" * 16_384
 
 
@@ -79,6 +90,30 @@ def _choice(chat: bool, index: int, token: str, finish: str | None) -> dict[str,
                 "finish_reason": finish}  # fmt: skip
     logprobs = {"tokens": [token], "token_logprobs": [-0.1], "top_logprobs": [{token: -0.1}]}
     return {"index": index, "text": token, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _thinking(chat: bool, mode: str, n: int) -> list[dict[str, Any]]:
+    """The chunks of the ``think`` modes: each token of every candidate, thinking first."""
+    field = {"think": "reasoning", "think_cut": "reasoning"}.get(mode, "reasoning_content")
+    if mode == "think_inline" or not chat:  # inline: the markers are tokens of the content
+        ended = () if mode == "think_cut" else (THINK_END,)
+        tokens = [("content", t) for t in (THINK_START, *THOUGHT, *ended)]
+    else:
+        tokens = [(field, t) for t in THOUGHT]
+    if mode != "think_cut":
+        tokens += [("content", t) for t in ANSWER]
+    chunks = []
+    for position, (where, token) in enumerate(tokens):
+        last = position == len(tokens) - 1
+        finish = ("length" if mode == "think_cut" else "stop") if last else None
+        choices = []
+        for i in range(n):
+            choice = _choice(chat, i, token, finish)
+            if chat and where != "content":
+                choice["delta"] = {where: token}
+            choices.append(choice)
+        chunks.append(_chunk(chat, choices, n * (position + 1)))
+    return chunks
 
 
 def _chunk(chat: bool, choices: list[dict[str, Any]], generated: int) -> dict[str, Any]:
@@ -186,6 +221,9 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
             while True:  # until the client goes away
                 yield _sse(_chunk(chat, [], 2 * answered))
                 await asyncio.sleep(TRICKLE_S)
+        elif mode.startswith("think"):
+            for chunk in _thinking(chat, mode, n):
+                yield _sse(chunk)
         elif mode != "empty":
             for position, token in enumerate(ANSWER):
                 finish = "stop" if position == len(ANSWER) - 1 else None

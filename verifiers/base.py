@@ -9,8 +9,8 @@ once every candidate is in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,15 +24,54 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+VerifierInput = Literal["answer", "reasoning", "full"]
+"""What of a candidate a verifier judges (its spec's ``input``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One completion to be judged, as the engine (or a /verify client) produced it."""
+    """One completion to be judged, as the engine (or a /verify client) produced it.
+
+    With a reasoning parser, ``text`` is the answer and ``reasoning`` the thinking before it;
+    ``output`` keeps the whole completion. Without one, ``text`` is the whole completion.
+    """
 
     index: int
     text: str
     finish_reason: str | None = None
     tokens: int = 0
     mean_logprob: float | None = None
+    reasoning: str | None = None
+    """The thinking, split off by the reasoning parser; None without one (or no thinking)."""
+    output: str | None = None
+    """The whole completion as generated, when a reasoning parser split it (else ``text``)."""
+    answered: bool = True
+    """False when the thinking never ended: there is no answer (``text`` is empty)."""
+    reasoning_tokens: int = 0
+    """Generated tokens spent before the answer (the thinking and its markers)."""
+
+    @property
+    def truncated(self) -> bool:
+        """The thinking was cut by ``max_tokens`` before it ended: no answer."""
+        return not self.answered and self.finish_reason == "length"
+
+    @property
+    def no_answer(self) -> str:
+        """Why there is no answer, for the verdicts of answer verifiers."""
+        if self.truncated:
+            return (
+                "no answer: the thinking was cut by max_tokens (finish_reason length) before "
+                "it ended; raise max_tokens"
+            )
+        return "no answer: nothing follows the thinking, or it never ended"
+
+    def view(self, part: VerifierInput) -> Candidate:
+        """This candidate as a verifier of ``input`` ``part`` sees it: ``text`` is the answer,
+        the reasoning, or the whole output."""
+        if part == "answer" or self.output is None:
+            return self
+        text = self.output if part == "full" else self.reasoning or ""
+        return replace(self, text=text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +111,10 @@ class VerifierSpec(BaseModel):
     type: str
     weight: float = Field(default=1.0, ge=0.0, le=1000.0)
     required: bool = False
+    input: VerifierInput = "answer"
+    """What the verifier judges when a reasoning parser split the output: the ``answer``
+    (default; a candidate without one fails without being checked), the ``reasoning``, or the
+    ``full`` output as generated. Without a parser all three are the whole output."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """`vote`: self-consistency. A candidate's score is the share of candidates giving its answer.
 
-Answers are extracted and normalised by :mod:`bestofk.verifiers.answers` (the same keys the ``vote``
-selection policy clusters by): ``\\boxed{…}``, else the last number, else the stripped text, or
-the spec's ``extract`` regex; numbers by value, expressions by sympy equality, text by case and
-whitespace. So ``120``, ``120.0`` and ``The answer is 120`` are one answer.
+Answers are found and grouped by :mod:`bestofk.verifiers.answers` (the clusters the ``vote``
+selection policy uses too): the spec's ``extract`` regex, else the last ``\\boxed{…}``, else what
+math-verify extracts; mathematical answers are one when math-verify says they are equal, text by
+case and whitespace. So ``120``, ``120.0`` and ``The answer is 120`` are one answer, and so are
+``\\frac12``, ``0.5`` and ``1/2``.
 
 A candidate passes when its answer is a plurality (no other answer is more common) shared by
 more than one candidate: K distinct answers are no consensus. A lone candidate passes.
@@ -11,14 +12,13 @@ more than one candidate: K distinct answers are no consensus. A lone candidate p
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
+from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_keys
 from bestofk.verifiers.base import (
     Candidate,
     RequestContext,
@@ -58,28 +58,19 @@ class VoteVerifier:
     async def verify_all(
         self, ctx: RequestContext, candidates: Sequence[Candidate]
     ) -> list[Verdict]:
-        """Each answer inline when quick, else in a worker process (extraction, sympy)."""
-        found = await asyncio.gather(
-            *(
-                run_bounded(self._workers, answer_key, c.text, self.spec.extract)
-                for c in candidates
-            ),
-            return_exceptions=True,
-        )
-        keys: list[str | None] = []
-        errors: list[str | None] = []
-        for result in found:
-            if isinstance(result, VerifierCapacityError) or not isinstance(result, str | Exception):
-                raise result  # the request fails (503), or is cancelled
-            keys.append(result if isinstance(result, str) else None)
-            errors.append(_why(result) if isinstance(result, Exception) else None)
-        counts = Counter(k for k in keys if k is not None)
+        """The answers' clusters inline when they are plain integers, else in a worker process
+        (math-verify); a runaway ``extract`` or a check past its budget fails every verdict."""
+        texts = [c.text for c in candidates]
+        try:
+            keys = await run_bounded(self._workers, answer_keys, texts, self.spec.extract)
+        except VerifierCapacityError:
+            raise  # the request fails (503)
+        except Exception as exc:
+            return [Verdict.failure("vote", _why(exc)) for _ in candidates]
+        counts = Counter(keys)
         top = max(counts.values(), default=0)
         verdicts = []
-        for key, error in zip(keys, errors, strict=True):
-            if key is None:
-                verdicts.append(Verdict.failure("vote", error or "no answer"))
-                continue
+        for key in keys:
             n = counts[key]
             consensus = n == top and (n > 1 or len(candidates) == 1)
             detail = f"answer {key[:60]!r}: {n}/{len(candidates)}"

@@ -57,7 +57,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HEADER = struct.Struct("!Q")
-PRELOAD = ("bestofk.verifiers.json_schema", "bestofk.verifiers.style", "bestofk.verifiers.answers")
+PRELOAD = (
+    "bestofk.verifiers.json_schema",
+    "bestofk.verifiers.style",
+    "bestofk.verifiers.answers",
+    "math_verify",
+)
 """Imported by each worker before it says ready, so no job's budget is spent importing."""
 _PR_SET_PDEATHSIG = 1
 

@@ -116,7 +116,12 @@ def _print_report(report: Any) -> None:
             table.add_row("", "", "", name, *(f"{curve[k]:.2f}" for k in report.ks))
         table.add_row(
             "", "", "", "tokens/request",
-            *(f"{row['tokens_per_request'][k]:.0f}" for k in report.ks), end_section=True,
+            *(f"{row['tokens_per_request'][k]:.0f}" for k in report.ks),
+        )  # fmt: skip
+        table.add_row(
+            "", "", "", "of which thinking",
+            *(f"{row['thinking_tokens_per_request'][k]:.0f}" for k in report.ks),
+            end_section=True,
         )  # fmt: skip
     console.print(table)
     for family, reason in report.skipped.items():

@@ -86,6 +86,22 @@ def serve(
             show_default=False,
         ),
     ] = False,
+    reasoning_parser: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="vLLM's reasoning parser (deepseek_r1, qwen3, ...): verifiers judge the answer "
+            "after the thinking; chat responses carry message.reasoning.",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="The tokenizer the reasoning parser reads (default: the model's; with "
+            "--backend, BESTOFK_BACKEND_MODEL's).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -116,6 +132,8 @@ def serve(
         served_model_name=served_model_name,
         api_keys=api_key,
         log_level=log_level,
+        reasoning_parser=reasoning_parser,
+        tokenizer=tokenizer,
         vllm=vllm or None,
         ui=False if no_ui else None,
     )

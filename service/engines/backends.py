@@ -84,6 +84,9 @@ class Backend:
     models: list[str] = field(default_factory=list)
     vllm: bool = False
     """Its ``/v1/models`` says ``owned_by: vllm``: it takes vLLM's request extensions."""
+    splits_reasoning: bool = False
+    """It has sent a reasoning field (a server started with ``--reasoning-parser``): a
+    candidate it sends without one thought nothing, and its content is all answer."""
     failures: int = 0
     """Requests in a row that failed on it."""
     ejections: int = 0

@@ -32,6 +32,9 @@ class Prompt:
 
     text: str | None = None
     messages: Sequence[Mapping[str, Any]] | None = None
+    chat_template_kwargs: Mapping[str, Any] | None = None
+    """Extra variables for the chat template (``enable_thinking``: Qwen3's switch), as vLLM's
+    ``chat_template_kwargs``; a chat only."""
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.messages is None):
@@ -116,6 +119,9 @@ class Sample:
     tokens: int
     cumulative_logprob: float | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    reasoning: str | None = None
+    """The thinking, when a remote backend's reasoning parser sent it apart (``text`` is then
+    the answer); None when the text is the whole completion."""
 
     @property
     def mean_logprob(self) -> float | None:
@@ -171,6 +177,8 @@ class PartialSample:
     has_logprobs: bool = False
     """The engine reports the sampled tokens' logprobs (else ``logprob`` means nothing)."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    reasoning: list[str] | None = None
+    """The reasoning deltas a remote backend sent apart from the content (None: it sent none)."""
 
     def finish(self, index: int, finish_reason: str) -> Sample:
         """The finished candidate."""
@@ -181,6 +189,7 @@ class PartialSample:
             tokens=self.tokens,
             cumulative_logprob=self.logprob if self.has_logprobs else None,
             logprobs=self.logprobs,
+            reasoning=None if self.reasoning is None else "".join(self.reasoning),
         )
 
 

@@ -256,7 +256,11 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             acc = choices.setdefault(index, PartialSample())
             if acc.capped:
                 continue
-            text = (raw.get("delta") or {}).get("content") if chat else raw.get("text")
+            delta = (raw.get("delta") or {}) if chat else {}
+            text = delta.get("content") if chat else raw.get("text")
+            # vLLM's parsers send the thinking apart: ``reasoning`` (``reasoning_content``
+            # before vLLM 0.11, and on other servers).
+            thought = delta.get("reasoning") or delta.get("reasoning_content")
             entries = logprob_entries(raw.get("logprobs"), chat)
             new_tokens = len(entries)
             if not new_tokens and isinstance(ids := raw.get("token_ids"), list):
@@ -265,6 +269,8 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             self.completion_tokens += new_tokens
             size = len(text.encode()) if isinstance(text, str) else 0
             size += sum(len(t) + sum(len(a) for a, _ in top) for t, _, top in entries)
+            if isinstance(thought, str):
+                size += len(thought.encode())
             if not self.extend(acc, text, new_tokens, size):
                 log.warning(
                     "backend %s ignores max_tokens: candidate %d passed %d tokens or %d bytes; "
@@ -274,7 +280,14 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 finished.append(acc.finish(index, "length"))
                 continue
             _add_logprobs(acc, entries)
+            if isinstance(thought, str):
+                backend.splits_reasoning = True
+                if acc.reasoning is None:
+                    acc.reasoning = []
+                acc.reasoning.append(thought)
             if raw.get("finish_reason") is not None:
+                if chat and acc.reasoning is None and backend.splits_reasoning:
+                    acc.reasoning = []  # split by the backend, with nothing thought
                 finished.append(acc.finish(index, raw["finish_reason"]))
         return finished
 
@@ -320,6 +333,9 @@ def _request_body(
         params["seed"] = sampling.seed
     if sampling.logit_bias:
         params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+    if prompt.chat_template_kwargs and prompt.messages is not None:
+        # vLLM's field (SGLang's too); a server without it ignores or refuses it, as asked.
+        params["chat_template_kwargs"] = dict(prompt.chat_template_kwargs)
     if sampling.json_schema is not None:
         params["response_format"] = {
             "type": "json_schema",

@@ -289,9 +289,8 @@ class VllmEngine:
             if prompt.messages is not None:
                 from vllm.renderers.params import ChatParams
 
-                _, rendered = await renderer.render_chat_async(
-                    [list(prompt.messages)], ChatParams()
-                )
+                params = ChatParams(chat_template_kwargs=dict(prompt.chat_template_kwargs or {}))
+                _, rendered = await renderer.render_chat_async([list(prompt.messages)], params)
             else:
                 rendered = await renderer.render_cmpl_async([{"prompt": prompt.text}])
         except Exception as exc:

@@ -54,6 +54,7 @@ class CandidateRecord:
 
     index: int
     text: str
+    """The answer when a reasoning parser split the output, else the whole output."""
     score: float
     passed: bool
     """Every verifier passed (and there was at least one)."""
@@ -68,6 +69,16 @@ class CandidateRecord:
     """When its pointwise verifiers were done, in ms since the request arrived."""
     answer: str | None = None
     """Its answer key under the ``vote`` policy: candidates with the same one form a cluster."""
+    reasoning: str | None = None
+    """The thinking before the answer, when a reasoning parser split the output."""
+    output: str | None = None
+    """The whole completion as generated (thinking, its end marker, answer), when split."""
+    reasoning_tokens: int = 0
+
+    @property
+    def completion(self) -> str:
+        """What the model generated, whole: the text to train on (thinking included)."""
+        return self.output if self.output is not None else self.text
 
     @property
     def verifier_error(self) -> bool:

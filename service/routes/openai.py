@@ -56,6 +56,7 @@ def _job(
     top_logprobs: int | None,
     json_schema: dict[str, Any] | None,
     arrived: float,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> RerankJob:
     specs: list[VerifierSpec] = list(body.verifiers or ())
     if json_schema is not None:
@@ -79,6 +80,7 @@ def _job(
             profile=body.profile,
             selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
             early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+            chat_template_kwargs=chat_template_kwargs,
             arrived=arrived,
         ),
     )
@@ -110,6 +112,7 @@ async def chat_completions(
         top,
         _response_schema(body),
         arrived,
+        body.chat_template_kwargs,
     )
     renderer = _ChatRenderer(body)
     return await _respond(rt, job, body, renderer, request)
@@ -139,11 +142,21 @@ class _Renderer:
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         raise NotImplementedError
 
+    def pieces(self, scored: Scored) -> list[tuple[str, str, list[TokenLogprob]]]:
+        """What a stream sends of one choice: (field, text, the logprobs of its tokens)."""
+        return [("content", text, tokens) for text, tokens in _pieces(scored)]
+
     def delta(
-        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+        self,
+        position: int,
+        text: str,
+        first: bool,
+        tokens: Sequence[TokenLogprob],
+        field: str = "content",
     ) -> dict[str, Any]:
-        """A content chunk; ``tokens`` are the logprobs of the tokens ``text`` shows, which
-        travel with it as they do from vLLM (when the client asked for logprobs)."""
+        """A chunk of ``field`` (``content``, or ``reasoning`` in a chat); ``tokens`` are the
+        logprobs of the tokens ``text`` shows, which travel with it as they do from vLLM (when
+        the client asked for logprobs)."""
         raise NotImplementedError
 
     def finish(self, position: int, scored: Scored) -> dict[str, Any]:
@@ -158,12 +171,41 @@ class _ChatRenderer(_Renderer):
         super().__init__(body, body.logprobs)
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        candidate = scored.candidate
+        # As vLLM's ChatMessage: ``reasoning`` always there (null without a parser); with one,
+        # the answer as content (null when the thinking never ended), the thinking apart.
+        message: dict[str, Any] = {"role": "assistant", "content": candidate.text}
+        message["reasoning"] = self._reasoning(candidate.reasoning)
+        if candidate.output is not None:
+            message["content"] = candidate.text or None
         return {
             "index": position,
-            "message": {"role": "assistant", "content": scored.candidate.text},
-            "finish_reason": scored.candidate.finish_reason or "stop",
+            "message": message,
+            "finish_reason": candidate.finish_reason or "stop",
             "logprobs": self._logprobs(visible_logprobs(scored)),
         }
+
+    def _reasoning(self, reasoning: str | None) -> str | None:
+        assert isinstance(self.body, ChatCompletionRequest)
+        return reasoning if self.body.include_reasoning else None
+
+    def pieces(self, scored: Scored) -> list[tuple[str, str, list[TokenLogprob]]]:
+        """The reasoning first, as vLLM streams it (``delta.reasoning``), then the answer."""
+        candidate = scored.candidate
+        reasoning = self._reasoning(candidate.reasoning)
+        if candidate.output is None:
+            return super().pieces(scored)
+        thought: list[tuple[str, str, list[TokenLogprob]]] = []
+        if reasoning:
+            thought = [("reasoning", w, []) for w in _words(reasoning)]
+        tokens = _answer_logprobs(visible_logprobs(scored), candidate.text)
+        if not candidate.text:
+            return thought  # no answer: vLLM streams no content
+        if tokens and "".join(t.token for t in tokens) == candidate.text:
+            answer = [("content", t.token, [t]) for t in tokens]
+        else:
+            answer = [("content", w, []) for w in _words(candidate.text)]
+        return [*thought, *answer]
 
     def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any] | None:
         if not self.want_logprobs:
@@ -171,9 +213,14 @@ class _ChatRenderer(_Renderer):
         return {"content": [_chat_token(t) for t in tokens]}
 
     def delta(
-        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+        self,
+        position: int,
+        text: str,
+        first: bool,
+        tokens: Sequence[TokenLogprob],
+        field: str = "content",
     ) -> dict[str, Any]:
-        delta: dict[str, Any] = {"content": text}
+        delta: dict[str, Any] = {field: text}
         if first:
             delta["role"] = "assistant"
         return {
@@ -209,9 +256,11 @@ class _CompletionRenderer(_Renderer):
         """Per choice: where the next streamed chunk starts in its text (``text_offset``)."""
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        # vLLM's completions endpoint splits nothing: the text is the whole output.
+        candidate = scored.candidate
         return {
             "index": position,
-            "text": scored.candidate.text,
+            "text": candidate.output if candidate.output is not None else candidate.text,
             "finish_reason": scored.candidate.finish_reason or "stop",
             "logprobs": self._logprobs(visible_logprobs(scored), 0),
         }
@@ -230,8 +279,23 @@ class _CompletionRenderer(_Renderer):
             "text_offset": offsets,
         }
 
+    def pieces(self, scored: Scored) -> list[tuple[str, str, list[TokenLogprob]]]:
+        """The whole output, thinking included (vLLM's completions endpoint splits nothing)."""
+        output = scored.candidate.output
+        if output is None:
+            return super().pieces(scored)
+        tokens = visible_logprobs(scored)
+        if tokens and "".join(t.token for t in tokens) == output:
+            return [("content", t.token, [t]) for t in tokens]
+        return [("content", w, []) for w in _words(output)]
+
     def delta(
-        self, position: int, text: str, first: bool, tokens: Sequence[TokenLogprob]
+        self,
+        position: int,
+        text: str,
+        first: bool,
+        tokens: Sequence[TokenLogprob],
+        field: str = "content",
     ) -> dict[str, Any]:
         start = self._offsets.get(position, 0)
         self._offsets[position] = start + len(text)
@@ -255,19 +319,24 @@ def visible_logprobs(scored: Scored) -> list[TokenLogprob]:
     """The logprobs of the tokens the text shows: a trailing end-of-sequence token (which
     vLLM reports, decoded as e.g. ``</s>``) is not part of the completion's text."""
     tokens = list(scored.logprobs)
-    text = scored.candidate.text
+    candidate = scored.candidate
+    text = candidate.output if candidate.output is not None else candidate.text
     shown = "".join(t.token for t in tokens)
     if tokens and shown != text and shown[: -len(tokens[-1].token) or None] == text:
         tokens.pop()
     return tokens
 
 
-def _usage(result: RerankResult) -> dict[str, int]:
-    return {
+def _usage(result: RerankResult) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
+    if result.reasoning_parser is not None:
+        # As vLLM's server reports it with a reasoning parser.
+        usage["completion_tokens_details"] = {"reasoning_tokens": result.reasoning_tokens}
+    return usage
 
 
 def _envelope(job: RerankJob, renderer: _Renderer, model: str, chunk: bool) -> dict[str, Any]:
@@ -339,8 +408,9 @@ async def _stream(
     base = _envelope(job, renderer, result.model, chunk=True)
     top = result.top(body.n)
     for position, scored in enumerate(top):
-        for i, (piece, tokens) in enumerate(_pieces(scored)):
-            yield _sse({**base, "choices": [renderer.delta(position, piece, i == 0, tokens)]})
+        for i, (field, piece, tokens) in enumerate(renderer.pieces(scored)):
+            delta = renderer.delta(position, piece, i == 0, tokens, field)
+            yield _sse({**base, "choices": [delta]})
         last = {**base, "choices": [renderer.finish(position, scored)]}
         if position == len(top) - 1:
             last["bestofk"] = render(result, body.return_candidates).model_dump()
@@ -348,6 +418,22 @@ async def _stream(
     if body.stream_options is not None and body.stream_options.include_usage:
         yield _sse({**base, "choices": [], "usage": _usage(result)})
     yield _sse("[DONE]")
+
+
+def _words(text: str) -> list[str]:
+    """``text`` in pieces that join back to it: each word with the space after it."""
+    words = text.split(" ")
+    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+def _answer_logprobs(tokens: list[TokenLogprob], answer: str) -> list[TokenLogprob]:
+    """The last tokens, which spell ``answer`` after the thinking; [] when none do."""
+    spelled = ""
+    for start in range(len(tokens) - 1, -1, -1):
+        spelled = tokens[start].token + spelled
+        if len(spelled) >= len(answer):
+            return tokens[start:] if spelled == answer else []
+    return []
 
 
 def _pieces(scored: Scored) -> list[tuple[str, list[TokenLogprob]]]:
@@ -359,5 +445,4 @@ def _pieces(scored: Scored) -> list[tuple[str, list[TokenLogprob]]]:
         return [(t.token, [t]) for t in tokens]
     if tokens:
         return [(text, tokens)]
-    words = text.split(" ")
-    return [(w + (" " if i < len(words) - 1 else ""), []) for i, w in enumerate(words)]
+    return [(w, []) for w in _words(text)]

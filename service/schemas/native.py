@@ -117,6 +117,10 @@ class CandidateOut(BaseModel):
 
     index: int
     text: str
+    """The answer when a reasoning parser split the output, else the whole output."""
+    reasoning: str | None
+    """The thinking before the answer (a reasoning parser's), else None."""
+    reasoning_tokens: int
     score: float
     passed: bool
     finish_reason: str | None
@@ -146,6 +150,8 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     verifier_tokens: int
+    reasoning_tokens: int
+    """Of ``completion_tokens``, those spent before the answers (thinking)."""
 
 
 class TimingOut(BaseModel):
@@ -164,6 +170,7 @@ class RerankResponse(BaseModel):
     id: str
     model: str
     text: str
+    reasoning: str | None
     index: int
     score: float
     passed: bool

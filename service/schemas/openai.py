@@ -104,6 +104,12 @@ class ChatCompletionRequest(BestOfKFields):
     service_tier: str | None = None
     reasoning_effort: str | None = None
     modalities: list[str] | None = None
+    # vLLM's extensions for reasoning models.
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Chat template variables (``{"enable_thinking": false}``), over the profile's."""
+    include_reasoning: bool = True
+    """False leaves ``message.reasoning`` out of the response (the verifiers still see the
+    split), as vLLM does."""
 
     def sampling_fields(self) -> dict[str, Any]:
         """The sampling fields, ``max_completion_tokens`` (OpenAI's newer name) before

@@ -157,13 +157,16 @@ def _collect(
             if not c.verdicts or c.verifier_error:
                 continue
             # Conservative scores for the margin: a passing text's lowest, a failing one's highest.
+            # The whole completion, thinking included: TRL trains on what the model
+            # generated, and a model taught only the answers would stop thinking.
             pool = group.passing if c.passed else group.failing
-            if c.text not in pool:
-                pool[c.text] = c.score
+            text = c.completion
+            if text not in pool:
+                pool[text] = c.score
             elif c.passed:
-                pool[c.text] = min(pool[c.text], c.score)
+                pool[text] = min(pool[text], c.score)
             else:
-                pool[c.text] = max(pool[c.text], c.score)
+                pool[text] = max(pool[text], c.score)
     for group in groups.values():
         for text in group.passing.keys() & group.failing.keys():
             del group.passing[text], group.failing[text]
