@@ -46,6 +46,8 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_candidate_chars: int = Field(default=64_000, ge=1)
     max_messages: int = Field(default=256, ge=1)
+    max_prompts: int = Field(default=32, ge=1, le=1024)
+    """Most prompts one ``/v1/completions`` request may batch (each is a best-of-K job)."""
     max_verifiers: int = Field(default=16, ge=1)
     max_tokens: int = Field(default=4096, ge=1)
     max_bytes_per_token: int = Field(default=BYTES_PER_TOKEN, ge=1)

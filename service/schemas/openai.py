@@ -145,15 +145,14 @@ class ChatCompletionRequest(BestOfKFields):
 class CompletionRequest(BestOfKFields):
     """``POST /v1/completions``."""
 
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    """One prompt, or a batch: each is a best-of-K job of its own."""
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: give one prompt per request (a string or a list of one)")
         if self.echo:
             raise ValueError("echo is not supported by bestofk")
         if self.suffix:
@@ -161,6 +160,6 @@ class CompletionRequest(BestOfKFields):
         return self
 
     @property
-    def prompt_text(self) -> str:
-        """The single prompt."""
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str]:
+        """Every prompt, in order (one for a plain string)."""
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
