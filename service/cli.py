@@ -148,6 +148,22 @@ def serve(
             "enable-prefix-caching=true (repeatable; VALUE is read as JSON, else as text).",
         ),
     ] = None,
+    tool_call_parser: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="vLLM's tool parser for tool calls (e.g. hermes)."),
+    ] = None,
+    enable_auto_tool_choice: Annotated[
+        bool | None,
+        typer.Option(
+            "--enable-auto-tool-choice",
+            show_default=False,
+            help='Let the model decide whether to call a tool (tool_choice "auto").',
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(metavar="PATH", help="With --backend: the tokenizer tool calls parse over."),
+    ] = None,
     log_level: Annotated[
         LogLevel | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
@@ -178,6 +194,9 @@ def serve(
         workers=workers,
         served_model_name=served_model_name,
         api_keys=api_key,
+        tool_call_parser=tool_call_parser,
+        enable_auto_tool_choice=enable_auto_tool_choice,
+        tokenizer=tokenizer,
         log_level=log_level,
         vllm=vllm or None,
     )
@@ -198,6 +217,9 @@ def serve(
             "API_KEYS": ",".join(api_key or []) or None,
             "LOG_LEVEL": log_level,
             "BACKENDS": ",".join(backend or []) or None,
+            "TOOL_CALL_PARSER": tool_call_parser,
+            "ENABLE_AUTO_TOOL_CHOICE": "1" if enable_auto_tool_choice else None,
+            "TOKENIZER": tokenizer,
         }
         server.serve_workers(settings, flags)
         return

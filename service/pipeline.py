@@ -19,6 +19,7 @@ from bestofk.verifiers import registry
 from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_key
 from bestofk.verifiers.base import (
     Candidate,
+    ParsedCalls,
     RequestContext,
     SetVerifier,
     TargetNotAllowedError,
@@ -29,6 +30,7 @@ from bestofk.verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
+from bestofk.verifiers.tool_calls import call_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class RerankJob:
     early_exit_min_score: float | None = None
     given: Sequence[str] | None = None
     """Candidates to rank instead of generating (``/verify``)."""
+    parse_calls: Callable[[str], ParsedCalls] | None = None
+    """Reads a candidate's tool calls from its text, when the request offered tools."""
     timeout_s: float = 300.0
     profile: str | None = None
     """The server-side profile the request named, if any (recorded with the verdicts)."""
@@ -135,13 +139,14 @@ class RerankResult:
         return out
 
 
-def _candidate(sample: Sample) -> Candidate:
+def _candidate(sample: Sample, parse_calls: Callable[[str], ParsedCalls] | None) -> Candidate:
     return Candidate(
         index=sample.index,
         text=sample.text,
         finish_reason=sample.finish_reason,
         tokens=sample.tokens,
         mean_logprob=sample.mean_logprob,
+        calls=parse_calls(sample.text) if parse_calls is not None else None,
     )
 
 
@@ -281,7 +286,11 @@ class Pipeline:
         extract = run.job.selection.extract
 
         async def key(index: int) -> str:
-            text = run.scored[index].candidate.text
+            candidate = run.scored[index].candidate
+            if candidate.calls is not None and candidate.calls.calls:
+                # A call's answer is the call: its name and canonical arguments.
+                return call_key(candidate.calls.calls)
+            text = candidate.text
             try:
                 return await run_bounded(self.resources.workers, answer_key, text, extract)
             except (TimeoutError, MemoryError) as exc:
@@ -328,7 +337,7 @@ class Pipeline:
                     async for sample in stream:
                         run.first_candidate = run.first_candidate or time.perf_counter()
                         run.samples[sample.index] = sample
-                        tasks.create_task(check(_candidate(sample)))
+                        tasks.create_task(check(_candidate(sample, run.job.parse_calls)))
                         # Let the check start now, even while the stream has more buffered.
                         await asyncio.sleep(0)
                 finally:

@@ -33,6 +33,8 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 """The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
+DEMO_TOOL_CALL_PARSER = "hermes"
+"""The tool parser the embedded default reads calls with (its calls are Hermes-style)."""
 
 
 class Limits(BaseModel):
@@ -119,6 +121,15 @@ class Settings(BaseSettings):
     backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """OpenAI-compatible backend URLs; any given switches to the ``openai`` engine."""
     backend_model: str | None = None
+    tokenizer: str | None = None
+    """The tokenizer tool calls are parsed over with backends (vLLM's ``--tokenizer``): a path
+    or name. None: ``backend_model``. The in-process engine uses its own."""
+    tool_call_parser: str | None = None
+    """vLLM's tool parser (``--tool-call-parser``, e.g. ``hermes``) that reads candidates'
+    tool calls; requests with ``tools`` need it unless ``tool_choice`` is ``none``."""
+    enable_auto_tool_choice: bool = False
+    """Let the model decide whether to call a tool (``tool_choice: "auto"``, the default with
+    ``tools``), as vLLM's ``--enable-auto-tool-choice``."""
     backend_api_key: str | None = None
     backend_supports_n: bool | None = None
     backend_health_interval_s: float = Field(default=5.0, gt=0)
@@ -211,6 +222,13 @@ class Settings(BaseSettings):
         # a configured set is the whole set, as for any other dict setting.
         if "profiles" not in self.model_fields_set and self.serves_demo:
             self.profiles = {n: Profile.model_validate(p) for n, p in DEMO_PROFILES.items()}
+        # The bundled model writes Hermes-style calls: it serves tools as `vllm serve
+        # --tool-call-parser hermes --enable-auto-tool-choice` would, unless told otherwise.
+        if self.serves_demo:
+            if "tool_call_parser" not in self.model_fields_set:
+                self.tool_call_parser = DEMO_TOOL_CALL_PARSER
+            if "enable_auto_tool_choice" not in self.model_fields_set:
+                self.enable_auto_tool_choice = True
         return self
 
     @property

@@ -33,6 +33,29 @@ class Candidate:
     finish_reason: str | None = None
     tokens: int = 0
     mean_logprob: float | None = None
+    calls: ParsedCalls | None = None
+    """Its tool calls, when the request offered tools and a tool parser read the text."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call, as a tool parser read it from a candidate's text."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments as JSON text (OpenAI's ``function.arguments``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCalls:
+    """What a tool parser made of a candidate's text."""
+
+    content: str | None
+    """The text outside the calls (None when there is none)."""
+    calls: tuple[ToolCall, ...] = ()
+    unparsed: bool = False
+    """The text opens a tool call the parser could not read (bad JSON, missing fields)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ _BUILTINS = {
     "judge": "bestofk.verifiers.judge:judge",
     "reward_model": "bestofk.verifiers.reward_model:RewardModelVerifier",
     "vote": "bestofk.verifiers.vote:VoteVerifier",
+    "tool_calls": "bestofk.verifiers.tool_calls:ToolCallsVerifier",
 }
 
 

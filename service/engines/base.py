@@ -32,6 +32,9 @@ class Prompt:
 
     text: str | None = None
     messages: Sequence[Mapping[str, Any]] | None = None
+    tools: Sequence[Mapping[str, Any]] | None = None
+    """Tools (OpenAI's format) the chat template renders with ``messages``, as vLLM passes
+    them."""
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.messages is None):
@@ -84,6 +87,9 @@ class SamplingConfig:
     ``top_logprobs`` None, spares the engine computing and sending them."""
     json_schema: Mapping[str, Any] | None = None
     """Constrain decoding to this schema where the engine supports structured outputs."""
+    skip_special_tokens: bool = True
+    """False keeps special tokens in the text, as vLLM does for tool parsers whose call
+    markers (``<tool_call>``) are special tokens."""
 
     @property
     def greedy(self) -> bool:

@@ -320,6 +320,13 @@ def _request_body(
         params["seed"] = sampling.seed
     if sampling.logit_bias:
         params["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
+    if prompt.tools:
+        # The backend renders the tools into its template and returns the raw text, which is
+        # parsed here, as every candidate's calls are (``none``: it parses nothing).
+        params["tools"] = [dict(t) for t in prompt.tools]
+        params["tool_choice"] = "none"
+    if vllm and not sampling.skip_special_tokens:
+        params["skip_special_tokens"] = False
     if sampling.json_schema is not None:
         params["response_format"] = {
             "type": "json_schema",

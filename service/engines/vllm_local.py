@@ -289,8 +289,10 @@ class VllmEngine:
             if prompt.messages is not None:
                 from vllm.renderers.params import ChatParams
 
+                # As vLLM's server passes tools: to the template, among its arguments.
+                kwargs = {"tools": [dict(t) for t in prompt.tools]} if prompt.tools else {}
                 _, rendered = await renderer.render_chat_async(
-                    [list(prompt.messages)], ChatParams()
+                    [list(prompt.messages)], ChatParams(chat_template_kwargs=kwargs)
                 )
             else:
                 rendered = await renderer.render_cmpl_async([{"prompt": prompt.text}])
@@ -327,6 +329,7 @@ class VllmEngine:
             # 0 still returns the sampled token's own logprob, which ranks ties.
             logprobs=(sampling.top_logprobs or 0) if sampling.wants_logprobs else None,
             structured_outputs=structured,
+            skip_special_tokens=sampling.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
             stream_interval=STREAM_INTERVAL,
         )

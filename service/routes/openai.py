@@ -20,11 +20,12 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
+from bestofk.service.results import openai_tool_calls
 from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
-from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.base import ToolCall, VerifierSpec
 from bestofk.verifiers.registry import parse_spec
 
 router = APIRouter(prefix="/v1")
@@ -56,6 +57,7 @@ def _job(
     top_logprobs: int | None,
     json_schema: dict[str, Any] | None,
     arrived: float,
+    tool_choice: str | dict[str, Any] | None = None,
 ) -> RerankJob:
     specs: list[VerifierSpec] = list(body.verifiers or ())
     if json_schema is not None:
@@ -79,6 +81,7 @@ def _job(
             profile=body.profile,
             selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
             early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+            tool_choice=tool_choice,
             arrived=arrived,
         ),
     )
@@ -106,10 +109,14 @@ async def chat_completions(
         rt,
         body,
         new_request_id("chatcmpl"),
-        Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages]),
+        Prompt(
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            tools=body.tool_dicts,
+        ),
         top,
         _response_schema(body),
         arrived,
+        body.tool_choice_value,
     )
     renderer = _ChatRenderer(body)
     return await _respond(rt, [job], body, renderer, request)
@@ -176,12 +183,39 @@ class _ChatRenderer(_Renderer):
         super().__init__(body, body.logprobs)
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": scored.candidate.text}
+        finish_reason = scored.candidate.finish_reason or "stop"
+        if calls := self.calls(scored):
+            message["content"] = scored.candidate.calls.content if scored.candidate.calls else None
+            message["tool_calls"] = openai_tool_calls(calls)
+            finish_reason = "tool_calls"
         return {
             "index": position,
-            "message": {"role": "assistant", "content": scored.candidate.text},
-            "finish_reason": scored.candidate.finish_reason or "stop",
+            "message": message,
+            "finish_reason": finish_reason,
             "logprobs": self._logprobs(visible_logprobs(scored)),
         }
+
+    def calls(self, scored: Scored) -> list[ToolCall]:
+        """The chosen candidate's tool calls to return: only the first unless parallel calls
+        are allowed (``parallel_tool_calls``, as vLLM filters them)."""
+        parsed = scored.candidate.calls
+        calls = list(parsed.calls) if parsed is not None else []
+        assert isinstance(self.body, ChatCompletionRequest)
+        return calls[:1] if self.body.parallel_tool_calls is False else calls
+
+    def tool_call_deltas(self, position: int, scored: Scored) -> list[dict[str, Any]]:
+        """The calls as stream choices: each whole in one delta, as vLLM sends a call whose
+        arguments it has complete."""
+        return [
+            {
+                "index": position,
+                "delta": {"tool_calls": [{"index": i, **call}]},
+                "finish_reason": None,
+                "logprobs": None,
+            }
+            for i, call in enumerate(openai_tool_calls(self.calls(scored)))
+        ]
 
     def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any] | None:
         if not self.want_logprobs:
@@ -205,7 +239,9 @@ class _ChatRenderer(_Renderer):
         return {
             "index": position,
             "delta": {},
-            "finish_reason": scored.candidate.finish_reason or "stop",
+            "finish_reason": "tool_calls"
+            if self.calls(scored)
+            else scored.candidate.finish_reason or "stop",
             "logprobs": None,
         }
 
@@ -404,8 +440,15 @@ def _chunks(
     base = _envelope(request_id, renderer, result.model, chunk=True)
     top = result.top(body.n)
     for position, scored in enumerate(top, start=prompt_index * body.n):
-        for i, (piece, tokens) in enumerate(_pieces(scored)):
-            yield {**base, "choices": [renderer.delta(position, piece, i == 0, tokens)]}
+        if isinstance(renderer, _ChatRenderer) and renderer.calls(scored):
+            # The text around the calls (if any) as content, then the calls.
+            content = scored.candidate.calls.content if scored.candidate.calls else None
+            yield {**base, "choices": [renderer.delta(position, content or "", True, [])]}
+            for choice in renderer.tool_call_deltas(position, scored):
+                yield {**base, "choices": [choice]}
+        else:
+            for i, (piece, tokens) in enumerate(_pieces(scored)):
+                yield {**base, "choices": [renderer.delta(position, piece, i == 0, tokens)]}
         last = {**base, "choices": [renderer.finish(position, scored)]}
         if position == prompt_index * body.n + len(top) - 1:
             last["bestofk"] = render(result, body.return_candidates).model_dump()
