@@ -146,6 +146,7 @@ def _candidate(sample: Sample, parse_calls: Callable[[str], ParsedCalls] | None)
         finish_reason=sample.finish_reason,
         tokens=sample.tokens,
         mean_logprob=sample.mean_logprob,
+        stop_reason=sample.stop_reason,
         calls=parse_calls(sample.text) if parse_calls is not None else None,
     )
 

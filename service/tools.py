@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_TOOLS = 128
+"""Most tools one request may offer."""
 ToolChoice = str | Mapping[str, Any]
 """``"none"``, ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}``."""
 Parse = Callable[[str], ParsedCalls]

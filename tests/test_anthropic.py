@@ -102,6 +102,28 @@ def test_stop_sequences_end_every_candidate(
     assert len(candidates) == 6 and not any("2" in c["text"] for c in candidates)
 
 
+def test_stop_sequence_is_reported(
+    any_server: Server, client: Callable[..., anthropic.Anthropic]
+) -> None:
+    # Most of the demo's answers to 5! start with 1 or 2 ("120", "24"): over six requests
+    # some stop there, and say which sequence stopped them.
+    stops = ["1", "2"]
+    replies = [
+        client(any_server).messages.create(
+            model="demo",
+            max_tokens=8,
+            messages=MESSAGES,
+            stop_sequences=stops,
+            extra_body={"best_of": 1, "temperature": 1.0},
+        )
+        for _ in range(6)
+    ]
+    for reply in replies:
+        assert (reply.stop_reason == "stop_sequence") == (reply.stop_sequence is not None)
+    assert {r.stop_sequence for r in replies} - {None} <= set(stops)
+    assert any(r.stop_reason == "stop_sequence" for r in replies)
+
+
 def test_profile_through_model_name(
     server: Server, client: Callable[..., anthropic.Anthropic]
 ) -> None:

@@ -397,6 +397,15 @@ def test_bad_tools_are_a_400(tool_server: Server) -> None:
         r = httpx.post(tool_server.url + "/v1/chat/completions", json=body, timeout=30)
         assert r.status_code == 400, (body, r.text)
         assert needle in r.json()["error"]["message"]
+    anthropic_body = {
+        "model": "demo",
+        "max_tokens": 8,
+        "messages": MESSAGES,
+        "tools": [{"name": "f", "input_schema": {"type": "nope"}}],
+    }
+    r = httpx.post(tool_server.url + "/v1/messages", json=anthropic_body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "schema" in r.json()["error"]["message"].lower()
 
 
 # Agent clients, each completing a tool round trip: call, tool result, final answer.

@@ -33,6 +33,8 @@ class Candidate:
     finish_reason: str | None = None
     tokens: int = 0
     mean_logprob: float | None = None
+    stop_reason: str | None = None
+    """The stop string that ended it, if one did."""
     calls: ParsedCalls | None = None
     """Its tool calls, when the request offered tools and a tool parser read the text."""
 

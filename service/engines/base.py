@@ -122,6 +122,8 @@ class Sample:
     tokens: int
     cumulative_logprob: float | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    stop_reason: str | None = None
+    """The stop string that ended it (vLLM's ``stop_reason``), if one did."""
 
     @property
     def mean_logprob(self) -> float | None:
@@ -178,8 +180,9 @@ class PartialSample:
     """The engine reports the sampled tokens' logprobs (else ``logprob`` means nothing)."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
-    def finish(self, index: int, finish_reason: str) -> Sample:
-        """The finished candidate."""
+    def finish(self, index: int, finish_reason: str, stop_reason: Any = None) -> Sample:
+        """The finished candidate; ``stop_reason`` as vLLM reports it (a stop string, a stop
+        token id, or None), of which a string is kept."""
         return Sample(
             index=index,
             text="".join(self.text),
@@ -187,6 +190,7 @@ class PartialSample:
             tokens=self.tokens,
             cumulative_logprob=self.logprob if self.has_logprobs else None,
             logprobs=self.logprobs,
+            stop_reason=stop_reason if isinstance(stop_reason, str) else None,
         )
 
 

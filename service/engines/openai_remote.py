@@ -275,7 +275,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 continue
             _add_logprobs(acc, entries)
             if raw.get("finish_reason") is not None:
-                finished.append(acc.finish(index, raw["finish_reason"]))
+                finished.append(acc.finish(index, raw["finish_reason"], raw.get("stop_reason")))
         return finished
 
 

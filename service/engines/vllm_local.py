@@ -118,7 +118,7 @@ class VllmStream(EngineStream["VllmEngine"]):
                         if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
-                        yield acc.finish(child.index, child.finish_reason)
+                        yield acc.finish(child.index, child.finish_reason, child.stop_reason)
         except Exception as exc:
             raise engine.translate(exc) from exc
         finally:

@@ -122,20 +122,21 @@ async def messages(
             events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
         )
     result = await rt.execute(job, request, openai=True)
-    message = _message(job, result)
+    message = _message(job.request_id, result.model)
     message["content"] = _content(result.chosen, body)
-    message["stop_reason"] = _stop_reason(result.chosen, body)
+    message |= _stop(result.chosen, body)
     message["usage"] = _usage(result)
     message["bestofk"] = render(result, body.return_candidates).model_dump()
     return JSONResponse(message, headers=headers)
 
 
-def _message(job: RerankJob, result: RerankResult | None, model: str = "") -> dict[str, Any]:
+def _message(request_id: str, model: str) -> dict[str, Any]:
+    """A Message with no content yet (``message_start`` sends it so)."""
     return {
-        "id": job.request_id,
+        "id": request_id,
         "type": "message",
         "role": "assistant",
-        "model": result.model if result is not None else model,
+        "model": model,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
@@ -176,11 +177,16 @@ def _content(scored: Scored, body: MessagesRequest) -> list[dict[str, Any]]:
     return blocks
 
 
-def _stop_reason(scored: Scored, body: MessagesRequest) -> str:
-    """Anthropic's ``stop_reason`` for the chosen candidate's finish."""
-    if scored.candidate.finish_reason == "length":
-        return "max_tokens"
-    return "tool_use" if _calls(scored, body) else "end_turn"
+def _stop(scored: Scored, body: MessagesRequest) -> dict[str, str | None]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for the chosen candidate's finish."""
+    candidate = scored.candidate
+    if candidate.finish_reason == "length":
+        return {"stop_reason": "max_tokens", "stop_sequence": None}
+    if _calls(scored, body):
+        return {"stop_reason": "tool_use", "stop_sequence": None}
+    if candidate.stop_reason is not None:
+        return {"stop_reason": "stop_sequence", "stop_sequence": candidate.stop_reason}
+    return {"stop_reason": "end_turn", "stop_sequence": None}
 
 
 def _usage(result: RerankResult) -> dict[str, int]:
@@ -204,7 +210,7 @@ async def _stream(rt: Runtime, job: RerankJob, body: MessagesRequest) -> AsyncIt
         yield b""
         # The SDK accepts no event before message_start: it opens the stream at once, with
         # the usage known so far; message_delta carries the final counts.
-        yield _event("message_start", {"message": _message(job, None, rt.engine.model_name)})
+        yield _event("message_start", {"message": _message(job.request_id, rt.engine.model_name)})
         work = asyncio.ensure_future(rt.run(job, prepared=prepared))
         try:
             while not work.done():
@@ -224,7 +230,7 @@ async def _stream(rt: Runtime, job: RerankJob, body: MessagesRequest) -> AsyncIt
         yield _event("content_block_start", {"index": index, "content_block": _opened(block)})
         yield _event("content_block_delta", {"index": index, "delta": _delta(block)})
         yield _event("content_block_stop", {"index": index})
-    delta = {"stop_reason": _stop_reason(result.chosen, body), "stop_sequence": None}
+    delta = _stop(result.chosen, body)
     native = render(result, body.return_candidates).model_dump()
     yield _event("message_delta", {"delta": delta, "usage": _usage(result), "bestofk": native})
     yield _event("message_stop", {})

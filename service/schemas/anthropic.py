@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 
 from bestofk.service.schemas.native import EarlyExit, Selection, VerifierSpecs
+from bestofk.service.tools import MAX_TOOLS
 from bestofk.verifiers.json_schema import check_schema
 
 REFUSED: dict[str, str] = {
@@ -63,6 +64,10 @@ class MessagesRequest(AnthropicMessagesRequest):
                 )
         if self.json_schema is not None:
             check_schema(self.json_schema)  # it becomes a json_schema verifier: a 400 here
+        if len(self.tools or ()) > MAX_TOOLS:
+            raise ValueError(f"tools: at most {MAX_TOOLS}")
+        for tool in self.tools or ():
+            check_schema(tool.input_schema)  # every call is validated against it
         return self
 
     @property

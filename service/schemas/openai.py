@@ -20,6 +20,7 @@ from pydantic import (
 
 from bestofk.service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
 from bestofk.service.schemas.sampling import SamplingFields
+from bestofk.service.tools import MAX_TOOLS
 from bestofk.verifiers.json_schema import check_schema
 
 
@@ -133,7 +134,7 @@ class ChatCompletionRequest(BestOfKFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     """False: only the first call of the chosen candidate is returned, as vLLM does."""
