@@ -35,10 +35,18 @@ Parse = Callable[[str], ParsedCalls]
 class ToolParsing:
     """The server's tool parser (``tool_call_parser``), built per request over ``tokenizer``."""
 
-    def __init__(self, parser: str | None, enable_auto: bool, tokenizer: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        parser: str | None,
+        enable_auto: bool,
+        tokenizer: Callable[[], Any],
+        preload_tokenizer: bool = False,
+    ) -> None:
         self.parser = parser
         self.enable_auto = enable_auto
         self._tokenizer = tokenizer
+        self._preload = preload_tokenizer
+        """Load the tokenizer in :meth:`load` (one of its own, not an engine's)."""
         self._cls: Any = None
 
     @classmethod
@@ -64,7 +72,7 @@ class ToolParsing:
 
             return get_tokenizer(name)
 
-        return cls(settings.tool_call_parser, settings.enable_auto_tool_choice, load)
+        return cls(settings.tool_call_parser, settings.enable_auto_tool_choice, load, True)
 
     def load(self) -> None:
         """Import vLLM's parser class and, with backends, load the tokenizer (seconds: call it
@@ -82,6 +90,8 @@ class ToolParsing:
             raise ValueError(
                 f"unknown tool call parser {self.parser!r}; vLLM's are: {known}"
             ) from None
+        if self._preload:
+            self._tokenizer()
 
     def check(self, tools: Sequence[Mapping[str, Any]], tool_choice: ToolChoice) -> None:
         """Refuse what vLLM's server refuses: ``auto`` without ``--enable-auto-tool-choice``
@@ -123,8 +133,12 @@ class ToolParsing:
         marker = getattr(parser, "tool_call_start_token", None)
 
         def parse(text: str) -> ParsedCalls:
-            with _quiet(parser):
-                info = parser.extract_tool_calls(text, request)
+            try:
+                with _quiet(parser):
+                    info = parser.extract_tool_calls(text, request)
+            except Exception:  # a parser's bug on odd text must not fail the request
+                log.debug("tool parser %s failed on a candidate", self.parser, exc_info=True)
+                return ParsedCalls(content=text or None, unparsed=True)
             if not info.tools_called:
                 unparsed = isinstance(marker, str) and marker in text
                 return ParsedCalls(content=text or None, unparsed=unparsed)

@@ -136,6 +136,40 @@ def test_the_demo_serves_hermes_with_auto_tool_choice() -> None:
     assert Settings(tool_call_parser=None).tool_call_parser is None
 
 
+def test_a_parser_that_raises_marks_the_candidate(hermes: ToolParsing) -> None:
+    parse = hermes.parser_for(TOOLS, "auto")
+
+    class Broken:
+        tool_call_start_token = "<tool_call>"
+
+        def __init__(self, tokenizer: Any, tools: Any) -> None:
+            pass
+
+        def extract_tool_calls(self, text: str, request: Any) -> Any:
+            raise RuntimeError("a parser bug")
+
+    broken = ToolParsing("hermes", True, lambda: None)
+    broken._cls = Broken
+    parsed = broken.parser_for(TOOLS, "auto")(GOOD)
+    assert parsed.unparsed and not parsed.calls and parsed.content == GOOD
+    assert parse(GOOD).calls  # the real one reads the same text
+
+
+def test_backends_without_a_tokenizer_fail_the_start(
+    fake_backend: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    log = tmp_path_factory.mktemp("logs") / "no-tokenizer.log"
+    server = start_bestofk(
+        log, "--backend", fake_backend.url, "--tool-call-parser", "hermes", env=engine_env()
+    )
+    try:
+        with pytest.raises(RuntimeError, match="server exited"):
+            server.wait_ready(120)
+        assert "set --tokenizer" in log.read_text()
+    finally:
+        server.stop()
+
+
 def test_unknown_parser_fails_the_start() -> None:
     with pytest.raises(ValueError, match=r"unknown tool call parser 'nope'.*hermes"):
         ToolParsing("nope", True, lambda: None).load()
