@@ -614,3 +614,66 @@ def test_demo_tools_family_best_of_8_beats_one_sample(server: Server) -> None:
             f"pass@8 {t['any'] / t['n']:.2f} over {t['n']} requests"
         )
         assert t["chosen"] / t["n"] >= t["first"] / t["n"] + 0.2, counts
+
+
+def test_demo_tool_round_trip_with_every_client(server: Server) -> None:
+    """The demo model calls tools: each client gets a valid call out of 8 candidates, runs the
+    tool, sends the result back and gets the final answer."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    rows = tools_family()
+    if not rows:
+        pytest.fail("demo/tasks.jsonl has no tools family: the demo model predates it")
+    row = rows[0]
+    question = row["prompt"].split("</tools>\n", 1)[1]
+    extra = {"best_of": 8, "temperature": 1.0}
+    messages: list[Any] = [{"role": "user", "content": question}]
+    # openai SDK
+    sdk = client(server)
+    first = sdk.chat.completions.create(
+        model="demo", messages=messages, tools=row["tools"], max_tokens=64, extra_body=extra
+    )
+    assert first.choices[0].finish_reason == "tool_calls", first
+    (tool_call,) = first.choices[0].message.tool_calls or []
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": tool_call.id, "content": '{"celsius": 21}'},
+    ]
+    final = sdk.chat.completions.create(
+        model="demo", messages=messages, tools=row["tools"], max_tokens=32, extra_body=extra
+    )
+    assert final.choices[0].message is not None
+    # anthropic SDK, streamed
+    tools: Any = [
+        {"name": t["function"]["name"], "description": t["function"]["description"],
+         "input_schema": t["function"]["parameters"]} for t in row["tools"]
+    ]  # fmt: skip
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    asked: list[Any] = [{"role": "user", "content": question}]
+    with claude.messages.stream(
+        model="demo", max_tokens=64, messages=asked, tools=tools, extra_body=extra
+    ) as stream:
+        reply = stream.get_final_message()
+    assert reply.stop_reason == "tool_use", reply
+    use = next(b for b in reply.content if b.type == "tool_use")
+    asked += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in reply.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                      "content": "21 C"}]},
+    ]  # fmt: skip
+    done = claude.messages.create(
+        model="demo", max_tokens=32, messages=asked, tools=tools, extra_body=extra
+    )
+    assert done.type == "message"
+    # LangChain
+    model = ChatOpenAI(
+        model="demo", base_url=server.url + "/v1", api_key="unused",  # type: ignore[arg-type]
+        max_retries=0, max_tokens=64, extra_body=extra,
+    ).bind_tools(row["tools"])  # fmt: skip
+    human = HumanMessage(question)
+    ai = model.invoke([human])
+    (lc_call,) = ai.tool_calls  # type: ignore[attr-defined]
+    assert lc_call["name"] in {t["function"]["name"] for t in row["tools"]}
+    answer = model.invoke([human, ai, ToolMessage("21 C", tool_call_id=lc_call["id"])])
+    assert answer.type == "ai"
