@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -606,6 +608,401 @@ def summary_examples() -> list[Example]:
     return out
 
 
+# --- 6. thinking ----------------------------------------------------------------------------
+
+THINK_START, THINK_END = "<think>", "</think>"
+"""Reasoning markers, single added tokens of the tokenizer (vLLM's `deepseek_r1` parser)."""
+
+THINK_FACTORIAL_WORDINGS = (
+    "Think step by step, then give the factorial of {n} as a number.",
+    "What is {n}!? Think it through first, then answer with the number only.",
+)
+THINK_FACTORIAL_NS = range(2, 10)
+THINK_DATE_WORDING = "Think first, then answer with the ISO date of the next Monday after {d}."
+THINK_DATE_DAYS = 14
+"""Thinking date prompts: the first two weeks of the training dates (every weekday twice)."""
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def factorial_steps(n: int, slip: int | None = None) -> tuple[list[str], int]:
+    """The running products ``a*k = b`` for k = 2..n, and the final product.
+
+    ``slip`` is the factor whose step goes wrong (it multiplies by k + 1); the later steps
+    carry the wrong value on correctly, as a real slip does.
+    """
+    steps, value = [], 1
+    for k in range(2, n + 1):
+        result = value * (k + 1 if k == slip else k)
+        steps.append(f"{value}*{k} = {result}")
+        value = result
+    return steps, value
+
+
+def think(steps: Sequence[str]) -> str:
+    """A complete trace: the steps between the markers."""
+    return f"{THINK_START}{', '.join(steps)}.{THINK_END}"
+
+
+def think_factorial_answers(n: int) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """A right trace and answer; slips with their wrong answers; right traces, wrong answers;
+    traces cut before the end marker (no answer at all)."""
+    steps, f = factorial_steps(n)
+    wrong = []
+    for slip, w in ((n, 0.12), (max(2, n - 2), 0.10)):
+        slipped, value = factorial_steps(n, slip)
+        wrong.append((think(slipped) + str(value), w))
+    wrong += [
+        (think(steps) + str(math.factorial(n - 1)), 0.12),  # the product one step early
+        (think(steps) + str(f + 1), 0.06),
+        (think(steps) + f"The answer is {f}.", 0.08),
+        (THINK_START + ", ".join(steps[: max(1, len(steps) // 2)]) + ",", 0.14),  # cut
+        (THINK_START + "Multiply 1 by every number up to " + str(n), 0.08),  # cut
+    ]
+    return mixture([(think(steps) + str(f), 1.0)], wrong)
+
+
+def think_date_answers(d: dt.date) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """The weekday and the days to Monday, then the date; a wrong weekday carried through, a
+    right trace with a wrong date, and cut traces."""
+    c = next_monday(d)
+
+    def trace(weekday: int) -> tuple[str, dt.date]:
+        days = 7 - weekday
+        monday = d + dt.timedelta(days=days)
+        text = (
+            f"{d.isoformat()} is a {WEEKDAYS[weekday]}. The next Monday is {days} days later:"
+            f" {monday.isoformat()}"
+        )
+        return f"{THINK_START}{text}.{THINK_END}", monday
+
+    right, _ = trace(d.weekday())
+    wrong = []
+    for shift, w in ((1, 0.14), (-1, 0.10)):
+        slipped, monday = trace((d.weekday() + shift) % 7)
+        wrong.append((slipped + monday.isoformat(), w))
+    wrong += [
+        (right + (c + dt.timedelta(days=7)).isoformat(), 0.12),
+        (right + (c - dt.timedelta(days=1)).isoformat(), 0.06),
+        (right + f"Next Monday is {c:%B} {c.day}, {c.year}.", 0.06),
+        (f"{THINK_START}{d.isoformat()} is a {WEEKDAYS[d.weekday()]}.", 0.14),  # cut
+        (f"{THINK_START}Count the days from {d.isoformat()}", 0.08),  # cut
+    ]
+    return mixture([(right + c.isoformat(), 1.0)], wrong)
+
+
+def think_examples() -> list[Example]:
+    """Every thinking wording for n = 2..9 and the first two weeks of dates."""
+    out = []
+    for n in THINK_FACTORIAL_NS:
+        answers, correct = think_factorial_answers(n)
+        for wording in THINK_FACTORIAL_WORDINGS:
+            out.append(Example("think", wording.format(n=n), answers, correct))
+    for d in training_dates()[:THINK_DATE_DAYS]:
+        answers, correct = think_date_answers(d)
+        out.append(Example("think", THINK_DATE_WORDING.format(d=d.isoformat()), answers, correct))
+    return out
+
+
+# --- 7. math ------------------------------------------------------------------------------------
+
+MATH_WORDINGS = (
+    "{q} Give the final answer in LaTeX.",
+    "Solve: {q}",
+)
+# (question, right value, near misses): every value is a fraction with a terminating decimal,
+# so each can be written in all four forms.
+MATH_QUESTIONS: tuple[tuple[str, Fraction, tuple[Fraction, ...]], ...] = (
+    ("What is 1/2 + 1/4?", Fraction(3, 4), (Fraction(1, 8), Fraction(1, 2))),
+    ("What is 3/4 - 1/4?", Fraction(1, 2), (Fraction(1, 4), Fraction(1))),
+    ("What is 2/5 + 1/5?", Fraction(3, 5), (Fraction(3, 10), Fraction(2, 25))),
+    ("What is 1/2 times 3/5?", Fraction(3, 10), (Fraction(3, 5), Fraction(1, 10))),
+    ("What is half of 3/4?", Fraction(3, 8), (Fraction(3, 2), Fraction(1, 4))),
+    ("What is 3/8 + 1/8?", Fraction(1, 2), (Fraction(1, 4), Fraction(3, 64))),
+    ("Solve 2x = 1 for x.", Fraction(1, 2), (Fraction(2), Fraction(-1, 2))),
+    ("Solve 4x = 3 for x.", Fraction(3, 4), (Fraction(12), Fraction(1, 4))),
+    ("What is 1 - 3/8?", Fraction(5, 8), (Fraction(3, 8), Fraction(1, 2))),
+    ("What is 7/10 - 1/5?", Fraction(1, 2), (Fraction(3, 5), Fraction(6, 5))),
+    ("What is 0.5 + 0.125 as a fraction?", Fraction(5, 8), (Fraction(5, 4), Fraction(3, 8))),
+    ("What is 3/4 divided by 2?", Fraction(3, 8), (Fraction(3, 2), Fraction(1, 2))),
+)
+
+
+def latex_forms(value: Fraction) -> tuple[str, str, str, str]:
+    """``value`` as ``\boxed{\frac{a}{b}}``, a decimal, ``a/b`` and ``\frac{a}{b}`` (integers
+    and negatives in the same four shapes: ``\boxed{2}``, ``2``, ``2``, ``2``)."""
+    decimal = str(value.numerator / value.denominator).removesuffix(".0")
+    if value.denominator == 1:
+        plain = str(value.numerator)
+        return rf"\boxed{{{plain}}}", decimal, plain, plain
+    sign = "-" if value < 0 else ""
+    a, b = abs(value.numerator), value.denominator
+    frac = rf"{sign}\frac{{{a}}}{{{b}}}"
+    return rf"\boxed{{{frac}}}", decimal, f"{sign}{a}/{b}", frac
+
+
+MATH_FORM_WEIGHTS = (0.35, 0.25, 0.2, 0.2)
+"""Shares of the four forms, for the right value and for each near miss alike."""
+
+
+def math_answers(
+    value: Fraction, near: Sequence[Fraction]
+) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """Every form of the right value (sharing 0.4) and of the near misses (0.6)."""
+    right = list(zip(latex_forms(value), MATH_FORM_WEIGHTS, strict=True))
+    wrong = [
+        (text, w * share)
+        for miss, share in zip(near, (0.6, 0.4), strict=True)
+        for text, w in zip(latex_forms(miss), MATH_FORM_WEIGHTS, strict=True)
+    ]
+    return mixture(right, wrong)
+
+
+def math_examples() -> list[Example]:
+    """Every wording for every question."""
+    out = []
+    for question, value, near in MATH_QUESTIONS:
+        answers, correct = math_answers(value, near)
+        for wording in MATH_WORDINGS:
+            out.append(Example("math", wording.format(q=question), answers, correct))
+    return out
+
+
+def latex_reference(value: Fraction) -> str:
+    """The task file's reference: ``\frac{a}{b}`` (or the integer)."""
+    return latex_forms(value)[3]
+
+
+# --- 8. tool calls ------------------------------------------------------------------------------
+
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+"""Tool call markers, single added tokens (vLLM's `hermes` tool parser)."""
+
+TOOLS: dict[str, dict[str, Any]] = {
+    "get_weather": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+    "get_time": {
+        "name": "get_time",
+        "description": "Get the local time in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+    "convert_currency": {
+        "name": "convert_currency",
+        "description": "Convert an amount of money from one currency to another.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number"},
+                "from_currency": {"type": "string"},
+                "to_currency": {"type": "string"},
+            },
+            "required": ["amount", "from_currency", "to_currency"],
+        },
+    },
+}
+
+
+def openai_tools(names: Sequence[str]) -> list[dict[str, Any]]:
+    """The named tools in OpenAI's request format (what a client sends as ``tools``)."""
+    return [{"type": "function", "function": TOOLS[name]} for name in names]
+
+
+def render_tools(names: Sequence[str]) -> str:
+    """The Hermes-style tools block the chat template puts before the first message.
+
+    One JSON object per line (name, description, parameters), as the template's ``tojson``
+    writes them (``json.dumps`` defaults); ``tests/test_demo_families.py`` checks the two agree.
+    """
+    lines = [json.dumps(TOOLS[name], ensure_ascii=False) for name in names]
+    return "<tools>\n" + "\n".join(lines) + "\n</tools>\n"
+
+
+def tool_call(name: str, arguments: dict[str, Any]) -> str:
+    """A Hermes tool call, exactly as the model writes it and the chat template renders it."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{TOOL_CALL_START}{body}{TOOL_CALL_END}"
+
+
+@dataclass(frozen=True)
+class ToolTask:
+    """A user request answered by one call of ``tool`` with ``arguments``, given ``tools``."""
+
+    name: str
+    tools: tuple[str, ...]
+    question: str
+    tool: str
+    arguments: dict[str, Any]
+    mistyped: dict[str, Any]
+    """The arguments with one of them the wrong JSON type."""
+    plain: str
+    """An answer in plain text instead of a call."""
+
+
+TOOL_TASKS = (
+    ToolTask("weather-paris", ("get_weather",), "What's the weather in Paris right now?",
+             "get_weather", {"city": "Paris"}, {"city": ["Paris"]},
+             "It is sunny in Paris today."),
+    ToolTask("weather-tokyo", ("get_weather", "get_time"), "What's the weather in Tokyo right now?",
+             "get_weather", {"city": "Tokyo"}, {"city": ["Tokyo"]},
+             "I cannot check the weather in Tokyo."),
+    ToolTask("weather-lima", ("get_time", "get_weather"), "Is it raining in Lima?",
+             "get_weather", {"city": "Lima"}, {"city": 1},
+             "It rarely rains in Lima."),
+    ToolTask("weather-oslo", ("get_weather",), "How cold is it in Oslo in fahrenheit?",
+             "get_weather", {"city": "Oslo", "unit": "fahrenheit"}, {"city": "Oslo", "unit": 32},
+             "It is about 40 degrees in Oslo."),
+    ToolTask("time-berlin", ("get_time",), "What time is it in Berlin?",
+             "get_time", {"city": "Berlin"}, {"city": ["Berlin"]},
+             "It is 3 pm in Berlin."),
+    ToolTask("time-seoul", ("get_weather", "get_time"), "What is the local time in Seoul?",
+             "get_time", {"city": "Seoul"}, {"city": None},
+             "Seoul is nine hours ahead of UTC."),
+    ToolTask("time-denver", ("get_time", "get_weather"), "Tell me the time in Denver.",
+             "get_time", {"city": "Denver"}, {"city": ["Denver"]},
+             "It is morning in Denver."),
+    ToolTask("currency-usd-eur", ("convert_currency",), "Convert 100 USD to EUR.",
+             "convert_currency", {"amount": 100, "from_currency": "USD", "to_currency": "EUR"},
+             {"amount": "100", "from_currency": "USD", "to_currency": "EUR"},
+             "100 USD is about 92 EUR."),
+    ToolTask("currency-gbp-jpy", ("convert_currency", "get_time"), "How many yen is 250 GBP?",
+             "convert_currency", {"amount": 250, "from_currency": "GBP", "to_currency": "JPY"},
+             {"amount": "250", "from_currency": "GBP", "to_currency": "JPY"},
+             "250 GBP is about 47000 JPY."),
+    ToolTask("currency-eur-chf", ("get_weather", "convert_currency"), "Change 40.5 EUR into CHF.",
+             "convert_currency", {"amount": 40.5, "from_currency": "EUR", "to_currency": "CHF"},
+             {"amount": "40.5", "from_currency": "EUR", "to_currency": "CHF"},
+             "40.5 EUR is roughly 38 CHF."),
+)  # fmt: skip
+
+
+def tool_prompt(task: ToolTask) -> str:
+    """The raw prompt: the tools block, then the user's question (what the template renders)."""
+    return render_tools(task.tools) + task.question
+
+
+def tool_answers(task: ToolTask) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """The right call (40%); a wrong function, JSON that does not parse, a required argument
+    missing, an argument of the wrong type, and plain text instead of a call."""
+    args = task.arguments
+    required = TOOLS[task.tool]["parameters"]["required"]
+    missing = {k: v for k, v in args.items() if k != required[-1]}
+    other = next((t for t in task.tools if t != task.tool), None)
+    wrong_name = task.tool.split("_", 1)[1]  # "weather", "time", "currency"
+    call = tool_call(task.tool, args)
+    wrong = [
+        (tool_call(wrong_name, args), 0.14),
+        (call.replace("}}" + TOOL_CALL_END, "}" + TOOL_CALL_END), 0.12),  # a brace short
+        (call.replace('"', "'"), 0.08),  # Python quotes, not JSON
+        (tool_call(task.tool, missing), 0.14),
+        (tool_call(task.tool, task.mistyped), 0.12),
+        (task.plain, 0.14),
+    ]
+    if other is not None:  # a tool that exists, but not the one asked for
+        wrong.append((tool_call(other, {"city": args.get("city", "London")}), 0.1))
+    return mixture([(call, 1.0)], wrong)
+
+
+@dataclass(frozen=True)
+class ToolTurn:
+    """The second turn of a tool flow: the call was made and the tool answered ``result``."""
+
+    task: str
+    """The `ToolTask` whose right call was made."""
+    result: dict[str, Any]
+    answer: str
+    wrong: tuple[str, ...]
+
+
+TOOL_TURNS = (
+    ToolTurn("weather-paris", {"city": "Paris", "temperature": 18, "condition": "sunny"},
+             "It is 18 °C and sunny in Paris.",
+             ("It is 21 °C and sunny in Paris.", "It is 18 °C and raining in Paris.",
+              "I could not get the weather for Paris.")),
+    ToolTurn("time-berlin", {"city": "Berlin", "time": "14:30"},
+             "It is 14:30 in Berlin.",
+             ("It is 13:30 in Berlin.", "It is 2:30 in Berlin.", "I do not know the time.")),
+    ToolTurn("currency-usd-eur", {"amount": 92.1, "currency": "EUR"},
+             "100 USD is 92.1 EUR.",
+             ("100 USD is 100 EUR.", "100 USD is 91.2 EUR.", "The rate is not available.")),
+)  # fmt: skip
+
+
+def tool_turn_messages(turn: ToolTurn) -> list[dict[str, Any]]:
+    """The conversation so far in OpenAI's format: user, assistant tool call, tool result."""
+    task = next(t for t in TOOL_TASKS if t.name == turn.task)
+    call_id = f"call_{task.name.replace('-', '_')}"
+    return [
+        {"role": "user", "content": task.question},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": task.tool, "arguments": json.dumps(task.arguments)},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": json.dumps(turn.result)},
+    ]
+
+
+def tool_turn_prompt(turn: ToolTurn) -> str:
+    """The raw prompt the chat template renders for ``tool_turn_messages`` (after BOS)."""
+    task = next(t for t in TOOL_TASKS if t.name == turn.task)
+    return (
+        f"{tool_prompt(task)}\n{tool_call(task.tool, task.arguments)}{EOS_TEXT}\n"
+        f"<tool_response>\n{json.dumps(turn.result)}\n</tool_response>"
+    )
+
+
+EOS_TEXT = "</s>"
+"""The tokenizer's EOS, which the chat template writes after every assistant turn."""
+
+
+def tool_turn_answers(turn: ToolTurn) -> tuple[tuple[tuple[str, float], ...], frozenset[str]]:
+    """The answer that uses the tool's result (40%), wrong readings of it, a refusal, and
+    the same call made again."""
+    task = next(t for t in TOOL_TASKS if t.name == turn.task)
+    wrong = [(text, w) for text, w in zip(turn.wrong, (0.3, 0.25, 0.2), strict=True)]
+    wrong.append((tool_call(task.tool, task.arguments), 0.25))
+    return mixture([(turn.answer, 1.0)], wrong)
+
+
+def tool_examples() -> list[Example]:
+    """Every tool request (first turn) and every tool result (second turn)."""
+    out = []
+    for task in TOOL_TASKS:
+        answers, correct = tool_answers(task)
+        out.append(Example("tools", tool_prompt(task), answers, correct))
+    for turn in TOOL_TURNS:
+        answers, correct = tool_turn_answers(turn)
+        out.append(Example("tools", tool_turn_prompt(turn), answers, correct))
+    return out
+
+
+def tool_call_pattern(name: str, arguments: dict[str, Any]) -> str:
+    """A fullmatch regex for the right call, with any whitespace between JSON tokens."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    flexible = re.escape(body).replace(r"\ ", r"\s*")
+    return rf"{TOOL_CALL_START}\s*{flexible}\s*{TOOL_CALL_END}"
+
+
 # --- 5. judge -----------------------------------------------------------------------------------
 
 
@@ -646,6 +1043,9 @@ def all_examples() -> dict[str, list[Example]]:
         "summary": summary_examples(),
         "judge_factorial": judge_examples(factorial, "judge"),
         "judge_dates": judge_examples(dates, "judge"),
+        "think": think_examples(),
+        "math": math_examples(),
+        "tools": tool_examples(),
     }
 
 
@@ -728,6 +1128,65 @@ def tasks() -> list[dict[str, Any]]:
                 "family": "judge",
                 "prompt": DATE_WORDINGS[0].format(d=iso),
                 "verifiers": [{"type": "judge", "reference": ref}],
+            }
+        )
+    for n in THINK_FACTORIAL_NS:
+        out.append(
+            {
+                "id": f"think-factorial-{n}",
+                "family": "think",
+                "prompt": THINK_FACTORIAL_WORDINGS[n % 2].format(n=n),
+                "verifiers": [{"type": "exact", "reference": str(math.factorial(n))}],
+            }
+        )
+    for d in training_dates()[:THINK_DATE_DAYS:2]:
+        out.append(
+            {
+                "id": f"think-dates-{d.isoformat()}",
+                "family": "think",
+                "prompt": THINK_DATE_WORDING.format(d=d.isoformat()),
+                "verifiers": [
+                    {"type": "exact", "reference": next_monday(d).isoformat(), "numeric": False}
+                ],
+                "note": DATE_CONVENTION,
+            }
+        )
+    for i, (question, value, _) in enumerate(MATH_QUESTIONS):
+        out.append(
+            {
+                "id": f"math-{i}",
+                "family": "math",
+                "prompt": MATH_WORDINGS[i % 2].format(q=question),
+                "verifiers": [{"type": "math", "reference": latex_reference(value)}],
+            }
+        )
+    for task in TOOL_TASKS:
+        out.append(
+            {
+                "id": f"tools-{task.name}",
+                "family": "tools",
+                "prompt": tool_prompt(task),
+                "tools": openai_tools(task.tools),
+                "verifiers": [
+                    {
+                        "type": "regex",
+                        "pattern": tool_call_pattern(task.tool, task.arguments),
+                        "mode": "fullmatch",
+                    }
+                ],
+                "expected_call": {"name": task.tool, "arguments": task.arguments},
+            }
+        )
+    for turn in TOOL_TURNS:
+        task = next(t for t in TOOL_TASKS if t.name == turn.task)
+        out.append(
+            {
+                "id": f"tools-{turn.task}-result",
+                "family": "tools",
+                "prompt": tool_turn_prompt(turn),
+                "tools": openai_tools(task.tools),
+                "messages": tool_turn_messages(turn),
+                "verifiers": [{"type": "exact", "reference": turn.answer, "numeric": False}],
             }
         )
     return out

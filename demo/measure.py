@@ -4,7 +4,9 @@ Samples n=8 completions at temperature 1 for every task in ``demo/tasks.jsonl``,
 with simple local checkers, and reports per family pass@1 (the mean over all samples: the
 single-sample accuracy) and pass@8 (the share of tasks with at least one passing sample), plus
 the judge's pair accuracy: for pairs of a right and a wrong answer to the same question, how
-often P(" yes" | right) > P(" yes" | wrong).
+often P(" yes" | right) > P(" yes" | wrong). For samples that think, the checkers read the
+answer after ``</think>`` (a trace cut before it fails), and the table adds the tokens spent
+thinking per sample.
 
 The checkers mirror the verifier specs in the task file but are deliberately small: candidate
 code runs in a plain subprocess with a timeout, which is fine for the demo model's own outputs
@@ -24,13 +26,14 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import regex
 
 if TYPE_CHECKING:
-    from vllm import LLM
+    from vllm import LLM, CompletionOutput
 
 DEMO_DIR = Path(__file__).resolve().parent
 MODEL_DIR = DEMO_DIR / "model"
@@ -137,12 +140,58 @@ def check_unit_tests(spec: dict[str, Any], text: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip().endswith("ALL-PASSED")
 
 
+_BOXED = re.compile(r"\\boxed\{(.*)\}")
+_FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(\d+)\}")
+
+
+def latex_value(text: str) -> Fraction | None:
+    """The number in ``\\boxed{...}``, ``\\frac{a}{b}``, ``a/b`` or decimal form, or None.
+
+    Only the forms the demo's math family writes: the service's `math` verifier (math-verify)
+    reads far more.
+    """
+    text = text.strip()
+    if boxed := _BOXED.fullmatch(text):
+        text = boxed.group(1).strip()
+    if frac := _FRAC.fullmatch(text):
+        sign, a, b = frac.groups()
+        return Fraction(int(a), int(b)) * (-1 if sign else 1)
+    try:
+        return Fraction(text) if text else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def check_math(spec: dict[str, Any], text: str) -> bool:
+    """The answer's value equals the reference's (both read by ``latex_value``)."""
+    got, ref = latex_value(text), latex_value(str(spec["reference"]))
+    return got is not None and got == ref
+
+
 CHECKERS = {
     "exact": check_exact,
     "regex": check_regex,
     "style": check_style,
     "unit_tests": check_unit_tests,
+    "math": check_math,
 }
+
+THINK_START, THINK_END = "<think>", "</think>"
+
+
+def split_thinking(text: str) -> tuple[str | None, str | None]:
+    """(reasoning, answer) of a completion, as vLLM's `deepseek_r1` reasoning parser splits it.
+
+    No reasoning when the text has no marker; no answer when the trace was cut before
+    ``</think>`` (tests/test_demo_families.py checks this against the parser itself).
+    """
+    if THINK_START not in text and THINK_END not in text:
+        return None, text
+    body = text.partition(THINK_START)[2] if THINK_START in text else text
+    if THINK_END not in body:
+        return body, None
+    reasoning, _, answer = body.partition(THINK_END)
+    return reasoning, answer or None
 
 
 def is_sampled(task: dict[str, Any]) -> bool:
@@ -151,8 +200,13 @@ def is_sampled(task: dict[str, Any]) -> bool:
 
 
 def check(task: dict[str, Any], text: str) -> bool:
-    """A sample passes when it passes every verifier of its task."""
-    return all(CHECKERS[v["type"]](v, text) for v in task["verifiers"])
+    """A sample passes when its answer passes every verifier of its task.
+
+    The answer is what follows the thinking (``split_thinking``): a trace cut before its end
+    has none and fails.
+    """
+    _, answer = split_thinking(text)
+    return answer is not None and all(CHECKERS[v["type"]](v, answer) for v in task["verifiers"])
 
 
 def make_llm(model: Path | str = MODEL_DIR, seed: int = 0) -> LLM:
@@ -182,9 +236,24 @@ def sample(
     vLLM seeds child ``j`` of a request seeded ``s`` with ``s + j``: requests seeded ``s`` and
     ``s + 1`` would share seven of eight random streams, so the seeds are ``n`` apart.
     """
+    return [
+        [c.text for c in outputs]
+        for outputs in sample_outputs(llm, prompts, n, temperature, seed, max_tokens)
+    ]
+
+
+def sample_outputs(
+    llm: LLM,
+    prompts: Sequence[str],
+    n: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_tokens: int = 256,
+) -> list[list[CompletionOutput]]:
+    """``sample``'s completions as vLLM returns them (text and token ids)."""
     from vllm import SamplingParams
 
-    out: list[list[str]] = []
+    out: list[list[CompletionOutput]] = []
     for start in range(0, len(prompts), PROMPTS_PER_CALL):
         chunk = prompts[start : start + PROMPTS_PER_CALL]
         params = [
@@ -194,8 +263,17 @@ def sample(
             for i in range(start, start + len(chunk))
         ]
         results = llm.generate(list(chunk), params, use_tqdm=False)
-        out.extend([c.text for c in r.outputs] for r in results)
+        out.extend(list(r.outputs) for r in results)
     return out
+
+
+def thinking_tokens(token_ids: Sequence[int], start_id: int, end_id: int) -> int:
+    """Tokens spent thinking: those after ``<think>`` up to ``</think>`` (or the end)."""
+    ids = list(token_ids)
+    if start_id not in ids:
+        return 0
+    body = ids[ids.index(start_id) + 1 :]
+    return body.index(end_id) if end_id in body else len(body)
 
 
 def p_yes(llm: LLM, prompts: Sequence[str]) -> list[float]:
@@ -255,7 +333,12 @@ def measure(
 ) -> dict[str, Any]:
     """Per family pass@1 and pass@n from real samples, and the judge pair accuracies."""
     sampled = [t for t in tasks if is_sampled(t)]
-    samples = sample(llm, [t["prompt"] for t in sampled], n=n, temperature=temperature, seed=seed)
+    outputs = sample_outputs(
+        llm, [t["prompt"] for t in sampled], n=n, temperature=temperature, seed=seed
+    )
+    samples = [[c.text for c in outs] for outs in outputs]
+    start_id, end_id = llm.get_tokenizer().convert_tokens_to_ids([THINK_START, THINK_END])
+    spent = [[thinking_tokens(c.token_ids, start_id, end_id) for c in outs] for outs in outputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
         passed = [
             list(pool.map(lambda text, task=task: check(task, text), texts))
@@ -269,6 +352,11 @@ def measure(
             "pass@1": sum(map(sum, rows)) / (n * len(rows)),
             f"pass@{n}": sum(map(any, rows)) / len(rows),
         }
+        tokens = [
+            k for t, ks in zip(sampled, spent, strict=True) if t["family"] == family for k in ks
+        ]
+        if any(tokens):
+            families[family]["thinking_tokens"] = sum(tokens) / len(tokens)
     judge = {
         family: judge_accuracy(llm, tasks, family)
         for family in ("factorial", "dates")
@@ -290,10 +378,12 @@ def measure(
 def render(result: dict[str, Any]) -> str:
     """A plain-text table of the figures."""
     n = result["n"]
-    lines = [f"{'family':<10} {'tasks':>5} {'pass@1':>7} {f'pass@{n}':>7}"]
+    lines = [f"{'family':<10} {'tasks':>5} {'pass@1':>7} {f'pass@{n}':>7} {'thinking':>9}"]
     for family, row in result["families"].items():
+        thinking = f"{row['thinking_tokens']:>9.1f}" if "thinking_tokens" in row else ""
         lines.append(
             f"{family:<10} {row['tasks']:>5} {row['pass@1']:>7.3f} {row[f'pass@{n}']:>7.3f}"
+            f" {thinking}".rstrip()
         )
     for family, acc in result["judge_pair_accuracy"].items():
         lines.append(f"judge pair accuracy ({family}): {acc:.3f}")
