@@ -548,8 +548,11 @@ ROUNDS = 3
 
 
 def tools_family() -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (ROOT / "demo" / "tasks.jsonl").open()]
-    return [row for row in rows if row.get("family") == "tools"]
+    """The tools family's first turns: the rows whose answer is a call (``expected_call``);
+    the others answer a tool's result."""
+    lines = (ROOT / "demo" / "tasks.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return [row for row in rows if row.get("family") == "tools" and "expected_call" in row]
 
 
 def is_expected(calls: list[tuple[str, Any]], expected: dict[str, Any]) -> bool:
