@@ -4,7 +4,9 @@ Samples n=8 completions at temperature 1 for every task in ``demo/tasks.jsonl``,
 with simple local checkers, and reports per family pass@1 (the mean over all samples: the
 single-sample accuracy) and pass@8 (the share of tasks with at least one passing sample), plus
 the judge's pair accuracy: for pairs of a right and a wrong answer to the same question, how
-often P(" yes" | right) > P(" yes" | wrong).
+often P(" yes" | right) > P(" yes" | wrong). For samples that think, the checkers read the
+answer after ``</think>`` (a trace cut before it fails), and the table adds the tokens spent
+thinking per sample.
 
 The checkers mirror the verifier specs in the task file but are deliberately small: candidate
 code runs in a plain subprocess with a timeout, which is fine for the demo model's own outputs

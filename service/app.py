@@ -31,7 +31,7 @@ from bestofk.service.middleware import (
 from bestofk.service.pipeline import Pipeline
 from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
 from bestofk.service.records.recorder import Recorder
-from bestofk.service.routes import native, openai, reward
+from bestofk.service.routes import anthropic, native, openai, reward
 from bestofk.service.runtime import Runtime
 from bestofk.service.settings import Settings
 from bestofk.verifiers.base import VerifierResources
@@ -89,16 +89,17 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         param = None
     elif param:
         message = f"{param}: {message}"
-    return _error_response(InvalidRequestError(message, param=param))
+    return _error_response(request, InvalidRequestError(message, param=param))
 
 
-def _error_response(exc: BestOfKError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+def _error_response(request: Request, exc: BestOfKError) -> JSONResponse:
+    body = exc.body_for(request.url.path)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
 
 
 def _bestofk_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BestOfKError)
-    return _error_response(exc)
+    return _error_response(request, exc)
 
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -108,13 +109,13 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     error = NotFoundError if exc.status_code == 404 else InvalidRequestError
     # The phrase as a code, in OpenAI's string form: 405 -> "method_not_allowed".
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    body = error(str(exc.detail), code=code).body()
+    body = error(str(exc.detail), code=code).body_for(request.url.path)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """A bug still answers in the envelope (Starlette logs the traceback after this)."""
-    return _error_response(BestOfKError(f"internal error: {type(exc).__name__}"))
+    return _error_response(request, BestOfKError(f"internal error: {type(exc).__name__}"))
 
 
 def create_app(
@@ -168,6 +169,8 @@ def create_app(
             # parser that cannot read this model fails the start, not every request.
             for name in settings.reasoning_parsers:
                 await asyncio.to_thread(reasoning.check, name)
+        # An unknown tool parser fails the start too; importing vLLM's takes seconds.
+        await asyncio.to_thread(runtime.jobs.tools.load)
         # Claims the slots' uids, so it belongs to the running server, not to the app object.
         resources.sandbox = SandboxPool(
             settings.sandbox_slots,
@@ -223,6 +226,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(native.router)
     app.include_router(openai.router)
+    app.include_router(anthropic.router)
     app.include_router(reward.router)
     if settings.ui:
         from bestofk.service.ui.routes import router as ui_router

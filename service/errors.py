@@ -15,10 +15,12 @@ a default ``code``.
     └── DeadlineExceededError       504 timeout_error           timeout         (nothing verified)
 
 Native and OpenAI routes render them the same way: ``{"error": {message, type, param, code}}``
-with the status above, plus ``Retry-After`` for the overload family and ``WWW-Authenticate``
-for 401. ``code`` is always a string, as in OpenAI's API (``invalid_api_key``,
-``model_not_found``…), never the status number: clients switch on it, the status is the
-HTTP status line.
+with the status above; the Anthropic route (``/v1/messages``) as Anthropic's API does,
+``{"type": "error", "error": {type, message}}`` with the same status and the type
+``anthropic_type`` names (``api_error`` for the 500 and 502, ``request_too_large`` for 413);
+plus ``Retry-After`` for the overload family and ``WWW-Authenticate`` for 401. ``code`` is
+always a string, as in OpenAI's API (``invalid_api_key``, ``model_not_found``…), never the
+status number: clients switch on it, the status is the HTTP status line.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class BestOfKError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     default_code: ClassVar[str] = "internal_error"
+    anthropic_type: ClassVar[str] = "api_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -55,6 +58,22 @@ class BestOfKError(Exception):
             }
         }
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error envelope of Anthropic's API, so its SDK raises the right exception."""
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+    def body_for(self, path: str) -> dict[str, Any]:
+        """The envelope of the API ``path`` belongs to."""
+        return self.anthropic_body() if is_anthropic_path(path) else self.body()
+
+
+ANTHROPIC_PATH = "/v1/messages"
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Whether ``path`` is served in Anthropic's shapes (its errors included)."""
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
 
 class InvalidRequestError(BestOfKError):
     """The request is malformed or asks for something out of bounds."""
@@ -62,6 +81,7 @@ class InvalidRequestError(BestOfKError):
     status_code = 400
     error_type = "invalid_request_error"
     default_code = "invalid_value"
+    anthropic_type = "invalid_request_error"
 
 
 class PayloadTooLargeError(InvalidRequestError):
@@ -69,6 +89,7 @@ class PayloadTooLargeError(InvalidRequestError):
 
     status_code = 413
     default_code = "payload_too_large"
+    anthropic_type = "request_too_large"
 
 
 class AuthenticationError(BestOfKError):
@@ -77,6 +98,7 @@ class AuthenticationError(BestOfKError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+    anthropic_type = "authentication_error"
 
     def headers(self) -> dict[str, str]:
         """The scheme to authenticate with (RFC 9110: a 401 must name one)."""
@@ -89,6 +111,7 @@ class NotFoundError(BestOfKError):
     status_code = 404
     error_type = "not_found_error"
     default_code = "not_found"
+    anthropic_type = "not_found_error"
 
 
 class OverloadedError(BestOfKError):
@@ -97,6 +120,7 @@ class OverloadedError(BestOfKError):
     status_code = 503
     error_type = "overloaded_error"
     default_code = "overloaded"
+    anthropic_type = "overloaded_error"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -119,6 +143,7 @@ class RateLimitedError(OverloadedError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_error"
 
 
 class EngineNotReadyError(OverloadedError):
@@ -149,3 +174,4 @@ class DeadlineExceededError(BestOfKError):
     status_code = 504
     error_type = "timeout_error"
     default_code = "timeout"
+    anthropic_type = "timeout_error"

@@ -18,6 +18,7 @@ from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTo
 from bestofk.service.pipeline import RerankJob
 from bestofk.service.selection import SelectionConfig
 from bestofk.service.settings import Profile, Settings
+from bestofk.service.tools import ToolChoice, ToolParsing
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import InvalidVerifierSpecError, parse_spec
 
@@ -38,6 +39,8 @@ class JobRequest:
     profile: str | None = None
     selection: Mapping[str, Any] | None = None
     early_exit_min_score: float | None = None
+    tool_choice: ToolChoice | None = None
+    """With ``prompt.tools``: OpenAI's ``tool_choice``; None is ``auto``, as OpenAI's default."""
     given: Sequence[str] | None = None
     timeout_s: float | None = None
     chat_template_kwargs: Mapping[str, Any] | None = None
@@ -57,6 +60,7 @@ class JobFactory:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self._engine = engine
+        self.tools = ToolParsing.from_settings(settings, engine)
         self.profile_specs = {
             name: _parse_profile(name, profile) for name, profile in settings.profiles.items()
         }
@@ -108,6 +112,18 @@ class JobFactory:
             min_score = profile.early_exit_min_score
         selection = self._selection(req.selection, profile)
         sampling = replace(self._sampling(req.sampling or {}), logprobs=selection.by_logprob)
+        parse = None
+        if prompt.tools:
+            choice = req.tool_choice if req.tool_choice is not None else "auto"
+            self.tools.check(prompt.tools, choice)
+            if choice != "none":
+                # Every candidate's calls are checked, unasked; a malformed call ranks below
+                # every well-formed candidate.
+                tools = [dict(t) for t in prompt.tools]
+                check = {"type": "tool_calls", "tools": tools, "tool_choice": choice}
+                specs.append(parse_spec({**check, "required": True}, ("tools",)))
+                parse = self.tools.parser_for(prompt.tools, choice)
+                sampling = replace(sampling, skip_special_tokens=False)
         return RerankJob(
             request_id=request_id,
             prompt=prompt,
@@ -120,6 +136,7 @@ class JobFactory:
             selection=selection,
             early_exit_min_score=min_score,
             given=req.given,
+            parse_calls=parse,
             timeout_s=timeout,
             profile=profile_name,
             reasoning_parser=(profile.reasoning_parser if profile else None)

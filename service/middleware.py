@@ -23,9 +23,10 @@ from bestofk.service.errors import AuthenticationError, BestOfKError, PayloadToo
 _UNMATCHED = "other"
 
 
-async def send_error(send: Send, error: BestOfKError) -> None:
-    """Answer with ``error`` in the API's envelope, from below the framework."""
-    body = json.dumps(error.body()).encode()
+async def send_error(send: Send, error: BestOfKError, scope: Scope) -> None:
+    """Answer with ``error`` in the envelope of the API the request's path belongs to, from
+    below the framework."""
+    body = json.dumps(error.body_for(scope.get("path", ""))).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -91,7 +92,7 @@ class BodyLimitMiddleware:
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
                 await self._discard(receive, 0)
-                await self._refuse(send)
+                await self._refuse(send, scope)
                 return
             await self.app(scope, receive, send)
             return
@@ -106,7 +107,7 @@ class BodyLimitMiddleware:
             if received > self.max_bytes:
                 if message.get("more_body", False):
                     await self._discard(receive, received)
-                await self._refuse(send)
+                await self._refuse(send, scope)
                 return
             if not message.get("more_body", False):
                 break
@@ -132,8 +133,9 @@ class BodyLimitMiddleware:
                     if not message.get("more_body", False):
                         return
 
-    async def _refuse(self, send: Send) -> None:
-        await send_error(send, PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes"))
+    async def _refuse(self, send: Send, scope: Scope) -> None:
+        error = PayloadTooLargeError(f"request body exceeds {self.max_bytes} bytes")
+        await send_error(send, error, scope)
 
 
 UI_PREFIX = "/ui"
@@ -153,7 +155,8 @@ def is_ui_path(path: str) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token auth on every route but the ones probes and scrapers need.
+    """API-key auth on every route but the ones probes and scrapers need: a Bearer token (what
+    OpenAI clients send) or an ``x-api-key`` header (what Anthropic's send).
 
     The trace pages (``ui``: they are served) also take the cookie their login form sets
     (:func:`ui_token`), and send a browser without either to that form rather than a 401.
@@ -177,13 +180,16 @@ class ApiKeyMiddleware:
             else:
                 await _see_login(scope, send)
             return
-        await send_error(send, AuthenticationError("invalid or missing API key (Bearer token)"))
+        error = AuthenticationError("invalid or missing API key (Bearer token or x-api-key)")
+        await send_error(send, error, scope)
 
     def _allowed(self, scope: Scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
+        headers = dict(scope["headers"])
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
+            token = headers.get(b"x-api-key", b"")
+            if not token:
+                return False
         return _any_equal(token.strip(), self.keys)
 
     def _ui_cookie(self, scope: Scope) -> bool:

@@ -20,6 +20,7 @@ from bestofk.verifiers import registry
 from bestofk.verifiers.answers import EXTRACT_TIMED_OUT, answer_keys
 from bestofk.verifiers.base import (
     Candidate,
+    ParsedCalls,
     RequestContext,
     SetVerifier,
     TargetNotAllowedError,
@@ -30,6 +31,7 @@ from bestofk.verifiers.base import (
     VerifierSpec,
     run_bounded,
 )
+from bestofk.verifiers.tool_calls import call_key
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class RerankJob:
     early_exit_min_score: float | None = None
     given: Sequence[str] | None = None
     """Candidates to rank instead of generating (``/verify``)."""
+    parse_calls: Callable[[str], ParsedCalls] | None = None
+    """Reads a candidate's tool calls from its text, when the request offered tools."""
     timeout_s: float = 300.0
     profile: str | None = None
     """The server-side profile the request named, if any (recorded with the verdicts)."""
@@ -148,18 +152,28 @@ class RerankResult:
 
 
 def _candidate(sample: Sample, job: RerankJob, reasoning: ReasoningParsers | None) -> Candidate:
-    """The candidate to verify; with a reasoning parser, split into reasoning and answer (by
-    the remote backend when it sent them apart, else here with the same parser)."""
+    """The candidate to verify: with a reasoning parser, split into reasoning and answer; with
+    tools, the answer's tool calls read by the tool parser."""
     candidate = Candidate(
         index=sample.index,
         text=sample.text,
         finish_reason=sample.finish_reason,
         tokens=sample.tokens,
         mean_logprob=sample.mean_logprob,
+        stop_reason=sample.stop_reason,
     )
-    name = job.reasoning_parser
-    if name is None or reasoning is None:
-        return candidate
+    if job.reasoning_parser is not None and reasoning is not None:
+        candidate = _split(candidate, sample, job, job.reasoning_parser, reasoning)
+    if job.parse_calls is not None and candidate.answered:
+        candidate = replace(candidate, calls=job.parse_calls(candidate.text))
+    return candidate
+
+
+def _split(
+    candidate: Candidate, sample: Sample, job: RerankJob, name: str, reasoning: ReasoningParsers
+) -> Candidate:
+    """``candidate`` split into reasoning and answer: by the remote backend when it sent them
+    apart, else here with the same parser."""
     start, end = reasoning.markers(name)
     if sample.reasoning or (
         # A backend that splits sent this one with nothing thought: unless its markers are in
@@ -344,7 +358,12 @@ class Pipeline:
         """The ``vote`` policy's answer clusters, found off the loop. A runaway extract pattern
         is the client's to fix: 400; without one, answers math-verify could not group in time
         are each their own cluster."""
-        indices = [i for i in sorted(run.scored) if run.scored[i].candidate.answered]
+        candidates = [run.scored[i].candidate for i in sorted(run.scored)]
+        # A call's answer is the call: its name and canonical arguments.
+        calls = {c.index: call_key(c.calls.calls) for c in candidates if c.calls and c.calls.calls}
+        indices = [c.index for c in candidates if c.answered and c.index not in calls]
+        if not indices:
+            return calls
         texts = [run.scored[i].candidate.text for i in indices]
         extract = run.job.selection.extract
         try:
@@ -352,12 +371,12 @@ class Pipeline:
         except (TimeoutError, MemoryError) as exc:
             if extract is None:
                 log.warning("request %s: no vote clusters: %s", run.job.request_id, exc)
-                return {}
+                return calls
             why = EXTRACT_TIMED_OUT if isinstance(exc, TimeoutError) else str(exc)
             raise InvalidRequestError(
                 f"selection.extract: {why}; simplify the pattern", param="selection.extract"
             ) from None
-        return dict(zip(indices, keys, strict=True))
+        return {**dict(zip(indices, keys, strict=True)), **calls}
 
     async def _generate_and_verify(self, run: JobRun, stream: SampleStream) -> None:
         min_score = run.job.early_exit_min_score

@@ -30,9 +30,8 @@ def tokenizer_loader(name: str | None) -> Callable[[], Any]:
     def load() -> Any:
         if name is None:
             raise ValueError(
-                "a reasoning parser over backends needs the model's tokenizer, to split the "
-                "reasoning a backend sends inline: pass --tokenizer PATH_OR_NAME (or set "
-                "BESTOFK_BACKEND_MODEL to one)"
+                "reasoning and tool-call parsers over backends need the model's tokenizer: "
+                "pass --tokenizer PATH_OR_NAME (or set BESTOFK_BACKEND_MODEL to one)"
             )
         from vllm.tokenizers import get_tokenizer
 

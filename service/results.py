@@ -10,12 +10,13 @@ response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bestofk.service.pipeline import RerankResult, Timing
     from bestofk.service.selection import Scored
-    from bestofk.verifiers.base import Verdict
+    from bestofk.verifiers.base import ToolCall, Verdict
 
 
 def _plain(value: Verdict | Timing) -> dict[str, Any]:
@@ -40,11 +41,20 @@ def candidate(scored: Scored, answer: str | None = None) -> dict[str, Any]:
         "finish_reason": c.finish_reason,
         "tokens": c.tokens,
         "mean_logprob": c.mean_logprob,
+        "tool_calls": openai_tool_calls(c.calls.calls) if c.calls is not None else None,
         "verdicts": [_plain(v) for v in scored.verdicts],
         "ready_ms": scored.ready_ms,
         "verified_ms": scored.verified_ms,
         "answer": answer,
     }
+
+
+def openai_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """Tool calls in OpenAI's shape (``message.tool_calls``)."""
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
 
 
 def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:

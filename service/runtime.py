@@ -147,11 +147,13 @@ class Runtime:
         return task.result()
 
     async def execute_batch(
-        self, jobs: Sequence[RerankJob], request: Request | None = None
+        self, jobs: Sequence[RerankJob], request: Request | None = None, openai: bool = False
     ) -> list[RerankResult]:
         """Run ``jobs`` concurrently as one admitted request (a batch endpoint such as
-        ``/get_reward`` holds one slot, not one per job); cancel all if the client leaves."""
-        async with self.admitted(needs_engine=any(job.given is None for job in jobs)):
+        ``/get_reward`` or a list of prompts holds one slot, not one per job); cancel all if
+        the client leaves."""
+        needs_engine = any(job.given is None for job in jobs)
+        async with self.admitted(needs_engine=needs_engine, openai=openai):
             run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
             results = await self._guarded(run, request)
         for job, result in zip(jobs, results, strict=True):

@@ -37,6 +37,8 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
     "think": {"reasoning_parser": "deepseek_r1"},
 }
 """The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
+DEMO_TOOL_CALL_PARSER = "hermes"
+"""The tool parser the embedded default reads calls with (its calls are Hermes-style)."""
 
 
 def _check_parser(name: str | None) -> str | None:
@@ -58,6 +60,8 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_candidate_chars: int = Field(default=64_000, ge=1)
     max_messages: int = Field(default=256, ge=1)
+    max_prompts: int = Field(default=32, ge=1, le=1024)
+    """Most prompts one ``/v1/completions`` request may batch (each is a best-of-K job)."""
     max_verifiers: int = Field(default=16, ge=1)
     max_tokens: int = Field(default=4096, ge=1)
     max_bytes_per_token: int = Field(default=BYTES_PER_TOKEN, ge=1)
@@ -140,6 +144,15 @@ class Settings(BaseSettings):
     backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """OpenAI-compatible backend URLs; any given switches to the ``openai`` engine."""
     backend_model: str | None = None
+    tokenizer: str | None = None
+    """The tokenizer the reasoning and tool-call parsers read (a path or name, as vLLM's
+    ``--tokenizer``); None: the model's (in-process), ``backend_model`` (with backends)."""
+    tool_call_parser: str | None = None
+    """vLLM's tool parser (``--tool-call-parser``, e.g. ``hermes``) that reads candidates'
+    tool calls; requests with ``tools`` need it unless ``tool_choice`` is ``none``."""
+    enable_auto_tool_choice: bool = False
+    """Let the model decide whether to call a tool (``tool_choice: "auto"``, the default with
+    ``tools``), as vLLM's ``--enable-auto-tool-choice``."""
     backend_api_key: str | None = None
     backend_supports_n: bool | None = None
     backend_health_interval_s: float = Field(default=5.0, gt=0)
@@ -218,9 +231,6 @@ class Settings(BaseSettings):
     """vLLM's reasoning parser (``--reasoning-parser``, vLLM's names: ``deepseek_r1``,
     ``qwen3``…): each candidate is split into its reasoning and its answer, verifiers judge
     the answer, and chat responses carry ``message.reasoning``."""
-    tokenizer: str | None = None
-    """The tokenizer the reasoning parser reads (a path or name, as vLLM's ``--tokenizer``);
-    None: the model's (in-process), ``backend_model`` (with backends)."""
 
     @field_validator("reasoning_parser")
     @classmethod
@@ -250,6 +260,13 @@ class Settings(BaseSettings):
         # a configured set is the whole set, as for any other dict setting.
         if "profiles" not in self.model_fields_set and self.serves_demo:
             self.profiles = {n: Profile.model_validate(p) for n, p in DEMO_PROFILES.items()}
+        # The bundled model writes Hermes-style calls: it serves tools as `vllm serve
+        # --tool-call-parser hermes --enable-auto-tool-choice` would, unless told otherwise.
+        if self.serves_demo:
+            if "tool_call_parser" not in self.model_fields_set:
+                self.tool_call_parser = DEMO_TOOL_CALL_PARSER
+            if "enable_auto_tool_choice" not in self.model_fields_set:
+                self.enable_auto_tool_choice = True
         return self
 
     @property

@@ -136,8 +136,15 @@ BAD_SAMPLING = [
     ("top_k below -1", {"top_k": -5}, "top_k"),
     ("min_p over 1", {"min_p": 2}, "min_p"),
     ("repetition_penalty 0", {"repetition_penalty": 0}, "repetition_penalty"),
-    ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ("tool_choice", {"tool_choice": "auto"}, "tool_choice"),
+    (
+        "tool_choice naming no tool",
+        {
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        "tool_choice",
+    ),
+    ("tool_choice without tools", {"tool_choice": "auto"}, "tool_choice"),
 ]
 
 

@@ -160,7 +160,7 @@ def test_serve_over_backends_needs_a_tokenizer() -> None:
     )
     assert run.returncode == 1
     (line,) = run.stderr.strip().splitlines()
-    assert "needs the model's tokenizer" in line and "--tokenizer" in line
+    assert "need the model's tokenizer" in line and "--tokenizer" in line
 
 
 # --- the pipeline, with a scripted engine ---------------------------------------------------

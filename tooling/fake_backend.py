@@ -25,9 +25,12 @@ test module:
                    content (and as text on /v1/completions, in every ``think`` mode)
     think_cut      thinking only (``delta.reasoning``), then finish_reason "length": cut by
                    ``max_tokens``
+    script         candidate i is ``texts[i % len(texts)]`` (``POST /control {"mode": "script",
+                   "texts": [...]}``), each in one delta: recorded model outputs, tool calls
 
-``GET /control`` reports what it has seen: every completion request's ``n``, ``stream`` and
-client port (one per TCP connection), and how many streams the client closed before they ended
+``GET /control`` reports what it has seen: every completion request's ``n``, ``stream``, client
+port (one per TCP connection), ``messages`` and tool fields (``tools``, ``tool_choice``,
+``skip_special_tokens``) when sent, and how many streams the client closed before they ended
 (generation aborted).
 
     python -m bestofk.tooling.fake_backend --port 8001 --mode ok
@@ -55,7 +58,7 @@ TRICKLE_S = 0.2
 MODES = (
     "ok", "down", "die", "slow", "slow_tail", "garbage", "garbage_shape", "empty",
     "error_status", "refuse_n", "wedge", "flood", "think", "think_legacy", "think_inline",
-    "think_cut",
+    "think_cut", "script",
 )  # fmt: skip
 THOUGHT = ("6*7", " is 42")
 """What every candidate thinks in the ``think`` modes, before its answer."""
@@ -70,6 +73,8 @@ class State:
         self.mode = mode
         self.requests: list[dict[str, Any]] = []
         self.aborted = 0
+        self.texts: list[str] = ["42"]
+        """What ``script`` mode answers."""
 
     def report(self) -> dict[str, Any]:
         """The mode, the completion requests seen, and the streams the client cut short."""
@@ -146,10 +151,12 @@ def build_app(state: State) -> Starlette:
 
     async def control(request: Request) -> Response:
         if request.method == "POST":
-            mode = (await request.json())["mode"]
+            command = await request.json()
+            mode = command["mode"]
             if mode not in MODES:
                 return _error(400, f"unknown mode {mode!r}")
             state.mode = mode
+            state.texts = list(command.get("texts") or state.texts)
         return JSONResponse(state.report())
 
     async def completions(request: Request) -> Response:
@@ -159,7 +166,9 @@ def build_app(state: State) -> Starlette:
         stream = bool(body.get("stream"))
         # The client port tells its TCP connections apart (reused or new).
         client_port = request.client.port if request.client else None
-        state.requests.append({"n": n, "stream": stream, "client_port": client_port})
+        seen = {"n": n, "stream": stream, "client_port": client_port}
+        fields = ("messages", "tools", "tool_choice", "skip_special_tokens")
+        state.requests.append(seen | {k: body[k] for k in fields if k in body})
         mode = state.mode
         if mode == "down":
             return _error(503, "the fake backend is down")
@@ -169,7 +178,8 @@ def build_app(state: State) -> Starlette:
             return _error(400, "'n' > 1 is not supported by this backend")
         if not stream:
             return _whole(body, chat, mode)
-        return StreamingResponse(_stream(state, mode, chat, n), media_type="text/event-stream")
+        events = _stream(state, mode, chat, n)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     return Starlette(
         routes=[
@@ -214,6 +224,10 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
                 generated += 1
                 yield _sse(_chunk(chat, [_choice(chat, 0, FLOOD_DELTA, None)], generated))
                 await asyncio.sleep(0)
+        elif mode == "script":
+            texts = state.texts
+            for i in range(n):
+                yield _sse(_chunk(chat, [_choice(chat, i, texts[i % len(texts)], "stop")], i + 1))
         elif mode in ("slow", "slow_tail"):
             answered = 1 if mode == "slow_tail" else 0
             if answered:

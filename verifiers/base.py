@@ -50,6 +50,11 @@ class Candidate:
     reasoning_tokens: int = 0
     """Generated tokens spent before the answer (the thinking and its markers)."""
 
+    stop_reason: str | None = None
+    """The stop string that ended it, if one did."""
+    calls: ParsedCalls | None = None
+    """Its tool calls, when the request offered tools and a tool parser read the text."""
+
     @property
     def truncated(self) -> bool:
         """The thinking was cut by ``max_tokens`` before it ended: no answer."""
@@ -72,6 +77,27 @@ class Candidate:
             return self
         text = self.output if part == "full" else self.reasoning or ""
         return replace(self, text=text)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call, as a tool parser read it from a candidate's text."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments as JSON text (OpenAI's ``function.arguments``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCalls:
+    """What a tool parser made of a candidate's text."""
+
+    content: str | None
+    """The text outside the calls (None when there is none)."""
+    calls: tuple[ToolCall, ...] = ()
+    unparsed: bool = False
+    """The text opens a tool call the parser could not read (bad JSON, missing fields)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ _BUILTINS = {
     "reward_model": "bestofk.verifiers.reward_model:RewardModelVerifier",
     "vote": "bestofk.verifiers.vote:VoteVerifier",
     "math": "bestofk.verifiers.math_verifier:MathVerifier",
+    "tool_calls": "bestofk.verifiers.tool_calls:ToolCallsVerifier",
 }
 
 

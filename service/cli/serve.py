@@ -86,6 +86,18 @@ def serve(
             show_default=False,
         ),
     ] = False,
+    tool_call_parser: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="vLLM's tool parser for tool calls (e.g. hermes)."),
+    ] = None,
+    enable_auto_tool_choice: Annotated[
+        bool | None,
+        typer.Option(
+            "--enable-auto-tool-choice",
+            show_default=False,
+            help='Let the model decide whether to call a tool (tool_choice "auto").',
+        ),
+    ] = None,
     reasoning_parser: Annotated[
         str | None,
         typer.Option(
@@ -98,8 +110,8 @@ def serve(
         str | None,
         typer.Option(
             metavar="PATH",
-            help="The tokenizer the reasoning parser reads (default: the model's; with "
-            "--backend, BESTOFK_BACKEND_MODEL's).",
+            help="The tokenizer the reasoning and tool-call parsers read (default: the "
+            "model's; with --backend, BESTOFK_BACKEND_MODEL's).",
         ),
     ] = None,
     version: Annotated[
@@ -133,6 +145,8 @@ def serve(
         api_keys=api_key,
         log_level=log_level,
         reasoning_parser=reasoning_parser,
+        tool_call_parser=tool_call_parser,
+        enable_auto_tool_choice=enable_auto_tool_choice,
         tokenizer=tokenizer,
         vllm=vllm or None,
         ui=False if no_ui else None,

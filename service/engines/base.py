@@ -35,6 +35,9 @@ class Prompt:
     chat_template_kwargs: Mapping[str, Any] | None = None
     """Extra variables for the chat template (``enable_thinking``: Qwen3's switch), as vLLM's
     ``chat_template_kwargs``; a chat only."""
+    tools: Sequence[Mapping[str, Any]] | None = None
+    """Tools (OpenAI's format) the chat template renders with ``messages``, as vLLM passes
+    them."""
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.messages is None):
@@ -87,6 +90,9 @@ class SamplingConfig:
     ``top_logprobs`` None, spares the engine computing and sending them."""
     json_schema: Mapping[str, Any] | None = None
     """Constrain decoding to this schema where the engine supports structured outputs."""
+    skip_special_tokens: bool = True
+    """False keeps special tokens in the text, as vLLM does for tool parsers whose call
+    markers (``<tool_call>``) are special tokens."""
 
     @property
     def greedy(self) -> bool:
@@ -122,6 +128,8 @@ class Sample:
     reasoning: str | None = None
     """The thinking, when a remote backend's reasoning parser sent it apart (``text`` is then
     the answer); None when the text is the whole completion."""
+    stop_reason: str | None = None
+    """The stop string that ended it (vLLM's ``stop_reason``), if one did."""
 
     @property
     def mean_logprob(self) -> float | None:
@@ -180,8 +188,9 @@ class PartialSample:
     reasoning: list[str] | None = None
     """The reasoning deltas a remote backend sent apart from the content (None: it sent none)."""
 
-    def finish(self, index: int, finish_reason: str) -> Sample:
-        """The finished candidate."""
+    def finish(self, index: int, finish_reason: str, stop_reason: Any = None) -> Sample:
+        """The finished candidate; ``stop_reason`` as vLLM reports it (a stop string, a stop
+        token id, or None), of which a string is kept."""
         return Sample(
             index=index,
             text="".join(self.text),
@@ -190,6 +199,7 @@ class PartialSample:
             cumulative_logprob=self.logprob if self.has_logprobs else None,
             logprobs=self.logprobs,
             reasoning=None if self.reasoning is None else "".join(self.reasoning),
+            stop_reason=stop_reason if isinstance(stop_reason, str) else None,
         )
 
 

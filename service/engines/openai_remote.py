@@ -288,7 +288,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             if raw.get("finish_reason") is not None:
                 if chat and acc.reasoning is None and backend.splits_reasoning:
                     acc.reasoning = []  # split by the backend, with nothing thought
-                finished.append(acc.finish(index, raw["finish_reason"]))
+                finished.append(acc.finish(index, raw["finish_reason"], raw.get("stop_reason")))
         return finished
 
 
@@ -336,6 +336,13 @@ def _request_body(
     if prompt.chat_template_kwargs and prompt.messages is not None:
         # vLLM's field (SGLang's too); a server without it ignores or refuses it, as asked.
         params["chat_template_kwargs"] = dict(prompt.chat_template_kwargs)
+    if prompt.tools:
+        # The backend renders the tools into its template and returns the raw text, which is
+        # parsed here, as every candidate's calls are (``none``: it parses nothing).
+        params["tools"] = [dict(t) for t in prompt.tools]
+        params["tool_choice"] = "none"
+    if vllm and not sampling.skip_special_tokens:
+        params["skip_special_tokens"] = False
     if sampling.json_schema is not None:
         params["response_format"] = {
             "type": "json_schema",

@@ -118,7 +118,7 @@ class VllmStream(EngineStream["VllmEngine"]):
                         if per_token:
                             acc.logprobs.append(_token_logprob(token_id, chosen, position))
                     if child.finish_reason is not None:
-                        yield acc.finish(child.index, child.finish_reason)
+                        yield acc.finish(child.index, child.finish_reason, child.stop_reason)
         except Exception as exc:
             raise engine.translate(exc) from exc
         finally:
@@ -289,8 +289,13 @@ class VllmEngine:
             if prompt.messages is not None:
                 from vllm.renderers.params import ChatParams
 
-                params = ChatParams(chat_template_kwargs=dict(prompt.chat_template_kwargs or {}))
-                _, rendered = await renderer.render_chat_async([list(prompt.messages)], params)
+                # As vLLM's server passes tools: to the template, among its arguments.
+                kwargs = dict(prompt.chat_template_kwargs or {})
+                if prompt.tools:
+                    kwargs["tools"] = [dict(t) for t in prompt.tools]
+                _, rendered = await renderer.render_chat_async(
+                    [list(prompt.messages)], ChatParams(chat_template_kwargs=kwargs)
+                )
             else:
                 rendered = await renderer.render_cmpl_async([{"prompt": prompt.text}])
         except Exception as exc:
@@ -326,6 +331,7 @@ class VllmEngine:
             # 0 still returns the sampled token's own logprob, which ranks ties.
             logprobs=(sampling.top_logprobs or 0) if sampling.wants_logprobs else None,
             structured_outputs=structured,
+            skip_special_tokens=sampling.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
             stream_interval=STREAM_INTERVAL,
         )

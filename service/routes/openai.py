@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,11 +20,12 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
+from bestofk.service.results import openai_tool_calls
 from bestofk.service.routes.common import render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
-from bestofk.verifiers.base import VerifierSpec
+from bestofk.verifiers.base import ToolCall, VerifierSpec
 from bestofk.verifiers.registry import parse_spec
 
 router = APIRouter(prefix="/v1")
@@ -51,12 +52,13 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
 def _job(
     rt: Runtime,
     body: BestOfKFields,
-    prefix: str,
+    request_id: str,
     prompt: Prompt,
     top_logprobs: int | None,
     json_schema: dict[str, Any] | None,
     arrived: float,
     chat_template_kwargs: dict[str, Any] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
 ) -> RerankJob:
     specs: list[VerifierSpec] = list(body.verifiers or ())
     if json_schema is not None:
@@ -69,7 +71,7 @@ def _job(
         "json_schema": json_schema,
     }
     return rt.jobs.build(
-        new_request_id(prefix),
+        request_id,
         JobRequest(
             prompt=prompt,
             model=body.model,
@@ -81,6 +83,7 @@ def _job(
             selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
             early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
             chat_template_kwargs=chat_template_kwargs,
+            tool_choice=tool_choice,
             arrived=arrived,
         ),
     )
@@ -107,26 +110,48 @@ async def chat_completions(
     job = _job(
         rt,
         body,
-        "chatcmpl",
-        Prompt(messages=[m.model_dump(exclude_none=True) for m in body.messages]),
+        new_request_id("chatcmpl"),
+        Prompt(
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            tools=body.tool_dicts,
+        ),
         top,
         _response_schema(body),
         arrived,
         body.chat_template_kwargs,
+        body.tool_choice_value,
     )
     renderer = _ChatRenderer(body)
-    return await _respond(rt, job, body, renderer, request)
+    return await _respond(rt, [job], body, renderer, request)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest, request: Request
 ) -> JSONResponse | StreamingResponse:
-    """Text completion: the best of K candidates, rendered as a standard Completion."""
+    """Text completion: the best of K candidates, rendered as a standard Completion.
+
+    A list of prompts is one best-of-K job per prompt, run concurrently under one admission;
+    as in vLLM, prompt ``p``'s ``i``-th choice has index ``p * n + i`` and usage is summed."""
     arrived = time.perf_counter()
     rt = runtime(request)
-    job = _job(rt, body, "cmpl", Prompt(text=body.prompt_text), body.logprobs, None, arrived)
-    return await _respond(rt, job, body, _CompletionRenderer(body), request)
+    prompts = body.prompts
+    limit = rt.settings.limits.max_prompts
+    if len(prompts) > limit:
+        raise InvalidRequestError(
+            f"{len(prompts)} prompts exceed the limit of {limit} per request; "
+            "split the batch over several requests",
+            param="prompt",
+        )
+    request_id = new_request_id("cmpl")
+    # One engine request per prompt, so each needs an id of its own (vLLM's "{id}-{i}").
+    ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}" for i in range(len(prompts))]
+    jobs = [
+        _job(rt, body, job_id, Prompt(text=text), body.logprobs, None, arrived)
+        for job_id, text in zip(ids, prompts, strict=True)
+    ]
+    renderer = _CompletionRenderer(body)
+    return await _respond(rt, jobs, body, renderer, request, request_id)
 
 
 class _Renderer:
@@ -178,10 +203,15 @@ class _ChatRenderer(_Renderer):
         message["reasoning"] = self._reasoning(candidate.reasoning)
         if candidate.output is not None:
             message["content"] = candidate.text or None
+        finish_reason = candidate.finish_reason or "stop"
+        if calls := self.calls(scored):
+            message["content"] = candidate.calls.content if candidate.calls else None
+            message["tool_calls"] = openai_tool_calls(calls)
+            finish_reason = "tool_calls"
         return {
             "index": position,
             "message": message,
-            "finish_reason": candidate.finish_reason or "stop",
+            "finish_reason": finish_reason,
             "logprobs": self._logprobs(visible_logprobs(scored)),
         }
 
@@ -206,6 +236,27 @@ class _ChatRenderer(_Renderer):
         else:
             answer = [("content", w, []) for w in _words(candidate.text)]
         return [*thought, *answer]
+
+    def calls(self, scored: Scored) -> list[ToolCall]:
+        """The chosen candidate's tool calls to return: only the first unless parallel calls
+        are allowed (``parallel_tool_calls``, as vLLM filters them)."""
+        parsed = scored.candidate.calls
+        calls = list(parsed.calls) if parsed is not None else []
+        assert isinstance(self.body, ChatCompletionRequest)
+        return calls[:1] if self.body.parallel_tool_calls is False else calls
+
+    def tool_call_deltas(self, position: int, scored: Scored) -> list[dict[str, Any]]:
+        """The calls as stream choices: each whole in one delta, as vLLM sends a call whose
+        arguments it has complete."""
+        return [
+            {
+                "index": position,
+                "delta": {"tool_calls": [{"index": i, **call}]},
+                "finish_reason": None,
+                "logprobs": None,
+            }
+            for i, call in enumerate(openai_tool_calls(self.calls(scored)))
+        ]
 
     def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any] | None:
         if not self.want_logprobs:
@@ -234,7 +285,9 @@ class _ChatRenderer(_Renderer):
         return {
             "index": position,
             "delta": {},
-            "finish_reason": scored.candidate.finish_reason or "stop",
+            "finish_reason": "tool_calls"
+            if self.calls(scored)
+            else scored.candidate.finish_reason or "stop",
             "logprobs": None,
         }
 
@@ -327,21 +380,24 @@ def visible_logprobs(scored: Scored) -> list[TokenLogprob]:
     return tokens
 
 
-def _usage(result: RerankResult) -> dict[str, Any]:
+def _usage(results: Sequence[RerankResult]) -> dict[str, Any]:
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
     usage: dict[str, Any] = {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
-    if result.reasoning_parser is not None:
+    if any(r.reasoning_parser is not None for r in results):
         # As vLLM's server reports it with a reasoning parser.
-        usage["completion_tokens_details"] = {"reasoning_tokens": result.reasoning_tokens}
+        reasoning = sum(r.reasoning_tokens for r in results)
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
 
 
-def _envelope(job: RerankJob, renderer: _Renderer, model: str, chunk: bool) -> dict[str, Any]:
+def _envelope(request_id: str, renderer: _Renderer, model: str, chunk: bool) -> dict[str, Any]:
     return {
-        "id": job.request_id,
+        "id": request_id,
         "object": renderer.chunk_object_name if chunk else renderer.object_name,
         "created": int(time.time()),
         "model": model,
@@ -349,11 +405,19 @@ def _envelope(job: RerankJob, renderer: _Renderer, model: str, chunk: bool) -> d
 
 
 async def _respond(
-    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer, request: Request
+    rt: Runtime,
+    jobs: list[RerankJob],
+    body: BestOfKFields,
+    renderer: _Renderer,
+    request: Request,
+    request_id: str | None = None,
 ) -> JSONResponse | StreamingResponse:
-    headers = {"X-Request-Id": job.request_id, **trace_link(rt, job.request_id)}
+    """One job per prompt (chat has one); ``request_id`` is the response's id where it is not
+    the one job's."""
+    request_id = request_id or jobs[0].request_id
+    headers = {"X-Request-Id": request_id, **trace_link(rt, request_id)}
     if body.stream:
-        events = _stream(rt, job, body, renderer)
+        events = _stream(rt, jobs, body, renderer, request_id)
         # Admission happens before the first event: a refusal is still a status, not an event.
         await anext(events)
         return StreamingResponse(
@@ -361,11 +425,17 @@ async def _respond(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    result = await rt.execute(job, request, openai=True)
-    out = _envelope(job, renderer, result.model, chunk=False)
-    out["choices"] = [renderer.choice(i, s) for i, s in enumerate(result.top(body.n))]
-    out["usage"] = _usage(result)
-    out["bestofk"] = render(result, body.return_candidates).model_dump()
+    results = await rt.execute_batch(jobs, request, openai=True)
+    out = _envelope(request_id, renderer, results[0].model, chunk=False)
+    out["choices"] = [
+        renderer.choice(p * body.n + i, s)
+        for p, result in enumerate(results)
+        for i, s in enumerate(result.top(body.n))
+    ]
+    out["usage"] = _usage(results)
+    natives = [render(r, body.return_candidates).model_dump() for r in results]
+    # One prompt: its native response; a batch: one per prompt, in prompt order.
+    out["bestofk"] = natives[0] if len(natives) == 1 else natives
     return JSONResponse(out, headers=headers)
 
 
@@ -375,48 +445,56 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 
 async def _stream(
-    rt: Runtime, job: RerankJob, body: BestOfKFields, renderer: _Renderer
+    rt: Runtime,
+    jobs: list[RerankJob],
+    body: BestOfKFields,
+    renderer: _Renderer,
+    request_id: str,
 ) -> AsyncIterator[bytes]:
-    """SSE: comments while verifying, then the chosen completion as chunks, usage, [DONE].
+    """SSE: comments while verifying, then each prompt's chosen completions as chunks (as its
+    job finishes, so a batch's prompts interleave by completion, as in vLLM), usage, [DONE].
 
-    The first event is yielded only once the job is admitted; until then errors raise."""
-    prepared = rt.pipeline.prepare(job)
-    async with rt.admitted(needs_engine=job.given is None, openai=True):
+    The first event is yielded only once the jobs are admitted; until then errors raise."""
+    prepared = [rt.pipeline.prepare(job) for job in jobs]
+    results: list[RerankResult] = []
+    needs_engine = any(job.given is None for job in jobs)
+    async with rt.admitted(needs_engine=needs_engine, openai=True):
         # Admitted: the caller may start the response. Nothing goes on the wire for this (the
         # server writes no empty chunk); a comment here would reach clients glued to the first
         # event by parsers that strip each read, vLLM's serving benchmark among them.
         yield b""
         # Starlette cancels this generator when the client goes, which cancels the work.
-        work = asyncio.ensure_future(rt.run(job, prepared=prepared))
+        works = {
+            asyncio.ensure_future(rt.run(job, prepared=run)): p
+            for p, (job, run) in enumerate(zip(jobs, prepared, strict=True))
+        }
+        pending = set(works)
         try:
-            while not work.done():
-                done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     # Comments keep proxies and clients from timing out; SSE parsers skip them.
                     yield b": verifying candidates\n\n"
-            result = work.result()
+                for work in sorted(done, key=works.__getitem__):
+                    result = work.result()
+                    results.append(result)
+                    for chunk in _chunks(request_id, works[work], result, body, renderer):
+                        yield _sse(chunk)
         except BestOfKError as exc:
             # The status line has gone out already; the error travels as an SSE event.
             yield _sse(exc.body())
             yield _sse("[DONE]")
             return
         finally:
-            if not work.done():
+            for work in pending:
                 work.cancel()
                 with contextlib.suppress(BaseException):
                     await work
-    base = _envelope(job, renderer, result.model, chunk=True)
-    top = result.top(body.n)
-    for position, scored in enumerate(top):
-        for i, (field, piece, tokens) in enumerate(renderer.pieces(scored)):
-            delta = renderer.delta(position, piece, i == 0, tokens, field)
-            yield _sse({**base, "choices": [delta]})
-        last = {**base, "choices": [renderer.finish(position, scored)]}
-        if position == len(top) - 1:
-            last["bestofk"] = render(result, body.return_candidates).model_dump()
-        yield _sse(last)
     if body.stream_options is not None and body.stream_options.include_usage:
-        yield _sse({**base, "choices": [], "usage": _usage(result)})
+        base = _envelope(request_id, renderer, results[0].model, chunk=True)
+        yield _sse({**base, "choices": [], "usage": _usage(results)})
     yield _sse("[DONE]")
 
 
@@ -434,6 +512,37 @@ def _answer_logprobs(tokens: list[TokenLogprob], answer: str) -> list[TokenLogpr
         if len(spelled) >= len(answer):
             return tokens[start:] if spelled == answer else []
     return []
+
+
+def _chunks(
+    request_id: str,
+    prompt_index: int,
+    result: RerankResult,
+    body: BestOfKFields,
+    renderer: _Renderer,
+) -> Iterator[dict[str, Any]]:
+    """One prompt's chosen completions as stream chunks; the last carries its ``bestofk``."""
+    base = _envelope(request_id, renderer, result.model, chunk=True)
+    top = result.top(body.n)
+    for position, scored in enumerate(top, start=prompt_index * body.n):
+        if isinstance(renderer, _ChatRenderer) and renderer.calls(scored):
+            # The thinking (if shown), the text around the calls (if any), then the calls.
+            thought = [p for p in renderer.pieces(scored) if p[0] == "reasoning"]
+            for i, (field, piece, tokens) in enumerate(thought):
+                yield {**base, "choices": [renderer.delta(position, piece, i == 0, tokens, field)]}
+            content = scored.candidate.calls.content if scored.candidate.calls else None
+            first = not thought
+            yield {**base, "choices": [renderer.delta(position, content or "", first, [])]}
+            for choice in renderer.tool_call_deltas(position, scored):
+                yield {**base, "choices": [choice]}
+        else:
+            for i, (field, piece, tokens) in enumerate(renderer.pieces(scored)):
+                delta = renderer.delta(position, piece, i == 0, tokens, field)
+                yield {**base, "choices": [delta]}
+        last = {**base, "choices": [renderer.finish(position, scored)]}
+        if position == prompt_index * body.n + len(top) - 1:
+            last["bestofk"] = render(result, body.return_candidates).model_dump()
+        yield last
 
 
 def _pieces(scored: Scored) -> list[tuple[str, list[TokenLogprob]]]:

@@ -126,6 +126,8 @@ class CandidateOut(BaseModel):
     finish_reason: str | None
     tokens: int
     mean_logprob: float | None
+    tool_calls: list[dict[str, Any]] | None = None
+    """The calls a tool parser read from ``text`` (OpenAI's shape), when tools were offered."""
     verdicts: list[VerdictOut]
 
 

@@ -20,6 +20,7 @@ from pydantic import (
 
 from bestofk.service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
 from bestofk.service.schemas.sampling import SamplingFields
+from bestofk.service.tools import MAX_TOOLS
 from bestofk.verifiers.json_schema import check_schema
 
 
@@ -60,6 +61,43 @@ class ResponseFormat(BaseModel):
         return self
 
 
+class FunctionDefinition(BaseModel):
+    """``tools[].function``: a name, and the JSON Schema of its arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Every call is validated against it: a bad schema is a 400 here.
+        return check_schema(value) if value is not None else None
+
+
+class Tool(BaseModel):
+    """One of ``tools``: a function the model may call."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    """``tool_choice.function``."""
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function to call."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class BestOfKFields(SamplingFields):
     """The fields both endpoints take: sampling, OpenAI's others, and bestofk's extras
     (``extra_body``)."""
@@ -96,9 +134,10 @@ class ChatCompletionRequest(BestOfKFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    """False: only the first call of the chosen candidate is returned, as vLLM does."""
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -125,41 +164,45 @@ class ChatCompletionRequest(BestOfKFields):
             raise ValueError("top_logprobs needs logprobs: true")
         return value
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        # Verifiers judge text; a tool call is no candidate they can check, and tools left
-        # out of the prompt would silently change what the model was asked.
-        if value:
-            raise ValueError("tools are not supported by bestofk; leave 'tools' out")
-        return value
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none"):
-            raise ValueError("tools are not supported by bestofk; leave 'tool_choice' out")
-        return value
-
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
         if self.modalities and self.modalities != ["text"]:
             raise ValueError("only the 'text' modality is supported")
         return self
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_needs_tools(
+        cls, value: str | NamedToolChoice | None, info: ValidationInfo
+    ) -> str | NamedToolChoice | None:
+        if value not in (None, "none") and not info.data.get("tools"):
+            raise ValueError("tool_choice needs tools")  # OpenAI refuses it too
+        return value
+
+    @property
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """``tools`` as vLLM hands them to the chat template (every field, unset ones null: a
+        template may read ``description`` of a tool that has none)."""
+        return [t.model_dump() for t in self.tools] if self.tools else None
+
+    @property
+    def tool_choice_value(self) -> str | dict[str, Any] | None:
+        """``tool_choice`` as plain data."""
+        choice = self.tool_choice
+        return choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+
 
 class CompletionRequest(BestOfKFields):
     """``POST /v1/completions``."""
 
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    """One prompt, or a batch: each is a best-of-K job of its own."""
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: give one prompt per request (a string or a list of one)")
         if self.echo:
             raise ValueError("echo is not supported by bestofk")
         if self.suffix:
@@ -167,6 +210,6 @@ class CompletionRequest(BestOfKFields):
         return self
 
     @property
-    def prompt_text(self) -> str:
-        """The single prompt."""
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str]:
+        """Every prompt, in order (one for a plain string)."""
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
