@@ -411,7 +411,7 @@ def test_records_and_export_carry_the_reasoning() -> None:
             for i, (r, a) in enumerate([("4! is 24", "24"), ("5! is 120", "120")])
         ],
     }  # fmt: skip
-    record = Record.from_dict(json.loads(json.dumps(raw)))
+    record = Record.from_json(json.dumps(raw).encode())
     assert record.candidates[1].reasoning == "5! is 120"
     (row,) = export([record], ExportOptions(format="dpo")).rows
     assert row["chosen"] == "<think>5! is 120</think>120"

@@ -165,7 +165,7 @@ def test_backends_without_a_tokenizer_fail_the_start(
     try:
         with pytest.raises(RuntimeError, match="server exited"):
             server.wait_ready(120)
-        assert "set --tokenizer" in log.read_text()
+        assert "pass --tokenizer" in log.read_text()
     finally:
         server.stop()
 
