@@ -23,7 +23,7 @@ from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, free_port,
 from bestofk.tooling.reward import BestOfKReward
 from bestofk.tooling.train import TrainError, TrainOptions, parse_trl_args
 from bestofk.tooling.train import train as train_model
-from tests.conftest import THINK_CONFIG, model_path
+from tests.conftest import CONFIG, model_path
 
 TASKS = ROOT / "demo" / "tasks.jsonl"
 # The judge family's tasks carry only a judge verifier: `bestofk train` leaves them out.
@@ -56,17 +56,19 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def traffic(vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
-    """One k=8 eval pass over the demo tasks through a recording bestofk (judge-only tasks
-    included: training must leave them out)."""
+    """One k=8 eval pass over the demo's answer families through a recording bestofk (judge-only
+    tasks included: training must leave them out)."""
     base = tmp_path_factory.mktemp("traffic")
-    env = engine_env(BESTOFK_CONFIG=str(THINK_CONFIG))
+    env = engine_env(BESTOFK_CONFIG=str(CONFIG))
     recording = start_bestofk(
         base / "bestofk.log", "--backend", vllm_backend.url, "--record-dir", str(base / "rec"),
         env=env,
     )  # fmt: skip
     try:
         recording.wait_ready(60)
-        before = _eval(recording.url, base / "before.json")
+        # The families the lift is measured on, and the judge's (which training leaves out).
+        families = [flag for family in (*FAMILIES, "judge") for flag in ("--family", family)]
+        before = _eval(recording.url, base / "before.json", *families)
     finally:
         recording.stop()
     yield Traffic(base / "rec", before)
