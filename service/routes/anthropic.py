@@ -28,8 +28,7 @@ from bestofk.service.pipeline import RerankJob, RerankResult
 from bestofk.service.routes.common import render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.selection import Scored
-from bestofk.verifiers.base import ToolCall, VerifierSpec
-from bestofk.verifiers.registry import parse_spec
+from bestofk.verifiers.base import ToolCall
 
 if TYPE_CHECKING:
     from bestofk.service.schemas.anthropic import MessagesRequest
@@ -75,11 +74,7 @@ def _chat(body: MessagesRequest) -> tuple[Prompt, str | dict[str, Any] | None]:
 
 def _job(rt: Runtime, body: MessagesRequest, arrived: float) -> RerankJob:
     prompt, tool_choice = _chat(body)
-    specs: list[VerifierSpec] = list(body.verifiers or ())
     schema = body.json_schema
-    if schema is not None:
-        # As response_format on the OpenAI route: constrained decoding and a verifier.
-        specs.append(parse_spec({"type": "json_schema", "schema": schema, "required": True}))
     sampling = {
         "temperature": body.temperature,
         "top_p": body.top_p,
@@ -93,12 +88,8 @@ def _job(rt: Runtime, body: MessagesRequest, arrived: float) -> RerankJob:
         JobRequest(
             prompt=prompt,
             model=body.model,
-            k=body.best_of,
             sampling=sampling,
-            verifiers=specs,
-            profile=body.profile,
-            selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
-            early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+            **body.job_fields(schema),
             tool_choice=tool_choice,
             arrived=arrived,
         ),

@@ -25,8 +25,7 @@ from bestofk.service.routes.common import render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
-from bestofk.verifiers.base import ToolCall, VerifierSpec
-from bestofk.verifiers.registry import parse_spec
+from bestofk.verifiers.base import ToolCall
 
 router = APIRouter(prefix="/v1")
 
@@ -60,11 +59,6 @@ def _job(
     chat_template_kwargs: dict[str, Any] | None = None,
     tool_choice: str | dict[str, Any] | None = None,
 ) -> RerankJob:
-    specs: list[VerifierSpec] = list(body.verifiers or ())
-    if json_schema is not None:
-        # The constraint is enforced twice: decoding where the engine can, and a required
-        # verifier that holds whatever the engine did.
-        specs.append(parse_spec({"type": "json_schema", "schema": json_schema, "required": True}))
     sampling = body.sampling_fields() | {
         "logit_bias": _logit_bias(body.logit_bias),
         "top_logprobs": top_logprobs,
@@ -75,13 +69,9 @@ def _job(
         JobRequest(
             prompt=prompt,
             model=body.model,
-            k=body.best_of,
             n=body.n,
             sampling=sampling,
-            verifiers=specs,
-            profile=body.profile,
-            selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
-            early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+            **body.job_fields(json_schema),
             chat_template_kwargs=chat_template_kwargs,
             tool_choice=tool_choice,
             arrived=arrived,

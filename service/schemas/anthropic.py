@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 
-from bestofk.service.schemas.native import EarlyExit, Selection, VerifierSpecs
+from bestofk.service.schemas.native import BestOfKExtras
 from bestofk.service.tools import MAX_TOOLS
 from bestofk.verifiers.json_schema import check_schema
 
@@ -31,15 +31,8 @@ TEXT_BLOCKS = frozenset({"text", "tool_use", "tool_result"})
 """Content block types bestofk renders (and ``thinking`` of past turns, which it drops)."""
 
 
-class MessagesRequest(AnthropicMessagesRequest):
+class MessagesRequest(AnthropicMessagesRequest, BestOfKExtras):
     """``POST /v1/messages``, with bestofk's fields."""
-
-    best_of: int | None = Field(default=None, ge=1)
-    verifiers: VerifierSpecs | None = None
-    profile: str | None = None
-    selection: Selection | None = None
-    early_exit: EarlyExit | None = None
-    return_candidates: bool = True
 
     @model_validator(mode="after")
     def _supported(self) -> MessagesRequest:

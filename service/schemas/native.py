@@ -63,6 +63,33 @@ class EarlyExit(Strict):
     min_score: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+class BestOfKExtras(BaseModel):
+    """bestofk's fields on the OpenAI and Anthropic requests (the clients' extra body)."""
+
+    best_of: int | None = Field(default=None, ge=1)
+    verifiers: VerifierSpecs | None = None
+    profile: str | None = None
+    selection: Selection | None = None
+    early_exit: EarlyExit | None = None
+    return_candidates: bool = True
+
+    def job_fields(self, json_schema: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``JobRequest`` takes of them; a response schema becomes a required verifier
+        too: the constraint holds whatever the engine did with it (decoding where it can)."""
+        specs: list[VerifierSpec] = list(self.verifiers or ())
+        if json_schema is not None:
+            specs.append(
+                parse_spec({"type": "json_schema", "schema": json_schema, "required": True})
+            )
+        return {
+            "k": self.best_of,
+            "verifiers": specs,
+            "profile": self.profile,
+            "selection": self.selection.model_dump(exclude_unset=True) if self.selection else None,
+            "early_exit_min_score": self.early_exit.min_score if self.early_exit else None,
+        }
+
+
 class _Common(Strict):
     prompt: str | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from bestofk.service.schemas.native import EarlyExit, Message, Selection, VerifierSpecs
+from bestofk.service.schemas.native import BestOfKExtras, Message
 from bestofk.service.schemas.sampling import SamplingFields
 from bestofk.service.tools import MAX_TOOLS
 from bestofk.verifiers.json_schema import check_schema
@@ -98,7 +98,7 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
-class BestOfKFields(SamplingFields):
+class BestOfKFields(SamplingFields, BestOfKExtras):
     """The fields both endpoints take: sampling, OpenAI's others, and bestofk's extras
     (``extra_body``)."""
 
@@ -111,13 +111,6 @@ class BestOfKFields(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # bestofk's own fields.
-    best_of: int | None = Field(default=None, ge=1)
-    verifiers: VerifierSpecs | None = None
-    profile: str | None = None
-    selection: Selection | None = None
-    early_exit: EarlyExit | None = None
-    return_candidates: bool = True
 
     @model_validator(mode="after")
     def _n_within_best_of(self) -> BestOfKFields:
