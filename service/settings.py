@@ -352,7 +352,14 @@ class Settings(BaseSettings):
         lists as JSON, the comma-separated lists comma-joined. They outrank a YAML file."""
         prefix = self.model_config.get("env_prefix", "")
         env = {}
-        for name, value in self.model_dump(mode="json").items():
+        dumped = self.model_dump(mode="json")
+        # A profile's defaults override the server's only where they were set: dumped whole,
+        # every field would be set in the worker, and the server's own would never apply.
+        dumped["profiles"] = {
+            name: profile.model_dump(mode="json", exclude_unset=True)
+            for name, profile in self.profiles.items()
+        }
+        for name, value in dumped.items():
             if value is None:  # unset: every field that may be None defaults to None
                 continue
             if NoDecode in type(self).model_fields[name].metadata:
