@@ -53,6 +53,8 @@ def evaluate(server: Server, out: Path) -> dict[str, Any]:
     bestofk(
         "eval", str(TASKS), "--url", server.url, "--k", "1,8", "--selection", "argmax",
         "--signals", "verifiers", "--json", str(out),
+        # The sampling the README's figures were measured with (eval sends no defaults).
+        "--temperature", "1.0", "--max-tokens", "160", "--seed", "0",
     )  # fmt: skip
     report: dict[str, Any] = json.loads(out.read_text())
     return report

@@ -1,8 +1,10 @@
 """From parsed request fields to a :class:`RerankJob`: profiles, defaults and limits applied.
 
-Both APIs come through here, so a limit or a profile rule is enforced in one place, and K,
-``max_tokens`` and the selection are decided here alone (the request's, else the profile's
-where it sets one, else the server's): routes pass on what the client sent.
+Every API comes through here, so a limit or a profile rule is enforced in one place: routes
+pass on what the client sent. K, ``max_tokens``, sampling and selection are resolved by
+:class:`bestofk.service.defaults.Defaults` (the request's, else the profile's, else the
+server's); the verifiers a request implies (a response schema, a reward label, tools) are
+added here, not in the routes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bestofk.service.engines.base import Engine, Prompt, SamplingConfig
+from bestofk.service.defaults import Defaults
+from bestofk.service.engines.base import Engine, Prompt
 from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from bestofk.service.labels import Label, label_specs, no_verifier
 from bestofk.service.pipeline import RerankJob
-from bestofk.service.selection import SelectionConfig
 from bestofk.service.settings import Profile, Settings
 from bestofk.service.tools import ToolChoice, ToolParsing
 from bestofk.verifiers.base import VerifierSpec
@@ -34,14 +37,18 @@ class JobRequest:
     """Candidates the client wants back (OpenAI's ``n``): a K left to the default is at least
     this."""
     sampling: Mapping[str, Any] | None = None
-    """``SamplingConfig`` fields as the client sent them; None and missing ones get defaults."""
+    """``SamplingConfig`` fields as the client sent them; None and missing ones get defaults.
+    A ``json_schema`` (OpenAI's ``response_format``) is also a required verifier."""
     verifiers: Sequence[VerifierSpec] = ()
     profile: str | None = None
     selection: Mapping[str, Any] | None = None
+    """``SelectionConfig`` fields as the client sent them; None and missing ones get defaults."""
     early_exit_min_score: float | None = None
     tool_choice: ToolChoice | None = None
     """With ``prompt.tools``: OpenAI's ``tool_choice``; None is ``auto``, as OpenAI's default."""
     given: Sequence[str] | None = None
+    label: Label | None = None
+    """A reward request's label (``/get_reward``): the verifiers it asks for are added."""
     timeout_s: float | None = None
     chat_template_kwargs: Mapping[str, Any] | None = None
     """The request's chat template variables, over the profile's (vLLM's field)."""
@@ -59,6 +66,7 @@ class JobFactory:
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
+        self.defaults = Defaults(settings)
         self._engine = engine
         self.tools = ToolParsing.from_settings(settings, engine)
         self.profile_specs = {
@@ -90,6 +98,16 @@ class JobFactory:
         profile_name = req.profile or model_profile
         profile = self._profile(profile_name)
         specs = [*self.profile_specs.get(profile_name or "", []), *req.verifiers]
+        if req.label is not None:
+            labelled = label_specs(req.label)
+            if not labelled and profile_name is None:
+                raise no_verifier(req.label)
+            specs += labelled
+        schema = (req.sampling or {}).get("json_schema")
+        if schema is not None:
+            # A response schema is a required verifier too: the constraint holds whatever the
+            # engine did with it (decoding where it can).
+            specs.append(parse_spec({"type": "json_schema", "schema": schema, "required": True}))
         if len(specs) > limits.max_verifiers:
             raise InvalidRequestError(
                 f"{len(specs)} verifiers exceed the limit of {limits.max_verifiers}",
@@ -103,15 +121,11 @@ class JobFactory:
         }
         if template_kwargs and prompt.messages is not None:
             prompt = replace(prompt, chat_template_kwargs=template_kwargs)
-        k = self._k(req, profile)
         if req.given is not None:
             self._check_given(req.given)
+        resolved = self.defaults.resolve(req, profile)
+        sampling = resolved.sampling
         timeout = min(req.timeout_s or limits.request_timeout_s, limits.request_timeout_s)
-        min_score = req.early_exit_min_score
-        if min_score is None and profile is not None:
-            min_score = profile.early_exit_min_score
-        selection = self._selection(req.selection, profile)
-        sampling = replace(self._sampling(req.sampling or {}), logprobs=selection.by_logprob)
         parse = None
         if prompt.tools:
             choice = req.tool_choice if req.tool_choice is not None else "auto"
@@ -127,14 +141,12 @@ class JobFactory:
         return RerankJob(
             request_id=request_id,
             prompt=prompt,
-            # Greedy decoding has one candidate: K more would be K copies of it (vLLM refuses
-            # n > 1 outright). Sample one; stats.k_requested keeps what was asked.
-            k=1 if sampling.greedy and req.given is None else k,
-            k_requested=k,
+            k=resolved.k,
+            k_requested=resolved.k_requested,
             sampling=sampling,
             specs=specs,
-            selection=selection,
-            early_exit_min_score=min_score,
+            selection=resolved.selection,
+            early_exit_min_score=resolved.early_exit_min_score,
             given=req.given,
             parse_calls=parse,
             timeout_s=timeout,
@@ -144,27 +156,15 @@ class JobFactory:
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
 
-    def _k(self, req: JobRequest, profile: Profile | None) -> int:
-        """The request's K, else max(n, the profile's or server's default K)."""
-        limits = self.settings.limits
-        if req.given is not None:
-            return len(req.given)
-        if req.k is not None:
-            if req.k > limits.max_k:
-                raise InvalidRequestError(
-                    f"k={req.k} exceeds the limit of {limits.max_k}", param="k"
-                )
-            return req.k
-        if req.n > limits.max_k:
-            raise InvalidRequestError(f"n={req.n} exceeds the limit of {limits.max_k}", param="n")
-        # A default the operator set above the limit is capped, never a refusal of a request
-        # that asked for nothing.
-        default = (profile.k if profile else None) or self.settings.default_k
-        return max(req.n, min(default, limits.max_k))
-
     def default_k(self, profile: str | None = None) -> int:
         """The K a request without ``k``/``best_of`` gets, server-wide or under ``profile``."""
-        return self._k(JobRequest(prompt=None), self._profile(profile))
+        return self.defaults.k(self._profile(profile))
+
+    def default_selection(self, profile: str | None = None) -> dict[str, Any]:
+        """The selection a request without ``selection`` gets, server-wide or under
+        ``profile`` (``bestofk eval`` computes best-of-k offline with it)."""
+        config = self.defaults.selection(None, self._profile(profile))
+        return {"policy": config.policy, "beta": config.beta, "tie_break": config.tie_break}
 
     def _profile(self, name: str | None) -> Profile | None:
         if name is None:
@@ -211,42 +211,6 @@ class JobFactory:
                     f"the limit is {limits.max_candidate_chars}",
                     param=f"candidates.{i}",
                 )
-
-    def _sampling(self, raw: Mapping[str, Any]) -> SamplingConfig:
-        fields = {k: v for k, v in raw.items() if v is not None}
-        limit = self.settings.limits.max_tokens
-        # A client that asks for nothing gets the default, never a refusal for the server's
-        # own choice when an operator set the limit below it.
-        max_tokens = fields.pop("max_tokens", None) or min(self.settings.default_max_tokens, limit)
-        if max_tokens > limit:
-            raise InvalidRequestError(
-                f"max_tokens={max_tokens} exceeds the limit of {self.settings.limits.max_tokens}",
-                param="max_tokens",
-            )
-        if fields.get("min_tokens", 0) > max_tokens:
-            raise InvalidRequestError(
-                f"min_tokens={fields['min_tokens']} exceeds max_tokens={max_tokens}",
-                param="min_tokens",
-            )
-        stop = fields.pop("stop", ())
-        return SamplingConfig(
-            max_tokens=max_tokens,
-            stop=(stop,) if isinstance(stop, str) else tuple(stop),
-            **fields,
-        )
-
-    def _selection(self, raw: Mapping[str, Any] | None, profile: Profile | None) -> SelectionConfig:
-        # Field by field: the server's defaults, then the profile's, then the request's.
-        fields = self.settings.selection.model_dump()
-        if profile is not None and profile.selection is not None:
-            fields |= profile.selection.model_dump(exclude_unset=True)
-        config = SelectionConfig(**(fields | dict(raw or {})))
-        if config.extract is not None:
-            try:
-                parse_spec({"type": "regex", "pattern": config.extract}, ("selection",))
-            except InvalidVerifierSpecError as exc:
-                raise InvalidRequestError(str(exc), param="selection.extract") from None
-        return config
 
 
 def _parse_profile(name: str, profile: Profile) -> list[VerifierSpec]:

@@ -20,8 +20,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from bestofk.service.engines.base import BYTES_PER_TOKEN
-from bestofk.service.selection import Policy, TieBreak
+from bestofk.service.engines.base import BYTES_PER_TOKEN, SamplingConfig
+from bestofk.service.schemas.sampling import (
+    MaxTokens,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+)
+from bestofk.service.selection import Policy, SelectionConfig, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
 DEMO_NAME = "demo"
@@ -39,6 +48,9 @@ DEMO_PROFILES: dict[str, dict[str, Any]] = {
 """The profiles the embedded default serves (the README's ``model="demo@digits"``)."""
 DEMO_TOOL_CALL_PARSER = "hermes"
 """The tool parser the embedded default reads calls with (its calls are Hermes-style)."""
+# The built-in defaults are the inner dataclasses' own; settings only let them be overridden.
+_SAMPLING = SamplingConfig()
+_SELECTION = SelectionConfig()
 
 
 def _check_parser(name: str | None) -> str | None:
@@ -84,9 +96,25 @@ class SelectionDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: Policy = "argmax"
-    beta: float = 5.0
-    tie_break: TieBreak = "logprob"
+    policy: Policy = _SELECTION.policy
+    beta: float = Field(default=_SELECTION.beta, ge=0.0, le=1000.0)
+    tie_break: TieBreak = _SELECTION.tie_break
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling for the whole server or one profile (e.g. a model family's recommended
+    ``temperature``/``top_p``); a request's fields override these one by one, a profile's
+    override the server's. Bounds as a request's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: Temperature = _SAMPLING.temperature
+    top_p: TopP = _SAMPLING.top_p
+    top_k: TopK = _SAMPLING.top_k
+    min_p: MinP = _SAMPLING.min_p
+    repetition_penalty: RepetitionPenalty = _SAMPLING.repetition_penalty
+    presence_penalty: Penalty = _SAMPLING.presence_penalty
+    frequency_penalty: Penalty = _SAMPLING.frequency_penalty
 
 
 class Profile(BaseModel):
@@ -97,6 +125,10 @@ class Profile(BaseModel):
     verifiers: list[dict[str, Any]] = Field(default_factory=list)
     k: int | None = Field(default=None, ge=1)
     """The profile's default K (a request's ``k``/``best_of`` wins); None: ``default_k``."""
+    max_tokens: MaxTokens | None = None
+    """The profile's default ``max_tokens`` (a request's wins); None: ``default_max_tokens``."""
+    sampling: SamplingDefaults | None = None
+    """The fields set here override the server's ``sampling``; a request's override both."""
     selection: SelectionDefaults | None = None
     early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
     reasoning_parser: str | None = None
@@ -197,7 +229,12 @@ class Settings(BaseSettings):
     default_k: int = Field(default=8, ge=1)
     """K for a request that names none (no ``k``/``best_of``; a profile's ``k`` wins). An
     OpenAI request's ``n`` raises it: K = max(n, default)."""
-    default_max_tokens: int = Field(default=256, ge=1)
+    default_max_tokens: MaxTokens = _SAMPLING.max_tokens
+    """``max_tokens`` for a request that names none (a profile's ``max_tokens`` wins); capped
+    at ``limits.max_tokens``."""
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    """Server-wide sampling defaults, e.g. ``BESTOFK_SAMPLING__TEMPERATURE=0.6``: a request's
+    fields win one by one, then its profile's."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
@@ -315,7 +352,14 @@ class Settings(BaseSettings):
         lists as JSON, the comma-separated lists comma-joined. They outrank a YAML file."""
         prefix = self.model_config.get("env_prefix", "")
         env = {}
-        for name, value in self.model_dump(mode="json").items():
+        dumped = self.model_dump(mode="json")
+        # A profile's defaults override the server's only where they were set: dumped whole,
+        # every field would be set in the worker, and the server's own would never apply.
+        dumped["profiles"] = {
+            name: profile.model_dump(mode="json", exclude_unset=True)
+            for name, profile in self.profiles.items()
+        }
+        for name, value in dumped.items():
             if value is None:  # unset: every field that may be None defaults to None
                 continue
             if NoDecode in type(self).model_fields[name].metadata:

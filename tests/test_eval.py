@@ -16,6 +16,8 @@ def test_eval_best_of_8_lifts_factorial_by_a_third(server: Server, tmp_path: Pat
             str(VENV_BIN / "bestofk"), "eval", str(ROOT / "demo" / "tasks.jsonl"),
             "--family", "factorial", "--k", "1,2,4,8", "--url", server.url,
             "--selection", "argmax,vote", "--signals", "verifiers,none",
+            # The sampling the lift was measured with (eval sends no defaults of its own).
+            "--temperature", "1.0", "--max-tokens", "160", "--seed", "0",
             "--json", str(out), "--plot", str(plot),
         ],
         capture_output=True, text=True, timeout=600,

@@ -24,10 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bestofk.service.cli import client, serve
 from bestofk.service.records.format import Record
+from bestofk.service.records.reader import read_records
 from bestofk.service.selection import SelectionConfig, select
 from bestofk.tooling.evaluation import (
     Report,
@@ -174,6 +176,42 @@ def test_generate_and_eval_send_the_api_key_from_the_flag_or_the_env(
     one_line_error(bestofk(*eval_args), "401", "--api-key")
     run = bestofk(*eval_args, env={"BESTOFK_API_KEY": KEY})
     assert run.returncode == 0, run.stderr
+
+
+def test_generate_and_eval_send_no_sampling_defaults_of_their_own(
+    vllm_backend: Server, tmp_path: Path
+) -> None:
+    """What the commands leave out is the server's: its sampling and max_tokens defaults are
+    what the recorded requests were sampled with, and eval asks for its selection."""
+    records = tmp_path / "records"
+    env = engine_env(
+        BESTOFK_CONFIG=str(CONFIG), BESTOFK_SAMPLING__TEMPERATURE="0.37",
+        BESTOFK_SAMPLING__TOP_K="7", BESTOFK_DEFAULT_MAX_TOKENS="5",
+        BESTOFK_SELECTION__BETA="2.5",
+    )  # fmt: skip
+    server = start_bestofk(tmp_path / "bestofk.log", "--backend", vllm_backend.url,
+                           "--record-dir", str(records), env=env)  # fmt: skip
+    with running(server, 120):
+        assert bestofk("generate", PROMPT, "--k", "2", "--url", server.url).returncode == 0
+        tasks = tmp_path / "tasks.jsonl"
+        factorial = next(line for line in (ROOT / "demo" / "tasks.jsonl").read_text().splitlines()
+                         if '"factorial"' in line)  # fmt: skip
+        tasks.write_text(factorial + "\n")
+        run = bestofk("eval", str(tasks), "--k", "1,2", "--url", server.url)
+        assert run.returncode == 0, run.stderr
+        models = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+        assert models[0]["default_selection"] == {
+            "policy": "argmax", "beta": 2.5, "tie_break": "logprob",
+        }  # fmt: skip
+        server.stop()  # a graceful stop writes every record
+    sampled = [r.sampling for r in read_records(records)]
+    assert len(sampled) == 2, sampled
+    for sampling in sampled:
+        assert sampling is not None
+        assert (sampling["temperature"], sampling["top_k"], sampling["max_tokens"]) == (
+            0.37, 7, 5,
+        ), sampling  # fmt: skip
+        assert sampling["seed"] is None  # eval seeds only when asked (--seed)
 
 
 def test_expected_failures_end_in_one_line(tmp_path: Path) -> None:

@@ -41,7 +41,9 @@ def _bestofk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 def _eval(url: str, out: Path, *flags: str) -> dict[str, Any]:
     _bestofk(
         "eval", str(TASKS), "--url", url, "--k", "1,8", "--selection", "argmax",
-        "--signals", "verifiers", "--json", str(out), *flags,
+        "--signals", "verifiers", "--json", str(out),
+        # The sampling the lifts were measured with (eval sends no defaults of its own).
+        "--temperature", "1.0", "--max-tokens", "160", "--seed", "0", *flags,
     )  # fmt: skip
     report: dict[str, Any] = json.loads(out.read_text())
     return report

@@ -19,7 +19,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,9 @@ class TaskSamples:
     latency_ms: float
     reasoning_tokens: list[int] = field(default_factory=list)
     """Each candidate's tokens before its answer (with a reasoning parser; else none)."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """The server's selection for the task's profile, each policy is computed with (its
+    ``beta``, its ``tie_break``)."""
     _answers: dict[int, str] | None = None
 
     @property
@@ -120,7 +123,9 @@ class TaskSamples:
         return out
 
 
-def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> TaskSamples:
+def _reduce(
+    task: Task, response: dict[str, Any], signals: Sequence[str], selection: SelectionConfig
+) -> TaskSamples:
     truth_types = {v["type"] for v in task.verifiers}
     weights = {v["type"]: float(v.get("weight", 1.0)) for v in task.verifiers}
     required = {v["type"] for v in task.verifiers if v.get("required")}
@@ -151,6 +156,7 @@ def _reduce(task: Task, response: dict[str, Any], signals: Sequence[str]) -> Tas
         tokens=[c["tokens"] for c in candidates],
         latency_ms=response["timing"]["total_ms"],
         reasoning_tokens=[c.get("reasoning_tokens") or 0 for c in candidates],
+        selection=selection,
     )
 
 
@@ -169,7 +175,7 @@ def subsets(n: int, k: int) -> Iterable[tuple[int, ...]]:
 
 def best_of_k(samples: TaskSamples, k: int, policy: Policy, signal: str) -> float:
     """Expected accuracy of ``policy`` choosing among a uniformly random size-k subset."""
-    config = SelectionConfig(policy=policy)
+    config = replace(samples.selection, policy=policy)
     n = len(samples.texts)
     if policy == "argmax":
         k = min(k, n)
@@ -252,8 +258,10 @@ async def collect(
     on_done: Callable[[], None] = lambda: None,
 ) -> tuple[list[TaskSamples], dict[str, str]]:
     """Sample N candidates per task through the API; families the server cannot verify are
-    skipped, by name, with the server's reason. A ``seed`` in ``sampling`` seeds task i's
-    request with seed + i, so a run can be repeated."""
+    skipped, by name, with the server's reason. ``sampling`` holds only what the caller set
+    (the server's defaults apply to the rest); a ``seed`` there seeds task i's request with
+    seed + i, so a run can be repeated."""
+    selections = await server_selections(client)
     gate = asyncio.Semaphore(concurrency)
     skipped: dict[str, str] = {}
     extra = [{"type": "judge", "weight": 0.0}] if "judge" in signals else []
@@ -277,11 +285,27 @@ async def collect(
                 skipped[task.family] = reply.json()["error"]["message"]
                 return None
             reply.raise_for_status()
-            return _reduce(task, reply.json(), signals)
+            selection = selections.get(task.profile) or selections.get(None) or SelectionConfig()
+            return _reduce(task, reply.json(), signals, selection)
 
     results = await asyncio.gather(*(one(i, t) for i, t in enumerate(tasks)))
     kept = [r for r in results if r is not None and r.task.family not in skipped]
     return kept, skipped
+
+
+async def server_selections(client: httpx.AsyncClient) -> dict[str | None, SelectionConfig]:
+    """The server's default selection, by profile (None: no profile), from ``/v1/models``;
+    none from a server that does not list them."""
+    reply = await client.get("/v1/models", timeout=60)
+    reply.raise_for_status()
+    out: dict[str | None, SelectionConfig] = {}
+    for entry in reply.json().get("data", []):
+        defaults = entry.get("default_selection")
+        if isinstance(defaults, dict):
+            _, _, profile = str(entry.get("id", "")).partition("@")
+            known = {k: v for k, v in defaults.items() if k in ("policy", "beta", "tie_break")}
+            out[profile or None] = SelectionConfig(**known)
+    return out
 
 
 def _seeded(sampling: dict[str, Any], number: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -37,10 +37,18 @@ ApiKeyOption = Annotated[
         help="Bearer key for a server started with --api-key.",
     ),
 ]
+SERVER_DEFAULT = "Default: the server's (its profile's, else its own)."
+"""The help of a sampling option the client sends only when given."""
 ModelOption = Annotated[
     str | None,
     typer.Option(metavar="PATH", help="Load this model in-process instead of using a server."),
 ]
+
+
+def sampling_sent(**fields: Any) -> dict[str, Any]:
+    """The sampling fields given on the command line: the client sends no defaults of its own,
+    so the server's (and its profiles') apply."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
-from bestofk.service.cli.client import ApiKeyOption, ModelOption, Target, UrlOption, client
+from bestofk.service.cli.client import (
+    SERVER_DEFAULT,
+    ApiKeyOption,
+    ModelOption,
+    Target,
+    UrlOption,
+    client,
+    sampling_sent,
+)
 from bestofk.service.cli.common import console, require_extra
 
 if TYPE_CHECKING:
@@ -33,11 +41,12 @@ def evaluate(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     model: ModelOption = None,
-    temperature: Annotated[float, typer.Option(metavar="T")] = 1.0,
-    max_tokens: Annotated[int, typer.Option(metavar="N")] = 160,
+    temperature: Annotated[float | None, typer.Option(metavar="T", help=SERVER_DEFAULT)] = None,
+    max_tokens: Annotated[int | None, typer.Option(metavar="N", help=SERVER_DEFAULT)] = None,
     seed: Annotated[
-        int, typer.Option(metavar="N", help="Seeds the sampling: task i's request gets N + i.")
-    ] = 0,
+        int | None,
+        typer.Option(metavar="N", help="Seeds the sampling: task i's request gets N + i."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", metavar="FILE", help="Write the report here.")
     ] = None,
@@ -63,9 +72,9 @@ def evaluate(
         if name not in evaluation.SIGNALS:
             raise typer.BadParameter(f"unknown signal {name!r}; choose from {evaluation.SIGNALS}")
     task_list = evaluation.load_tasks(tasks, family or ())
-    sampling = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    asked = sampling_sent(temperature=temperature, max_tokens=max_tokens, seed=seed)
     samples, skipped = asyncio.run(
-        _collect(task_list, max(ks), signal_list, sampling, Target(url, model, api_key))
+        _collect(task_list, max(ks), signal_list, asked, Target(url, model, api_key))
     )
     report = evaluation.summarise(samples, ks, policies, signal_list)
     report.skipped = skipped

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from bestofk.service.cli.client import ApiKeyOption, ModelOption, Target, UrlOption, client
+from bestofk.service.cli.client import (
+    SERVER_DEFAULT,
+    ApiKeyOption,
+    ModelOption,
+    Target,
+    UrlOption,
+    client,
+    sampling_sent,
+)
 from bestofk.service.cli.common import console
 
 
@@ -47,15 +55,15 @@ def generate(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     model: ModelOption = None,
-    temperature: Annotated[float, typer.Option(metavar="T")] = 1.0,
-    max_tokens: Annotated[int, typer.Option(metavar="N")] = 128,
+    temperature: Annotated[float | None, typer.Option(metavar="T", help=SERVER_DEFAULT)] = None,
+    max_tokens: Annotated[int | None, typer.Option(metavar="N", help=SERVER_DEFAULT)] = None,
     seed: Annotated[int | None, typer.Option(metavar="N")] = None,
 ) -> None:
     """One request; prints every candidate with its verdicts and marks the winner."""
     body: dict[str, Any] = {
         "prompt": prompt,
         "verifiers": [parse_verifier(v) for v in verifier or []],
-        "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
+        "sampling": sampling_sent(temperature=temperature, max_tokens=max_tokens, seed=seed),
     }
     if k is not None:
         body["k"] = k

@@ -302,6 +302,9 @@ def _sampling(job: RerankJob) -> dict[str, Any]:
     out: dict[str, Any] = {
         "temperature": s.temperature,
         "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
         "max_tokens": s.max_tokens,
         "min_tokens": s.min_tokens,
         "stop": list(s.stop),

@@ -89,7 +89,7 @@ def _job(rt: Runtime, body: MessagesRequest, arrived: float) -> RerankJob:
             prompt=prompt,
             model=body.model,
             sampling=sampling,
-            **body.job_fields(schema),
+            **body.job_fields(),
             tool_choice=tool_choice,
             arrived=arrived,
         ),

@@ -34,7 +34,7 @@ def _job_request(
         model=body.model,
         verifiers=body.verifiers or (),
         profile=body.profile,
-        selection=body.selection.model_dump(exclude_unset=True) if body.selection else None,
+        selection=body.selection.fields() if body.selection else None,
         timeout_s=body.timeout_s,
         arrived=arrived,
         **fields,
@@ -96,7 +96,7 @@ async def metrics_endpoint() -> Response:
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, object]:
     """The served model, plus one ``NAME@PROFILE`` entry per configured profile, each with
-    the K a request without ``best_of`` gets (``default_k``)."""
+    the K and the selection a request without ``best_of`` and ``selection`` gets."""
     rt = runtime(request)
     name = rt.engine.model_name
     entries = [(name, None), *((f"{name}@{p}", p) for p in sorted(rt.settings.profiles))]
@@ -109,6 +109,7 @@ async def models(request: Request) -> dict[str, object]:
                 "created": 0,
                 "owned_by": "bestofk",
                 "default_k": rt.jobs.default_k(profile),
+                "default_selection": rt.jobs.default_selection(profile),
             }
             for model_id, profile in entries
         ],

@@ -71,7 +71,7 @@ def _job(
             model=body.model,
             n=body.n,
             sampling=sampling,
-            **body.job_fields(json_schema),
+            **body.job_fields(),
             chat_template_kwargs=chat_template_kwargs,
             tool_choice=tool_choice,
             arrived=arrived,

@@ -46,15 +46,20 @@ class Sampling(Strict, SamplingFields):
 
 
 class Selection(Strict):
-    """How to choose among the scored candidates."""
+    """How to choose among the scored candidates; a field left out (or null) is the profile's,
+    else the server's (``settings.SelectionDefaults``)."""
 
-    policy: Literal["argmax", "sample", "vote"] = "argmax"
-    beta: float = Field(default=5.0, ge=0.0, le=1000.0)
+    policy: Literal["argmax", "sample", "vote"] | None = None
+    beta: float | None = Field(default=None, ge=0.0, le=1000.0)
     seed: int | None = None
     extract: str | None = Field(default=None, max_length=2000)
-    tie_break: Literal["logprob", "index"] = "logprob"
+    tie_break: Literal["logprob", "index"] | None = None
     """Between equal scores: the higher mean token logprob, or (``index``, which spares the
     engine computing logprobs) the lower index."""
+
+    def fields(self) -> dict[str, Any]:
+        """The fields the client set, as ``JobRequest`` ``selection`` takes them."""
+        return self.model_dump(exclude_none=True)
 
 
 class EarlyExit(Strict):
@@ -73,19 +78,13 @@ class BestOfKExtras(BaseModel):
     early_exit: EarlyExit | None = None
     return_candidates: bool = True
 
-    def job_fields(self, json_schema: dict[str, Any] | None) -> dict[str, Any]:
-        """What ``JobRequest`` takes of them; a response schema becomes a required verifier
-        too: the constraint holds whatever the engine did with it (decoding where it can)."""
-        specs: list[VerifierSpec] = list(self.verifiers or ())
-        if json_schema is not None:
-            specs.append(
-                parse_spec({"type": "json_schema", "schema": json_schema, "required": True})
-            )
+    def job_fields(self) -> dict[str, Any]:
+        """What ``JobRequest`` takes of them."""
         return {
             "k": self.best_of,
-            "verifiers": specs,
+            "verifiers": list(self.verifiers or ()),
             "profile": self.profile,
-            "selection": self.selection.model_dump(exclude_unset=True) if self.selection else None,
+            "selection": self.selection.fields() if self.selection else None,
             "early_exit_min_score": self.early_exit.min_score if self.early_exit else None,
         }
 

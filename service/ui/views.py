@@ -221,11 +221,14 @@ def _scored(c: CandidateRecord) -> Scored:
     return Scored(candidate, c.verdicts, c.score, c.passed, c.required_ok)
 
 
+_DEFAULT_SELECTION = SelectionConfig()
+
+
 def _config(record: Record) -> SelectionConfig:
     sel = record.selection
     return SelectionConfig(
         policy=sel.policy,  # type: ignore[arg-type]  # a record holds one the server knew
-        beta=sel.beta if sel.beta is not None else 5.0,
+        beta=sel.beta if sel.beta is not None else _DEFAULT_SELECTION.beta,
         seed=sel.seed,
         extract=sel.extract,
         tie_break="index" if sel.tie_break == "index" else "logprob",
