@@ -20,10 +20,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from bestofk.service.bundled_model import DEMO_MODEL, is_demo_model
 from bestofk.service.engines.base import BYTES_PER_TOKEN
 from bestofk.service.selection import Policy, TieBreak
 
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
 DEMO_NAME = "demo"
 """The name the bundled demo model is served as."""
 DEMO_PROFILES: dict[str, dict[str, Any]] = {
@@ -271,8 +271,8 @@ class Settings(BaseSettings):
 
     @property
     def serves_demo(self) -> bool:
-        """Whether this is the embedded default: the bundled model, in process."""
-        return self.engine == "vllm" and Path(self.model).resolve() == DEMO_MODEL
+        """Whether this is the embedded default: the bundled model (or a copy), in process."""
+        return self.engine == "vllm" and is_demo_model(self.model)
 
     @property
     def model_name(self) -> str | None:
