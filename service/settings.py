@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from bestofk.service.bundled_model import DEMO_MODEL, is_demo_model
 from bestofk.service.engines.base import BYTES_PER_TOKEN, SamplingConfig
 from bestofk.service.schemas.sampling import (
     MaxTokens,
@@ -32,7 +33,6 @@ from bestofk.service.schemas.sampling import (
 )
 from bestofk.service.selection import Policy, SelectionConfig, TieBreak
 
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
 DEMO_NAME = "demo"
 """The name the bundled demo model is served as."""
 DEMO_PROFILES: dict[str, dict[str, Any]] = {
@@ -308,8 +308,8 @@ class Settings(BaseSettings):
 
     @property
     def serves_demo(self) -> bool:
-        """Whether this is the embedded default: the bundled model, in process."""
-        return self.engine == "vllm" and Path(self.model).resolve() == DEMO_MODEL
+        """Whether this is the embedded default: the bundled model (or a copy), in process."""
+        return self.engine == "vllm" and is_demo_model(self.model)
 
     @property
     def model_name(self) -> str | None:

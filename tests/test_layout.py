@@ -13,6 +13,7 @@ FOLDERS = {
     "service": "bestofk.service",
     "verifiers": "bestofk.verifiers",
     "tooling": "bestofk.tooling",
+    "demo/model": "bestofk.demo_model",  # package data only: the demo model
 }
 
 
@@ -20,11 +21,18 @@ def test_every_package_folder_ships_under_bestofk() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert config["package-dir"] == {name: folder for folder, name in FOLDERS.items()}
     on_disk = {
-        ".".join([FOLDERS[init.relative_to(ROOT).parts[0]], *init.relative_to(ROOT).parts[1:-1]])
-        for folder in FOLDERS
+        ".".join([name, *init.relative_to(ROOT / folder).parts[:-1]])
+        for folder, name in FOLDERS.items()
         for init in (ROOT / folder).rglob("__init__.py")
     }
     assert set(config["packages"]) == on_disk
+
+
+def test_src_links_every_package_folder() -> None:
+    """``PYTHONPATH=src`` (mypy, worktrees on the shared venv) sees what an install maps."""
+    for folder, name in FOLDERS.items():
+        link = ROOT / "src" / Path(*name.split("."))
+        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve(), name
 
 
 def test_the_server_imports_no_tooling_at_import_time() -> None:

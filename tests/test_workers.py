@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ import pytest
 from bestofk.verifiers import workers
 from bestofk.verifiers.base import VerifierCapacityError
 from bestofk.verifiers.workers import WorkerLimits, WorkerPool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FOREVER = range(10**15)
 """``sum(FOREVER)`` spins far past any budget."""
@@ -53,6 +56,18 @@ async def test_results_and_errors_come_back(pool: WorkerPool) -> None:
     with pytest.raises(ValueError, match="invalid literal"):
         await pool.run(int, "x")
     assert await pool.run(pow, 3, 2) == 9, "an error in a job leaves its worker usable"
+
+
+async def test_workers_import_no_bare_package_even_from_the_checkout(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started in the checkout's root (as ``make serve`` is), a worker still sees `service` and
+    `verifiers` only as ``bestofk.…``: its PYTHONPATH is the server's, untouched."""
+    monkeypatch.chdir(ROOT)
+    assert await pool.run(os.getenv, "PYTHONPATH") == os.environ.get("PYTHONPATH")
+    for bare in ("service", "verifiers", "tooling", "demo"):
+        assert await pool.run(importlib.util.find_spec, bare) is None, bare
+    assert await pool.run(importlib.util.find_spec, "bestofk.verifiers.regex") is not None
 
 
 async def test_a_job_past_its_budget_is_killed_and_replaced(pool: WorkerPool) -> None:

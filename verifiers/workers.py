@@ -44,7 +44,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from bestofk.verifiers.base import VerifierCapacityError
@@ -86,14 +85,14 @@ class _Worker:
 
     def __init__(self, limits: WorkerLimits) -> None:
         parent, child = socket.socketpair()
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        argv = [sys.executable, "-m", "bestofk.verifiers.workers"]
+        # The same interpreter and environment import bestofk as this process did (installed,
+        # editable, PYTHONPATH); -P leaves the working directory off sys.path, so a checkout's
+        # bare `service` or `verifiers` folder is never importable in a worker.
+        argv = [sys.executable, "-P", "-m", "bestofk.verifiers.workers"]
         argv += [str(child.fileno()), str(limits.memory_bytes), str(os.getpid())]
         try:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, pass_fds=(child.fileno(),), env=env
+                argv, stdin=subprocess.DEVNULL, pass_fds=(child.fileno(),)
             )
         except BaseException:
             parent.close()

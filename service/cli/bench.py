@@ -114,8 +114,8 @@ def bench(
     comparable.
     """
     from bestofk.service import server
+    from bestofk.service.bundled_model import DEMO_MODEL
     from bestofk.service.selection import TieBreak
-    from bestofk.service.settings import DEMO_MODEL
     from bestofk.tooling import bench as bench_lib
     from bestofk.tooling.bench.modes import ALL_MODES, WORKLOADS
 
