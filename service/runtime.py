@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from bestofk.service import metrics
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from bestofk.service.records.recorder import Recorder
 from bestofk.service.settings import Settings
@@ -42,6 +42,8 @@ class Runtime:
     pipeline: Pipeline
     jobs: JobFactory
     admission: Admission
+    metrics: Metrics
+    """The app's metrics (also ``app.state.metrics``, where the middleware and /metrics use it)."""
     recorder: Recorder | None = None
     """Appends every result to the record files (``--record-dir``); None when not recording."""
     history: History | None = None
@@ -72,14 +74,14 @@ class Runtime:
                 retry_after_s=health.retry_after_s,
             )
         async with self.admission.slot(rate_limit_status=openai):
-            metrics.INFLIGHT.inc()
+            self.metrics.admitted()
             self.inflight += 1
             self._idle.clear()
             try:
                 yield
             finally:
                 self.inflight -= 1
-                metrics.INFLIGHT.dec()
+                self.metrics.released()
                 if not self.inflight:
                     self._idle.set()
 
@@ -100,7 +102,7 @@ class Runtime:
         return result
 
     def _finished(self, job: RerankJob, result: RerankResult) -> None:
-        metrics.observe(result)
+        self.metrics.observe(result)
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
         if self.history is not None:

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
@@ -87,9 +86,9 @@ async def health(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
     """Prometheus exposition: bestofk_* and the in-process engine's vllm:* metrics."""
-    body, content_type = metrics.render()
+    body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)
 
 
