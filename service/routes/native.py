@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import render, runtime, trace_link
+from bestofk.service.routes.common import client_gone, render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
@@ -53,7 +53,7 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)
     response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
 
 
 @router.post("/verify", response_model=RerankResponse)
@@ -63,7 +63,7 @@ async def verify(body: VerifyRequest, request: Request, response: Response) -> R
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("ver"), fields)
     response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
 
 
 @router.get("/health")

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, Request
 from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import runtime
+from bestofk.service.routes.common import client_gone, runtime
 from bestofk.service.schemas.reward import RewardRequest, RewardResponse
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import InvalidVerifierSpecError, parse_spec
@@ -104,7 +104,7 @@ async def get_reward(
             arrived=arrived,
         )  # fmt: skip
         jobs.append(rt.jobs.build(new_request_id("rwd"), request_job))
-    results = await rt.execute_batch(jobs, request)
+    results = await rt.execute_batch(jobs, client_gone(request))
     rewards = [0.0] * len(body.query)
     scores = [0.0] * len(body.query)
     errors = [0.0] * len(body.query)
