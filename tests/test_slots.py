@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from bestofk.verifiers.slots import Slots, fail
+from bestofk.verifiers.sandbox.slots import Slots, fail
 
 
 async def _waiting(slots: Slots[str], timeout_s: float | None = None) -> asyncio.Task[str]:

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from bestofk.verifiers.base import VerifierCapacityError
+from bestofk.verifiers.sandbox.slots import Slots, fail
 from bestofk.verifiers.sandbox.spawner import on_spawner_thread
-from bestofk.verifiers.slots import Slots, fail
 
 __all__ = ["WorkerLimits", "WorkerPool", "default_pool"]
 

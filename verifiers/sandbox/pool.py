@@ -25,7 +25,7 @@ from bestofk.verifiers.sandbox.errors import SandboxBusyError, SandboxUnavailabl
 from bestofk.verifiers.sandbox.grading import RunEnd, RunResult, judge
 from bestofk.verifiers.sandbox.process import SandboxProcess, claim_uids, spawn
 from bestofk.verifiers.sandbox.protocol import Job, RecordParser
-from bestofk.verifiers.slots import Slots
+from bestofk.verifiers.sandbox.slots import Slots
 
 __all__ = ["DEFAULT_UID_BASE", "SandboxBusyError", "SandboxPool", "default_pool"]
 

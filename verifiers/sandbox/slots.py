@@ -7,6 +7,8 @@ up (timeout, cancellation) while a hand-over is on its way passes the item on, s
 
 The owner's lock guards both queues, so the owner can check its own state (closed, how many are
 starting) in the same critical section: methods marked *locked* expect the caller to hold it.
+It lives in the sandbox package, a leaf, so the sandbox pool imports nothing else from
+``verifiers/`` (as with :mod:`~bestofk.verifiers.sandbox.spawner`, the workers' pool uses it).
 """
 
 from __future__ import annotations
