@@ -16,13 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bestofk.service import metrics, shutdown
+from bestofk.service import shutdown
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.engines.completer import EngineCompleter
 from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.metrics import Metrics
 from bestofk.service.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -132,6 +133,7 @@ def create_app(
     server process, whose main thread runs the loop.
     """
     engine = engine or build_engine(settings)
+    metrics = Metrics()
     resources = VerifierResources(
         completer=EngineCompleter(engine),
         # A judge endpoint or reward model named in a request is a URL or path the server
@@ -155,7 +157,8 @@ def create_app(
             settings.limits.max_queued,
             settings.limits.queue_timeout_s,
         ),
-        recorder=Recorder.from_settings(settings) if settings.record_dir else None,
+        metrics=metrics,
+        recorder=Recorder.from_settings(settings, metrics) if settings.record_dir else None,
         history=History(settings.ui_history, settings.record_redact) if settings.ui else None,
     )
     recorder = runtime.recorder
@@ -176,7 +179,7 @@ def create_app(
             settings.sandbox_slots,
             max_queue=settings.sandbox_max_queue,
             queue_timeout_s=settings.sandbox_queue_timeout_s,
-            on_outcome=metrics.record_sandbox_run,
+            on_outcome=metrics.sandbox_run,
         )
         resources.workers = WorkerPool(
             settings.verifier_workers,
@@ -220,6 +223,7 @@ def create_app(
                                 await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="bestofk", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BestOfKError, _bestofk_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -235,7 +239,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, ui=settings.ui)
-    app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 
 

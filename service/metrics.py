@@ -1,10 +1,17 @@
-"""Every bestofk metric, defined once, and the functions that record them.
+"""Every bestofk metric, defined once in :class:`Metrics`, the recorder an app owns.
 
-Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. With
-several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
+Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. Each
+app makes one :class:`Metrics` (``app.state.metrics``, ``Runtime.metrics``) and hands it to what
+records: the request middleware, the runtime, the sandbox pool, the request recorder. Its
+metrics live in a registry of its own, so two apps in one process count apart; ``/metrics``
+renders that registry beside the process-wide one, which holds the in-process engine's
+``vllm:*`` metrics and the process collector's.
+
+With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
 multiprocess mode. That variable is read when prometheus-client is imported, so it must be set
 before a worker starts; ``bestofk serve --workers N`` sets it, and empties the directory first.
-Gauges then sum over live workers only (:func:`forget_dead_workers`).
+Each metric maps its file there when it is created (with the app), and ``/metrics`` then sums
+every worker's files; gauges over live workers only (:func:`forget_dead_workers`).
 
 The Grafana dashboard (``deploy/grafana/generate.py``) and the alert rules
 (``deploy/prometheus/alerts.yml``) query these names; the tests check every query against a
@@ -14,6 +21,7 @@ live scrape, so a rename here fails there.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,74 +55,16 @@ VERIFIER_BUCKETS = (
 # K is an integer a client picks, usually a power of two or a round number, up to max_k (64 by
 # default); a bucket at each common value keeps quantiles exact rather than interpolated.
 K_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
 STAGES = ("queue", "generate", "verify", "total")
 SANDBOX_OUTCOMES = ("ok", "fail", "timeout", "memory", "killed", "error")
-
-REQUESTS = Counter(
-    "bestofk_requests_total",
-    "Requests answered, by endpoint and HTTP status.",
-    ["endpoint", "code"],
-)
-REQUEST_DURATION = Histogram(
-    "bestofk_request_duration_seconds",
-    "Wall time from request arrival to response, by endpoint.",
-    ["endpoint"],
-    buckets=LATENCY_BUCKETS,
-)
-STAGE_DURATION = Histogram(
-    "bestofk_stage_duration_seconds",
-    "Wall time of each pipeline stage (queue, generate, verify, total).",
-    ["stage"],
-    buckets=LATENCY_BUCKETS,
-)
-GENERATION_DURATION = Histogram(
-    "bestofk_generation_duration_seconds",
-    "Engine time to produce all K candidates of a request.",
-    buckets=LATENCY_BUCKETS,
-)
-VERIFICATION_DURATION = Histogram(
-    "bestofk_verification_duration_seconds",
-    "Time one verifier took on one candidate.",
-    ["verifier"],
-    buckets=VERIFIER_BUCKETS,
-)
-CANDIDATES = Counter("bestofk_candidates_total", "Candidates generated or given for verification.")
-REASONING_TRUNCATED = Counter(
-    "bestofk_reasoning_truncated_total",
-    "Candidates whose thinking max_tokens cut before it ended: no answer, every answer "
-    "verifier fails them.",
-)
-REASONING_TOKENS = Counter(
-    "bestofk_reasoning_tokens_total",
-    "Generated tokens spent thinking (before the answer), over every candidate.",
-)
-VERDICTS = Counter(
-    "bestofk_verdicts_total", "Verdicts by verifier and outcome (pass/fail/error).",
-    ["verifier", "outcome"],
+RECORD_DROP_REASONS = (
+    "queue_full", "closed", "no_space", "read_only", "permission", "deleted", "too_large", "error",
 )  # fmt: skip
-SELECTED_SCORE = Histogram(
-    "bestofk_selected_score",
-    "Combined score of the chosen candidate.",
-    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
-)
-K = Histogram("bestofk_k", "Candidates requested per request (K).", buckets=K_BUCKETS)
-WITH_PASSING = Counter(
-    "bestofk_requests_with_passing_candidate_total",
-    "Requests where at least one candidate passed every verifier (pass@K).",
-)
-FIRST_PASSED = Counter(
-    "bestofk_first_candidate_passed_total",
-    "Requests whose first sample (index 0) passed every verifier (pass@1).",
-)
-RERANKED = Counter(
-    "bestofk_reranked_requests_total", "Requests that ran the rerank pipeline with verifiers."
-)
-EARLY_EXITS = Counter(
-    "bestofk_early_exits_total", "Requests whose generation was cut short by early exit."
-)
-INFLIGHT = Gauge(
-    "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
-)
+
+# The engines' two metrics stay process-wide until the engines are handed the app's Metrics
+# (they write these directly today); Metrics.backend_up and Metrics.engine_restarted are the
+# API they will call, and these two definitions then move into Metrics.__init__.
 ENGINE_RESTARTS = Counter(
     "bestofk_engine_restarts_total",
     "Times the in-process vLLM engine died and was restarted.",
@@ -127,68 +77,237 @@ BACKEND_UP = Gauge(
     ["backend"],
     multiprocess_mode="livemin",
 )
-SANDBOX_RUNS = Counter(
-    "bestofk_sandbox_runs_total",
-    "Sandboxed code runs by outcome (ok/fail/timeout/memory/killed/error).",
-    ["outcome"],
-)
-PROMPT_TOKENS = Counter("bestofk_prompt_tokens_total", "Prompt tokens sent to the engine.")
-GENERATED_TOKENS = Counter(
-    "bestofk_generated_tokens_total", "Tokens generated over all candidates, aborted ones too."
-)
-
-# Series with a known, closed label set exist from start-up at zero, so a rate() or an alert on
-# them has data (and a sandbox-timeout alert can fire on its first timeout, not its second).
-for _stage in STAGES:
-    STAGE_DURATION.labels(_stage)
-for _outcome in SANDBOX_OUTCOMES:
-    SANDBOX_RUNS.labels(_outcome)
 
 
-def observe(result: RerankResult) -> None:
-    """Record everything one finished request says about candidates, verifiers and tokens."""
-    timing = result.timing
-    STAGE_DURATION.labels("queue").observe(timing.queue_ms / 1000)
-    STAGE_DURATION.labels("generate").observe(timing.generate_ms / 1000)
-    STAGE_DURATION.labels("verify").observe(timing.verify_ms / 1000)
-    STAGE_DURATION.labels("total").observe(timing.total_ms / 1000)
-    if timing.generate_ms:
-        GENERATION_DURATION.observe(timing.generate_ms / 1000)
-    K.observe(result.k)
-    CANDIDATES.inc(len(result.candidates))
-    if result.reasoning_parser is not None:
-        REASONING_TRUNCATED.inc(sum(s.candidate.truncated for s in result.candidates))
-        REASONING_TOKENS.inc(result.reasoning_tokens)
-    # One label lookup per verifier, not per verdict: K x verifiers lookups add up per request.
-    outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
-    latencies: dict[str, list[float]] = {}
-    for scored in result.candidates:
-        for verdict in scored.verdicts:
-            outcome = "error" if verdict.error else ("pass" if verdict.passed else "fail")
-            outcomes[verdict.verifier, outcome] += 1
-            latencies.setdefault(verdict.verifier, []).append(verdict.latency_ms / 1000)
-    for (verifier, outcome), count in outcomes.items():
-        VERDICTS.labels(verifier, outcome).inc(count)
-    for verifier, seconds in latencies.items():
-        histogram = VERIFICATION_DURATION.labels(verifier)
-        for value in seconds:
-            histogram.observe(value)
-    if any(s.verdicts for s in result.candidates):
-        RERANKED.inc()
-        if result.passing:
-            WITH_PASSING.inc()
-        if result.first_sample_passed:
-            FIRST_PASSED.inc()
-    SELECTED_SCORE.observe(result.chosen.score)
-    if result.early_exit:
-        EARLY_EXITS.inc()
-    PROMPT_TOKENS.inc(result.prompt_tokens)
-    GENERATED_TOKENS.inc(result.completion_tokens)
+class Metrics:
+    """One app's metrics and the methods that record them; thread-safe (prometheus-client's
+    metrics are), so the record writer's thread and the sandbox threads record here too."""
 
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        """This app's metrics alone (the process-wide ones are rendered beside them)."""
+        # Every metric below registers here; the partials say so once.
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
+        histogram = functools.partial(Histogram, registry=self.registry)
+        self._requests = counter(
+            "bestofk_requests_total",
+            "Requests answered, by endpoint and HTTP status.",
+            ["endpoint", "code"],
+        )
+        self._request_duration = histogram(
+            "bestofk_request_duration_seconds",
+            "Wall time from request arrival to response, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self._stage_duration = histogram(
+            "bestofk_stage_duration_seconds",
+            "Wall time of each pipeline stage (queue, generate, verify, total).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self._generation_duration = histogram(
+            "bestofk_generation_duration_seconds",
+            "Engine time to produce all K candidates of a request.",
+            buckets=LATENCY_BUCKETS,
+        )
+        self._verification_duration = histogram(
+            "bestofk_verification_duration_seconds",
+            "Time one verifier took on one candidate.",
+            ["verifier"],
+            buckets=VERIFIER_BUCKETS,
+        )
+        self._candidates = counter(
+            "bestofk_candidates_total", "Candidates generated or given for verification."
+        )
+        self._reasoning_truncated = counter(
+            "bestofk_reasoning_truncated_total",
+            "Candidates whose thinking max_tokens cut before it ended: no answer, every answer "
+            "verifier fails them.",
+        )
+        self._reasoning_tokens = counter(
+            "bestofk_reasoning_tokens_total",
+            "Generated tokens spent thinking (before the answer), over every candidate.",
+        )
+        self._verdicts = counter(
+            "bestofk_verdicts_total",
+            "Verdicts by verifier and outcome (pass/fail/error).",
+            ["verifier", "outcome"],
+        )
+        self._selected_score = histogram(
+            "bestofk_selected_score",
+            "Combined score of the chosen candidate.",
+            buckets=SCORE_BUCKETS,
+        )
+        self._k = histogram("bestofk_k", "Candidates requested per request (K).", buckets=K_BUCKETS)
+        self._with_passing = counter(
+            "bestofk_requests_with_passing_candidate_total",
+            "Requests where at least one candidate passed every verifier (pass@K).",
+        )
+        self._first_passed = counter(
+            "bestofk_first_candidate_passed_total",
+            "Requests whose first sample (index 0) passed every verifier (pass@1).",
+        )
+        self._reranked = counter(
+            "bestofk_reranked_requests_total",
+            "Requests that ran the rerank pipeline with verifiers.",
+        )
+        self._early_exits = counter(
+            "bestofk_early_exits_total",
+            "Requests whose generation was cut short by early exit.",
+        )
+        self._inflight = gauge(
+            "bestofk_inflight_requests",
+            "Requests being processed now.",
+            multiprocess_mode="livesum",
+        )
+        self._sandbox_runs = counter(
+            "bestofk_sandbox_runs_total",
+            "Sandboxed code runs by outcome (ok/fail/timeout/memory/killed/error).",
+            ["outcome"],
+        )
+        self._prompt_tokens = counter(
+            "bestofk_prompt_tokens_total", "Prompt tokens sent to the engine."
+        )
+        self._generated_tokens = counter(
+            "bestofk_generated_tokens_total",
+            "Tokens generated over all candidates, aborted ones too.",
+        )
+        # Request records (``--record-dir``, service/records/recorder.py).
+        self._records_written = counter(
+            "bestofk_records_written_total",
+            "Request records appended to a record file that still had its name.",
+        )
+        self._records_dropped = counter(
+            "bestofk_records_dropped_total",
+            "Request records not written, by reason (queue_full: the writer fell behind; "
+            "closed: the recorder had stopped; no_space, read_only, permission: the write "
+            "failed so; deleted: the record files were deleted as fast as they were made; "
+            "too_large: a record over the readers' line cap; error: any other failure).",
+            ["reason"],
+        )
+        self._records_healthy = gauge(
+            "bestofk_records_healthy",
+            "1 while the last record write succeeded, 0 from a failed write (no space, "
+            "read-only, permission...) until a write succeeds again; only with --record-dir. "
+            "With several workers, the least of theirs: 0 as soon as one cannot record.",
+            ["directory"],
+            multiprocess_mode="livemin",
+        )
+        # Series with a known, closed label set exist from start-up at zero, so a rate() or an
+        # alert on them has data (and a sandbox-timeout alert can fire on its first timeout,
+        # not its second).
+        for stage in STAGES:
+            self._stage_duration.labels(stage)
+        for outcome in SANDBOX_OUTCOMES:
+            self._sandbox_runs.labels(outcome)
+        for reason in RECORD_DROP_REASONS:
+            self._records_dropped.labels(reason)
 
-def record_sandbox_run(outcome: str) -> None:
-    """Count one sandboxed code run by its outcome (one of :data:`SANDBOX_OUTCOMES`)."""
-    SANDBOX_RUNS.labels(outcome if outcome in SANDBOX_OUTCOMES else "error").inc()
+    # --- the HTTP edge and the runtime -------------------------------------------------------
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request by its route and status, and its wall time."""
+        self._requests.labels(endpoint, str(status)).inc()
+        self._request_duration.labels(endpoint).observe(seconds)
+
+    def admitted(self) -> None:
+        """A request took an in-flight slot."""
+        self._inflight.inc()
+
+    def released(self) -> None:
+        """A request gave its in-flight slot back."""
+        self._inflight.dec()
+
+    def observe(self, result: RerankResult) -> None:
+        """Record everything one finished request says about candidates, verifiers, tokens."""
+        timing = result.timing
+        stages = self._stage_duration
+        stages.labels("queue").observe(timing.queue_ms / 1000)
+        stages.labels("generate").observe(timing.generate_ms / 1000)
+        stages.labels("verify").observe(timing.verify_ms / 1000)
+        stages.labels("total").observe(timing.total_ms / 1000)
+        if timing.generate_ms:
+            self._generation_duration.observe(timing.generate_ms / 1000)
+        self._k.observe(result.k)
+        self._candidates.inc(len(result.candidates))
+        if result.reasoning_parser is not None:
+            self._reasoning_truncated.inc(sum(s.candidate.truncated for s in result.candidates))
+            self._reasoning_tokens.inc(result.reasoning_tokens)
+        # One label lookup per verifier, not per verdict: K x verifiers lookups add up.
+        outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        latencies: dict[str, list[float]] = {}
+        for scored in result.candidates:
+            for verdict in scored.verdicts:
+                outcome = "error" if verdict.error else ("pass" if verdict.passed else "fail")
+                outcomes[verdict.verifier, outcome] += 1
+                latencies.setdefault(verdict.verifier, []).append(verdict.latency_ms / 1000)
+        for (verifier, outcome), count in outcomes.items():
+            self._verdicts.labels(verifier, outcome).inc(count)
+        for verifier, seconds in latencies.items():
+            histogram = self._verification_duration.labels(verifier)
+            for value in seconds:
+                histogram.observe(value)
+        if any(s.verdicts for s in result.candidates):
+            self._reranked.inc()
+            if result.passing:
+                self._with_passing.inc()
+            if result.first_sample_passed:
+                self._first_passed.inc()
+        self._selected_score.observe(result.chosen.score)
+        if result.early_exit:
+            self._early_exits.inc()
+        self._prompt_tokens.inc(result.prompt_tokens)
+        self._generated_tokens.inc(result.completion_tokens)
+
+    # --- the sandbox and the request records -------------------------------------------------
+
+    def sandbox_run(self, outcome: str) -> None:
+        """Count one sandboxed code run by its outcome (one of :data:`SANDBOX_OUTCOMES`)."""
+        self._sandbox_runs.labels(outcome if outcome in SANDBOX_OUTCOMES else "error").inc()
+
+    def record_written(self) -> None:
+        """One request record reached its file."""
+        self._records_written.inc()
+
+    def record_dropped(self, reason: str) -> None:
+        """One request record was lost, for ``reason`` (one of :data:`RECORD_DROP_REASONS`)."""
+        self._records_dropped.labels(reason).inc()
+
+    def records_healthy(self, directory: Path, healthy: bool) -> None:
+        """Whether the last write to ``directory`` succeeded."""
+        self._records_healthy.labels(str(directory)).set(1 if healthy else 0)
+
+    # --- the engines -------------------------------------------------------------------------
+
+    def backend_up(self, backend: str, up: bool) -> None:
+        """Whether ``backend`` (a remote backend's label, or ``"in-process"``) takes requests."""
+        BACKEND_UP.labels(backend).set(1 if up else 0)
+
+    def engine_restarted(self) -> None:
+        """The in-process engine died and is being restarted."""
+        ENGINE_RESTARTS.inc()
+
+    # --- /metrics ----------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text for /metrics: this app's metrics and the process-wide ones
+        (``vllm:*``, ``process_*``), or every worker's summed in multiprocess mode."""
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if path:
+            forget_dead_workers(Path(path))
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value in this process (0 if it has none yet): for tests and probes."""
+        found = self.registry.get_sample_value(name, labels or None)
+        if found is None:
+            found = REGISTRY.get_sample_value(name, labels or None)
+        return found or 0.0
 
 
 def forget_dead_workers(path: Path) -> None:
@@ -214,42 +333,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
-
-
-def render() -> tuple[bytes, str]:
-    """The exposition text for /metrics, aggregated over workers in multiprocess mode."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        forget_dead_workers(Path(path))
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-# Request records (``--record-dir``, service/records/recorder.py).
-RECORD_DROP_REASONS = (
-    "queue_full", "closed", "no_space", "read_only", "permission", "deleted", "too_large", "error",
-)  # fmt: skip
-RECORDS_WRITTEN = Counter(
-    "bestofk_records_written_total",
-    "Request records appended to a record file that still had its name.",
-)
-RECORDS_DROPPED = Counter(
-    "bestofk_records_dropped_total",
-    "Request records not written, by reason (queue_full: the writer fell behind; closed: the "
-    "recorder had stopped; no_space, read_only, permission: the write failed so; deleted: the "
-    "record files were deleted as fast as they were made; too_large: a record over the "
-    "readers' line cap; error: any other failure).",
-    ["reason"],
-)
-for _reason in RECORD_DROP_REASONS:
-    RECORDS_DROPPED.labels(_reason)
-RECORDS_HEALTHY = Gauge(
-    "bestofk_records_healthy",
-    "1 while the last record write succeeded, 0 from a failed write (no space, read-only, "
-    "permission...) until a write succeeds again; only with --record-dir. With several "
-    "workers, the least of theirs: 0 as soon as one cannot record.",
-    ["directory"],
-    multiprocess_mode="livemin",
-)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bestofk.service import metrics
 from bestofk.service.errors import AuthenticationError, BestOfKError, PayloadTooLargeError
+from bestofk.service.metrics import Metrics
 
 _UNMATCHED = "other"
 
@@ -37,10 +37,11 @@ async def send_error(send: Send, error: BestOfKError, scope: Scope) -> None:
 
 
 class RequestMetricsMiddleware:
-    """Counts requests by endpoint and status and times them."""
+    """Counts requests by endpoint and status and times them, into the app's ``metrics``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,8 +61,7 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", _UNMATCHED)
-            metrics.REQUESTS.labels(endpoint, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.request(endpoint, status, time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:

@@ -5,24 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from starlette.requests import Request
-
-from bestofk.service import metrics
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from bestofk.service.records.recorder import Recorder
 from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+ClientGone = Callable[[], Coroutine[Any, Any, None]]
+"""The edge's wait for its client to leave (``routes.common.client_gone`` for HTTP): a
+request whose client leaves is cancelled."""
 
 
 class ClientDisconnectedError(BestOfKError):
@@ -42,6 +44,8 @@ class Runtime:
     pipeline: Pipeline
     jobs: JobFactory
     admission: Admission
+    metrics: Metrics
+    """The app's metrics (also ``app.state.metrics``, where the middleware and /metrics use it)."""
     recorder: Recorder | None = None
     """Appends every result to the record files (``--record-dir``); None when not recording."""
     history: History | None = None
@@ -72,35 +76,36 @@ class Runtime:
                 retry_after_s=health.retry_after_s,
             )
         async with self.admission.slot(rate_limit_status=openai):
-            metrics.INFLIGHT.inc()
+            self.metrics.admitted()
             self.inflight += 1
             self._idle.clear()
             try:
                 yield
             finally:
                 self.inflight -= 1
-                metrics.INFLIGHT.dec()
+                self.metrics.released()
                 if not self.inflight:
                     self._idle.set()
 
     async def execute(
-        self, job: RerankJob, request: Request | None = None, openai: bool = False
+        self, job: RerankJob, gone: ClientGone | None = None, openai: bool = False
     ) -> RerankResult:
         """Admit and run ``job``."""
         async with self.admitted(needs_engine=job.given is None, openai=openai):
-            return await self.run(job, request)
+            return await self.run(job, gone)
 
     async def run(
-        self, job: RerankJob, request: Request | None = None, prepared: JobRun | None = None
+        self, job: RerankJob, gone: ClientGone | None = None, prepared: JobRun | None = None
     ) -> RerankResult:
         """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
-        client leaves or the server cuts it at the end of its shutdown grace period."""
-        result = await self._guarded(self.pipeline.run(job, prepared), request)
+        client leaves (``gone`` returns) or the server cuts it at the end of its shutdown
+        grace period."""
+        result = await self._guarded(self.pipeline.run(job, prepared), gone)
         self._finished(job, result)
         return result
 
     def _finished(self, job: RerankJob, result: RerankResult) -> None:
-        metrics.observe(result)
+        self.metrics.observe(result)
         if self.recorder is not None:  # queues without waiting; a full queue drops, never blocks
             self.recorder.submit(job, result, job.profile)
         if self.history is not None:
@@ -119,14 +124,14 @@ class Runtime:
         for work in self._running:
             work.cancel()
 
-    async def _guarded(self, work: Awaitable[T], request: Request | None) -> T:
+    async def _guarded(self, work: Awaitable[T], gone: ClientGone | None) -> T:
         task = asyncio.ensure_future(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         waiters: set[asyncio.Future[Any]] = {task}
         watcher = None
-        if request is not None:
-            watcher = asyncio.create_task(_wait_for_disconnect(request))
+        if gone is not None:
+            watcher = asyncio.create_task(gone())
             waiters.add(watcher)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -147,7 +152,7 @@ class Runtime:
         return task.result()
 
     async def execute_batch(
-        self, jobs: Sequence[RerankJob], request: Request | None = None, openai: bool = False
+        self, jobs: Sequence[RerankJob], gone: ClientGone | None = None, openai: bool = False
     ) -> list[RerankResult]:
         """Run ``jobs`` concurrently as one admitted request (a batch endpoint such as
         ``/get_reward`` or a list of prompts holds one slot, not one per job); cancel all if
@@ -155,14 +160,7 @@ class Runtime:
         needs_engine = any(job.given is None for job in jobs)
         async with self.admitted(needs_engine=needs_engine, openai=openai):
             run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
-            results = await self._guarded(run, request)
+            results = await self._guarded(run, gone)
         for job, result in zip(jobs, results, strict=True):
             self._finished(job, result)
         return list(results)
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from bestofk.tooling.procs import ROOT, Server
-from bestofk.verifiers import registry
+from bestofk.verifiers import openai_http, registry
 from bestofk.verifiers.base import (
     Candidate,
     Completer,
@@ -30,6 +30,7 @@ from bestofk.verifiers.base import (
     Verifier,
     VerifierResources,
 )
+from bestofk.verifiers.endpoint import EndpointCompleter
 from tests.conftest import model_path, post
 
 CTX = RequestContext(prompt="What's the factorial of 5? (Respond with a number only)")
@@ -317,6 +318,35 @@ def test_judge_at_an_openai_endpoint(server: Server, vllm_backend: Server) -> No
     by_endpoint = [c["verdicts"][0]["score"] for c in response.json()["candidates"]]
     # The same weights behind both: the same judgement, up to CPU float noise.
     assert by_endpoint == pytest.approx(by_engine, abs=0.02)
+
+
+async def test_the_endpoint_model_is_listed_once_and_again_when_it_is_gone(
+    vllm_backend: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without 'model', the endpoint's model is asked for (GET /v1/models) on the first call
+    only; a kept name the server no longer knows (it restarted with another model: 404) is
+    asked for again, and the call made once more."""
+    listed: list[str] = []
+    get_json = openai_http.get_json
+
+    async def counting(http: openai_http.PooledClient, url: str, timeout_s: float) -> object:
+        listed.append(url)
+        return await get_json(http, url, timeout_s)
+
+    monkeypatch.setattr(openai_http, "get_json", counting)
+    http = openai_http.PooledClient()
+    judge = EndpointCompleter(vllm_backend.url + "/v1", None, 60, http)
+    try:
+        for i in range(3):
+            (answer,) = await judge.complete(["Is 120 the factorial of 5?"], 2, 2, f"r{i}")
+        assert len(listed) == 1
+        served = http.models[vllm_backend.url]
+        http.models[vllm_backend.url] = "the-model-before-a-restart"
+        (again,) = await judge.complete(["Is 120 the factorial of 5?"], 2, 2, "r3")
+    finally:
+        await http.aclose()
+    assert len(listed) == 2 and http.models[vllm_backend.url] == served
+    assert again.text == answer.text  # greedy: the same model, the same answer
 
 
 def test_judge_during_generation_counts_its_tokens(server: Server) -> None:

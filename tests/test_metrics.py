@@ -296,8 +296,9 @@ def test_prometheus_answers_every_dashboard_query(prometheus: str, server: Serve
 def _seed_stale_metrics(directory: Path) -> None:
     """Files a previous run could have left: 1000 /verify requests and 5 requests in flight."""
     code = (
-        "from service import metrics; "
-        "metrics.REQUESTS.labels('/verify', '200').inc(1000); metrics.INFLIGHT.inc(5)"
+        "from bestofk.service.metrics import Metrics; metrics = Metrics(); "
+        "[metrics.request('/verify', 200, 0.1) for _ in range(1000)]; "
+        "[metrics.admitted() for _ in range(5)]"
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, timeout=60)

@@ -21,8 +21,8 @@ import openai
 import pytest
 from pydantic import ValidationError
 
-from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
+from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import Pipeline, RerankJob
 from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
 from bestofk.service.settings import Settings
@@ -226,7 +226,6 @@ async def run_job(parsers: ReasoningParsers, specs: list[dict[str, Any]], **kw: 
 async def test_verifiers_see_the_answer_and_cut_thinking_fails_unseen(
     parsers: ReasoningParsers,
 ) -> None:
-    truncated = metrics.REASONING_TRUNCATED._value.get()
     result = await run_job(parsers, [{"type": "exact", "reference": "120"}])
     passed = [s.passed for s in result.candidates]
     assert passed == [False, True, False, False]
@@ -237,8 +236,9 @@ async def test_verifiers_see_the_answer_and_cut_thinking_fails_unseen(
     assert cut.verdicts[0].error is None
     assert result.candidates[1].candidate.reasoning == "5! is 120"
     assert result.candidates[1].candidate.output == OUTPUTS[1].text
+    metrics = Metrics()
     metrics.observe(result)
-    assert metrics.REASONING_TRUNCATED._value.get() == truncated + 1
+    assert metrics.value("bestofk_reasoning_truncated_total") == 1
 
 
 async def test_input_full_and_reasoning(parsers: ReasoningParsers) -> None:

@@ -36,7 +36,7 @@ from bestofk.service.records.reader import RecordReader, read_records
 from bestofk.service.records.recorder import RETRY_MAX_S, SYNC_EVERY_S, WARN_EVERY_S, Recorder
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
 from tests.conftest import CONFIG
-from tests.test_records import counter, make, record
+from tests.test_records import make, record
 
 TASKS = [json.loads(line) for line in (ROOT / "demo" / "tasks.jsonl").read_text().splitlines()]
 FACTORIALS = [t for t in TASKS if t["family"] == "factorial"]
@@ -370,9 +370,9 @@ def _submit(recorder: Recorder, ids: range) -> None:
         assert recorder.submit(job, result)
 
 
-def _wait_saved(start: float, n: int) -> None:
+def _wait_saved(recorder: Recorder, n: int) -> None:
     deadline = time.monotonic() + 10
-    while counter("bestofk_records_written_total") - start < n:
+    while recorder.metrics.value("bestofk_records_written_total") < n:
         assert time.monotonic() < deadline, "the writer did not save them"
         time.sleep(0.01)
 
@@ -383,15 +383,14 @@ def test_a_record_file_deleted_under_the_writer_is_written_again(
     """A tmp cleaner deletes the open file; the directory stays: nothing is lost after it."""
     recorder = Recorder(tmp_path)
     recorder.start()
-    before = counter("bestofk_records_written_total")
     with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
         try:
             _submit(recorder, range(5))
-            _wait_saved(before, 5)
+            _wait_saved(recorder, 5)
             for file in tmp_path.iterdir():
                 file.unlink()
             _submit(recorder, range(5, 10))
-            _wait_saved(before, 10)
+            _wait_saved(recorder, 10)
         finally:
             recorder.close()
     assert [r.id for r in read_records(tmp_path)] == [f"r{i}" for i in range(5, 10)]
@@ -405,15 +404,14 @@ def test_a_replaced_directory_is_noticed(tmp_path: Path, caplog: pytest.LogCaptu
     directory = tmp_path / "records"
     recorder = Recorder(directory)
     recorder.start()
-    before = counter("bestofk_records_written_total")
     with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
         try:
             _submit(recorder, range(3))
-            _wait_saved(before, 3)
+            _wait_saved(recorder, 3)
             directory.rename(tmp_path / "old")
             directory.mkdir()
             _submit(recorder, range(3, 6))
-            _wait_saved(before, 6)
+            _wait_saved(recorder, 6)
         finally:
             recorder.close()
     assert [r.id for r in read_records(tmp_path / "old")] == ["r0", "r1", "r2"]
@@ -427,14 +425,13 @@ def test_a_record_over_the_line_cap_is_dropped_not_written(
     monkeypatch.setattr("bestofk.service.records.recorder.MAX_RECORD_BYTES", 2000)
     recorder = Recorder(tmp_path)
     recorder.start()
-    before = counter("bestofk_records_dropped_total", reason="too_large")
     try:
         job, result = make("q", [("x" * 3000, True, 1.0)])
         recorder.submit(job, result)
         _submit(recorder, range(1))
     finally:
         recorder.close()
-    assert counter("bestofk_records_dropped_total", reason="too_large") - before == 1
+    assert recorder.metrics.value("bestofk_records_dropped_total", reason="too_large") == 1
     assert [r.id for r in read_records(tmp_path)] == ["r0"]
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.pipeline import RerankJob, RerankResult, Timing
@@ -100,12 +99,6 @@ def load_dataset(path: Path, cache: Path) -> Any:
     return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache))
 
 
-def counter(sample: str, **labels: str) -> float:
-    """A counter's value in this process."""
-    value = REGISTRY.get_sample_value(sample, labels or None)
-    return value or 0.0
-
-
 # ---------------------------------------------------------------------------------------------
 # The writer
 
@@ -150,13 +143,13 @@ def test_full_queue_drops_counts_and_never_blocks(
 ) -> None:
     recorder = Recorder(tmp_path, queue_size=2)  # not started: nothing drains the queue
     job, result = make("q", [("1", True, 1.0)])
-    before = counter("bestofk_records_dropped_total", reason="queue_full")
     start = time.perf_counter()
     with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
         outcomes = [recorder.submit(job, result) for _ in range(500)]
     elapsed = time.perf_counter() - start
     assert outcomes[:2] == [True, True] and not any(outcomes[2:])
-    assert counter("bestofk_records_dropped_total", reason="queue_full") - before == 498
+    dropped = recorder.metrics.value("bestofk_records_dropped_total", reason="queue_full")
+    assert dropped == 498, "each recorder counts into its own metrics unless given the app's"
     assert elapsed < 0.5, f"submitting to a full queue took {elapsed:.2f}s"
     warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert 1 <= len(warnings) <= 2, "drops must be logged, but not once per record"

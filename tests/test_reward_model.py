@@ -21,6 +21,7 @@ import pytest
 
 from bestofk.tooling.procs import Server, engine_env, free_port, start, start_bestofk
 from bestofk.verifiers import registry
+from bestofk.verifiers.base import Candidate, RequestContext, Verifier, VerifierResources
 from bestofk.verifiers.reward_model import to_score
 from tests.conftest import ENGINE_START_S, model_path, post
 
@@ -173,6 +174,29 @@ def test_remote_classify_and_pooling_endpoints(
     ]
     # /pooling gives the raw logit; the sigmoid rule turns it into the same probability.
     assert raw == pytest.approx(classify, abs=1e-3)
+
+
+async def test_a_kept_model_name_the_endpoint_no_longer_serves_is_looked_up_again(
+    pooling_servers: tuple[Server, Server, FirstLoad],
+) -> None:
+    """The served model's name is kept after the first call; after a restart with another
+    model (404 for the kept name) it is listed again and the call succeeds."""
+    _, pooling, _ = pooling_servers
+    resources = VerifierResources()
+    spec = registry.parse_spec({"type": "reward_model", "endpoint": pooling.url})
+    (verifier,) = registry.build([spec], resources)
+    assert isinstance(verifier, Verifier)
+    ctx, candidate = RequestContext(prompt="What's the factorial of 5?"), Candidate(0, "120")
+    try:
+        first = await verifier.verify(ctx, candidate)
+        served = resources.http.models[pooling.url]
+        resources.http.models[pooling.url] = "the-model-before-a-restart"
+        again = await verifier.verify(ctx, candidate)
+    finally:
+        await resources.http.aclose()
+    assert first.error is None and again.error is None, (first, again)
+    assert again.score == pytest.approx(first.score)
+    assert resources.http.models[pooling.url] == served
 
 
 def test_unreachable_endpoint_is_an_error_verdict(

@@ -19,7 +19,7 @@ from bestofk.verifiers.openai_http import (
     logprob_entries,
     post_json,
     request_body,
-    served_model,
+    with_served_model,
 )
 
 CONNECT_TIMEOUT_S = 5.0
@@ -51,14 +51,21 @@ class EndpointCompleter:
         self, prompts: Sequence[str], max_tokens: int, top_logprobs: int, request_id: str
     ) -> list[Completion]:
         """One ``/v1/completions`` call with every prompt; results in prompt order."""
-        model = self.model or await served_model(self.http, self.base, self.timeout_s)
-        path, body = request_body(
-            model,
-            prompt=prompts,
-            top_logprobs=top_logprobs,
-            params={"max_tokens": max_tokens, "temperature": 0.0},
-        )
-        data = await post_json(self.http, self.base + path, body, self.timeout_s, self.connect_s)
+
+        async def call(model: str) -> dict[str, Any]:
+            path, body = request_body(
+                model,
+                prompt=prompts,
+                top_logprobs=top_logprobs,
+                params={"max_tokens": max_tokens, "temperature": 0.0},
+            )
+            url = self.base + path
+            return await post_json(self.http, url, body, self.timeout_s, self.connect_s)
+
+        if self.model is not None:
+            data = await call(self.model)
+        else:
+            data = await with_served_model(self.http, self.base, self.timeout_s, call)
         return _completions(data, len(prompts))
 
 

@@ -23,8 +23,8 @@ import codecs
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -36,6 +36,7 @@ COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
 
 _SSE_EOL = re.compile(r"\r\n|\r|\n")
+T = TypeVar("T")
 
 LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
 """A token, its logprob (None if the server sent none) and its top alternatives."""
@@ -43,6 +44,11 @@ LogprobEntry = tuple[str, float | None, list[tuple[str, float]]]
 
 class EndpointError(RuntimeError):
     """The endpoint answered with an error, or with something that is not the expected JSON."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status of an error reply; None for every other failure."""
 
 
 class ProtocolError(Exception):
@@ -88,6 +94,9 @@ class PooledClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.models: dict[str, str] = {}
+        """The model each server serves, by base URL, for calls that name none: looked up
+        once (:func:`served_model`), forgotten when the server no longer knows it."""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -287,7 +296,7 @@ async def _request_json(
         raise EndpointError(f"{url} is unreachable: {exc!r}") from exc
     text = raw.decode("utf-8", "replace")
     if status >= 400:
-        raise EndpointError(f"{url} answered {status}: {text[:MAX_ERROR_CHARS]}")
+        raise EndpointError(f"{url} answered {status}: {text[:MAX_ERROR_CHARS]}", status)
     try:
         return json.loads(text)
     except ValueError:
@@ -316,9 +325,34 @@ async def post_json(
 
 
 async def served_model(http: PooledClient, base: str, timeout_s: float) -> str:
-    """The first model ``base`` lists at ``/v1/models``."""
+    """The first model ``base`` lists at ``/v1/models``, asked once and kept in ``http``."""
+    if (known := http.models.get(base)) is not None:
+        return known
     data = await get_json(http, base + "/v1/models", timeout_s)
     try:
-        return str(data["data"][0]["id"])
+        model = str(data["data"][0]["id"])
     except (KeyError, IndexError, TypeError) as exc:
         raise EndpointError(f"could not list the models at {base}: {exc!r}") from exc
+    http.models[base] = model
+    return model
+
+
+async def with_served_model(
+    http: PooledClient, base: str, timeout_s: float, call: Callable[[str], Awaitable[T]]
+) -> T:
+    """``call(model)`` with the model ``base`` serves (:func:`served_model`).
+
+    A name kept from an earlier call can be stale: the server restarted with another model.
+    vLLM then answers 404 (``The model `x` does not exist``), so on a 404 with a kept name
+    the name is looked up again and the call made once more. A 404 with a name just looked up
+    is the server's answer, passed on."""
+    kept = base in http.models
+    model = await served_model(http, base, timeout_s)
+    try:
+        return await call(model)
+    except EndpointError as exc:
+        if not kept or exc.status != 404:
+            raise
+    if http.models.get(base) == model:  # not yet replaced by a concurrent call
+        del http.models[base]
+    return await call(await served_model(http, base, timeout_s))

@@ -37,7 +37,7 @@ from bestofk.verifiers.base import (
 )
 from bestofk.verifiers.batching import Coalescer
 from bestofk.verifiers.endpoint import check_allowed
-from bestofk.verifiers.openai_http import base_url, post_json, served_model
+from bestofk.verifiers.openai_http import base_url, post_json, with_served_model
 from bestofk.verifiers.templates import check_template
 
 DEFAULT_ENGINE_ARGS: Mapping[str, Any] = {
@@ -154,12 +154,18 @@ class RewardModelVerifier:
     async def _remote(self, endpoint: str, texts: Sequence[str]) -> list[list[float]]:
         base = base_url(endpoint)
         timeout_s = self.spec.timeout_s
-        model = self.spec.model or await served_model(self._http, base, timeout_s)
-        body: dict[str, Any] = {"model": model, "input": list(texts)}
-        if self.spec.api == "pooling":
-            body["use_activation"] = False  # the raw head output; the sigmoid is ours
         path = "/classify" if self.spec.api == "classify" else "/pooling"
-        data = await post_json(self._http, base + path, body, timeout_s)
+
+        async def call(model: str) -> dict[str, Any]:
+            body: dict[str, Any] = {"model": model, "input": list(texts)}
+            if self.spec.api == "pooling":
+                body["use_activation"] = False  # the raw head output; the sigmoid is ours
+            return await post_json(self._http, base + path, body, timeout_s)
+
+        if self.spec.model is not None:
+            data = await call(self.spec.model)
+        else:
+            data = await with_served_model(self._http, base, timeout_s, call)
         rows = data.get("data")
         if not isinstance(rows, list) or len(rows) != len(texts):
             raise ValueError(f"expected {len(texts)} results from {path}, got {rows!r:.200}")

@@ -40,13 +40,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from bestofk.verifiers.base import VerifierCapacityError
+from bestofk.verifiers.sandbox.slots import Slots, fail
 from bestofk.verifiers.sandbox.spawner import on_spawner_thread
 
 __all__ = ["WorkerLimits", "WorkerPool", "default_pool"]
@@ -159,9 +159,10 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._workers: set[_Worker] = set()
         """Started and not discarded: idle or busy."""
-        self._idle: list[_Worker] = []
+        # Idle workers, the one used last first (its caches are warm); a worker freed after
+        # the pool closed or discarded it is dropped.
+        self._queue: Slots[_Worker] = Slots(self._lock, lifo=True, keep=self._workers.__contains__)
         self._starting = 0
-        self._waiters: deque[asyncio.Future[_Worker]] = deque()
         self._mean_job_s = 0.05
         self._closed = False
 
@@ -199,7 +200,7 @@ class WorkerPool:
         if status == "memory":
             self._discard(worker)  # it exits by itself: a fresh heap for the next job
             raise MemoryError(f"ran past its {self.limits.memory_bytes >> 20} MiB memory budget")
-        self._release(worker)
+        self._queue.release(worker)
         if status == "error":
             raise cast(BaseException, value)
         return cast(T, value)
@@ -216,12 +217,11 @@ class WorkerPool:
         """Kill and reap every worker; jobs in flight fail. Idempotent."""
         with self._lock:
             self._closed = True
-            workers, self._workers = list(self._workers), set()
-            self._idle.clear()
-            waiters, self._waiters = list(self._waiters), deque()
-        for waiter in waiters:
-            with contextlib.suppress(RuntimeError):  # its loop is closed
-                waiter.get_loop().call_soon_threadsafe(_fail, waiter, "the pool closed")
+            workers = list(self._workers)
+            self._workers.clear()
+            self._queue.free.clear()
+            waiters = self._queue.take_waiters()
+        fail(waiters, lambda: _no_worker("the pool closed"))
         # The spawner thread works in order: once this no-op ran, every start and reap queued
         # before it is done, and a start that finished after the close killed its own worker.
         on_spawner_thread(lambda: None).result(timeout=30)
@@ -230,17 +230,15 @@ class WorkerPool:
             worker.reap()
 
     async def _acquire(self) -> _Worker:
-        loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Worker] | None = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the verifier worker pool is closed")
             starts = self._fill()
-            idle = self._idle.pop() if self._idle else None
-            queued = len(self._waiters)
+            idle = self._queue.take()
+            queued = len(self._queue.waiters)
             if idle is None and queued < self._max_queue:
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
+                waiter = self._queue.enqueue()
         self._watch(starts)
         if idle is not None:
             return idle
@@ -249,16 +247,7 @@ class WorkerPool:
                 f"all {self._size} verifier workers are busy and {self._max_queue} jobs are queued",
                 max(1.0, self._mean_job_s * (queued + 1) / self._size),
             )
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                    raise
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release(waiter.result())  # handed over just as we were cancelled
-            raise  # else a scheduled hand-over finds the waiter cancelled and passes it on
+        return await self._queue.wait(waiter)
 
     def _fill(self) -> list[Future[_Worker]]:
         """Start workers up to ``size`` (called with the lock held); the caller hands the
@@ -286,37 +275,15 @@ class WorkerPool:
             if worker is not None and not closed:
                 self._workers.add(worker)
             elif worker is None and not self._workers and not self._starting:
-                orphans, self._waiters = list(self._waiters), deque()  # none left to serve them
+                orphans = self._queue.take_waiters()  # none left to serve them
         if worker is not None and closed:
             worker.kill()
             worker.reap()
         elif worker is not None:
-            self._release(worker)
+            self._queue.release(worker)
         else:
             log.error("a verifier worker failed to start: %s", error)
-        for waiter in orphans:
-            with contextlib.suppress(RuntimeError):  # its loop is closed
-                waiter.get_loop().call_soon_threadsafe(_fail, waiter, str(error))
-
-    def _release(self, worker: _Worker) -> None:
-        """Hand a free worker to the first live waiter, else keep it idle."""
-        with self._lock:
-            if worker not in self._workers:
-                return  # closed meanwhile
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if waiter.done():
-                    continue
-                with contextlib.suppress(RuntimeError):  # the waiter's loop is closed
-                    waiter.get_loop().call_soon_threadsafe(self._hand_over, waiter, worker)
-                    return
-            self._idle.append(worker)
-
-    def _hand_over(self, waiter: asyncio.Future[_Worker], worker: _Worker) -> None:
-        if waiter.done():  # its owner gave up in the meantime
-            self._release(worker)
-        else:
-            waiter.set_result(worker)
+        fail(orphans, lambda: _no_worker(str(error)))
 
     def _discard(self, worker: _Worker) -> None:
         """Kill a worker that may be busy, reap it off the loop, start its replacement."""
@@ -328,9 +295,8 @@ class WorkerPool:
         self._watch(starts)
 
 
-def _fail(waiter: asyncio.Future[_Worker], why: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(RuntimeError(f"no verifier worker: {why}"))
+def _no_worker(why: str) -> RuntimeError:
+    return RuntimeError(f"no verifier worker: {why}")
 
 
 _default: WorkerPool | None = None

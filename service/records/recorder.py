@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bestofk.service import metrics
+from bestofk.service.metrics import Metrics
 from bestofk.service.records.format import MAX_RECORD_BYTES, build, compile_redactions
 
 if TYPE_CHECKING:
@@ -116,7 +116,8 @@ class _DropLog:
     """Counts drops by reason and logs them at most once per ``WARN_EVERY_S``; thread-safe
     (the request path drops on a full queue, the writer on a failed write)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._errors: dict[str, str] = {}
@@ -124,7 +125,7 @@ class _DropLog:
 
     def drop(self, reason: str, error: str) -> None:
         """Count one record dropped for ``reason`` (``error`` says why, in words)."""
-        metrics.RECORDS_DROPPED.labels(reason).inc()
+        self._metrics.record_dropped(reason)
         with self._lock:
             self._counts[reason] = self._counts.get(reason, 0) + 1
             self._errors[reason] = error
@@ -157,8 +158,11 @@ class Recorder:
         max_bytes: int = 128 * 1024 * 1024,
         queue_size: int = 10_000,
         redact: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.directory = directory
+        self.metrics = metrics or Metrics()
+        """Where writes, drops and health are counted: the app's; a recorder's own if None."""
         self.max_bytes = max_bytes
         self.redactions = compile_redactions(redact)
         self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=queue_size)
@@ -173,19 +177,21 @@ class Recorder:
         self._directory_id: tuple[int, int] | None = None
         self.path: Path | None = None
         """The file being written now (None before the first record)."""
-        self._drops = _DropLog()
+        self._drops = _DropLog(self.metrics)
         self._failure: _Failure | None = None
         self._traced = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Recorder:
-        """A recorder configured by the ``record_*`` settings (``record_dir`` must be set)."""
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> Recorder:
+        """A recorder configured by the ``record_*`` settings (``record_dir`` must be set),
+        counting into the app's ``metrics``."""
         assert settings.record_dir is not None
         return cls(
             settings.record_dir,
             max_bytes=settings.record_max_bytes,
             queue_size=settings.record_queue_size,
             redact=settings.record_redact,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -278,7 +284,7 @@ class Recorder:
         except OSError as exc:
             self._fail(exc)
             return
-        metrics.RECORDS_WRITTEN.inc()
+        self.metrics.record_written()
         if failure is not None:
             self._failure = None
             self._set_healthy(True)
@@ -306,7 +312,7 @@ class Recorder:
         self._drops.drop(reason, error)
 
     def _set_healthy(self, healthy: bool) -> None:
-        metrics.RECORDS_HEALTHY.labels(str(self.directory)).set(1 if healthy else 0)
+        self.metrics.records_healthy(self.directory, healthy)
 
     def _line(self, item: _Pending) -> bytes:
         record = build(

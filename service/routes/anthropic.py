@@ -25,7 +25,7 @@ from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.routes.common import render, runtime
+from bestofk.service.routes.common import client_gone, render, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.selection import Scored
 from bestofk.verifiers.base import ToolCall
@@ -112,7 +112,7 @@ async def messages(
         return StreamingResponse(
             events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
         )
-    result = await rt.execute(job, request, openai=True)
+    result = await rt.execute(job, client_gone(request), openai=True)
     message = _message(job.request_id, result.model)
     message["content"] = _content(result.chosen, body)
     message |= _stop(result.chosen, body)

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from bestofk.service import results
 from bestofk.service.pipeline import RerankResult
-from bestofk.service.runtime import Runtime
+from bestofk.service.runtime import ClientGone, Runtime
 from bestofk.service.schemas.native import RerankResponse
 
 
@@ -18,6 +18,16 @@ def runtime(request: Request) -> Runtime:
     """The app's runtime (set in the lifespan)."""
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+def client_gone(request: Request) -> ClientGone:
+    """The wait the runtime cancels a request's work on: the ASGI ``http.disconnect``."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
 
 
 def trace_link(rt: Runtime, request_id: str) -> dict[str, str]:

@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import render, runtime, trace_link
+from bestofk.service.routes.common import client_gone, render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
@@ -54,7 +53,7 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)
     response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
 
 
 @router.post("/verify", response_model=RerankResponse)
@@ -64,7 +63,7 @@ async def verify(body: VerifyRequest, request: Request, response: Response) -> R
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("ver"), fields)
     response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
 
 
 @router.get("/health")
@@ -87,9 +86,9 @@ async def health(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
     """Prometheus exposition: bestofk_* and the in-process engine's vllm:* metrics."""
-    body, content_type = metrics.render()
+    body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)
 
 

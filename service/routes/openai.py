@@ -21,7 +21,7 @@ from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
 from bestofk.service.results import openai_tool_calls
-from bestofk.service.routes.common import render, runtime, trace_link
+from bestofk.service.routes.common import client_gone, render, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
@@ -415,7 +415,7 @@ async def _respond(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    results = await rt.execute_batch(jobs, request, openai=True)
+    results = await rt.execute_batch(jobs, client_gone(request), openai=True)
     out = _envelope(request_id, renderer, results[0].model, chunk=False)
     out["choices"] = [
         renderer.choice(p * body.n + i, s)

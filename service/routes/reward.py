@@ -23,7 +23,7 @@ from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.labels import Label
-from bestofk.service.routes.common import runtime
+from bestofk.service.routes.common import client_gone, runtime
 from bestofk.service.schemas.reward import RewardRequest, RewardResponse
 
 router = APIRouter()
@@ -73,7 +73,7 @@ async def get_reward(
         )
         for (prompt, _), (label, _, texts) in groups.items()
     ]
-    results = await rt.execute_batch(jobs, request)
+    results = await rt.execute_batch(jobs, client_gone(request))
     rewards = [0.0] * len(body.query)
     scores = [0.0] * len(body.query)
     errors = [0.0] * len(body.query)

@@ -1,7 +1,8 @@
 """Backend faults against a real bestofk over :mod:`bestofk.tooling.fake_backend` servers on
 loopback.
 
-    python tooling/bench/backend_faults.py [--requests 200] [--concurrency 8] [--first-token-s 1]
+    python -m bestofk.tooling.bench.backend_faults [--requests 200] [--concurrency 8]
+        [--first-token-s 1]
 
 Two probes, one table each:
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,8 +25,6 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bestofk.tooling.procs import Server, engine_env, start_bestofk, start_fake_backend
 

@@ -1,6 +1,6 @@
 """Sandbox benchmark: per-run overhead against a bare interpreter, runs/s, and 16 x 10 cases.
 
-    .venv/bin/python tooling/bench/sandbox_bench.py [--runs 60]
+    python -m bestofk.tooling.bench.sandbox_bench [--runs 60]
 
 Prints (all measured in this one process, interleaved, so machine load hits both sides):
 
@@ -19,11 +19,7 @@ import argparse
 import asyncio
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bestofk.verifiers.base import Candidate, RequestContext, VerifierResources
 from bestofk.verifiers.sandbox import CallCase, Job, SandboxPool

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from bestofk.verifiers.sandbox.errors import SandboxBusyError, SandboxUnavailabl
 from bestofk.verifiers.sandbox.grading import RunEnd, RunResult, judge
 from bestofk.verifiers.sandbox.process import SandboxProcess, claim_uids, spawn
 from bestofk.verifiers.sandbox.protocol import Job, RecordParser
+from bestofk.verifiers.sandbox.slots import Slots
 
 __all__ = ["DEFAULT_UID_BASE", "SandboxBusyError", "SandboxPool", "default_pool"]
 
@@ -97,9 +97,8 @@ class SandboxPool:
             ]
         else:
             self._slots = [_Slot(None, []) for _ in range(slots)]
-        self._free = deque(self._slots)
-        self._waiters: deque[asyncio.Future[_Slot]] = deque()
         self._lock = threading.Lock()
+        self._queue = Slots(self._lock, self._slots)
         self._mean_run_s = 0.1
         self._closed = False
 
@@ -133,7 +132,7 @@ class SandboxPool:
             # ended: anyio cancel scopes may cancel it again at every await.
             os.close(abort_r)
             os.close(abort_w)
-            self._release(slot)
+            self._queue.release(slot)
             if work.cancelled():  # the loop itself is shutting down
                 self._count("killed")
             else:
@@ -199,54 +198,21 @@ class SandboxPool:
         return spawn(launcher, uid).result()
 
     async def _acquire(self) -> _Slot:
-        loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise SandboxUnavailableError("the sandbox pool is closed")
-            if self._free:
-                return self._free.popleft()
-            if len(self._waiters) >= self._max_queue:
+            if (slot := self._queue.take()) is not None:
+                return slot
+            if len(self._queue.waiters) >= self._max_queue:
                 raise self._busy(f"{self._max_queue} runs are already queued")
-            waiter: asyncio.Future[_Slot] = loop.create_future()
-            self._waiters.append(waiter)
+            waiter = self._queue.enqueue()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), self._queue_timeout_s)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            handed: _Slot | None = None
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif waiter.done():
-                    handed = waiter.result()
-                else:  # a hand-over is scheduled: cancelling makes it pass the slot on
-                    waiter.cancel()
-            if handed is not None and isinstance(exc, TimeoutError):
-                return handed  # the slot came just as the wait ran out: use it
-            if handed is not None:
-                self._release(handed)
-            if isinstance(exc, TimeoutError):
-                raise self._busy(f"no slot came free in {self._queue_timeout_s:g}s") from None
-            raise
-
-    def _release(self, slot: _Slot) -> None:
-        with self._lock:
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if waiter.done():
-                    continue
-                with contextlib.suppress(RuntimeError):  # the waiter's loop is closed
-                    waiter.get_loop().call_soon_threadsafe(self._hand_over, waiter, slot)
-                    return
-            self._free.append(slot)
-
-    def _hand_over(self, waiter: asyncio.Future[_Slot], slot: _Slot) -> None:
-        if waiter.done():  # its owner gave up in the meantime
-            self._release(slot)
-        else:
-            waiter.set_result(slot)
+            return await self._queue.wait(waiter, self._queue_timeout_s)
+        except TimeoutError:
+            raise self._busy(f"no slot came free in {self._queue_timeout_s:g}s") from None
 
     def _busy(self, why: str) -> SandboxBusyError:
-        wait = self._mean_run_s * (len(self._waiters) + 1) / len(self._slots)
+        wait = self._mean_run_s * (len(self._queue.waiters) + 1) / len(self._slots)
         return SandboxBusyError(f"all {len(self._slots)} sandbox slots are busy: {why}", wait)
 
     def _count(self, outcome: str) -> None:
