@@ -298,3 +298,29 @@ async def test_watch_is_passed_to_every_wave(policy: str) -> None:
         )
     )
     assert [s.watch for s in engine.streams] == [watch, watch]
+
+
+def test_eval_adaptive_measures_every_configuration(server: Server) -> None:
+    from pathlib import Path
+
+    from bestofk.tooling import compute
+    from bestofk.tooling.evaluation import load_tasks
+
+    tasks = load_tasks(Path(__file__).parent.parent / "demo" / "tasks.jsonl", ["factorial"])[:4]
+    plan = compute.configs([1, 2, 8])
+
+    async def run() -> compute.ComputeReport:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            sampling = {"temperature": 1.0, "max_tokens": 16, "seed": 0}
+            return await compute.measure(client, tasks, plan, sampling)
+
+    report = asyncio.run(run())
+    rows = {r.name: r for r in report.rows}
+    assert list(rows) == ["K=1", "K=2", "K=8", "K=8 early exit", "adaptive (K<=8)"]
+    assert report.tasks == 4
+    assert rows["K=1"].sampled == 1 and rows["K=8"].sampled == 8
+    assert 1 <= rows["adaptive (K<=8)"].sampled <= 8 and rows["adaptive (K<=8)"].waves >= 1
+    # The in-process server's engine counts what usage misses of aborted candidates.
+    for row in report.rows:
+        assert row.tokens >= row.usage_tokens > 0
+    assert "| adaptive (K<=8) |" in report.markdown("K=8 early exit")
