@@ -204,9 +204,11 @@ class Settings(BaseSettings):
     """K for a request that names none (no ``k``/``best_of``; a profile's ``k`` wins). An
     OpenAI request's ``n`` raises it: K = max(n, default)."""
     default_max_tokens: int = Field(default=256, ge=1)
-    split_candidates: bool = True
-    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted
-    alone when done with; False: one ``n=K`` request per wave (README: "Candidate streams")."""
+    split_candidates: bool | None = None
+    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted alone
+    when done with (True), or one ``n=K`` request per wave (False). None, the default: split
+    in-process, where it costs nothing, and ``n=K`` to backends, where K streamed calls cost
+    measurably more (README, "Candidate streams"). A watched request is always split."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
