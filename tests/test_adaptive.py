@@ -349,3 +349,17 @@ def test_watch_cuts_one_candidate_in_the_in_process_engine(tmp_path: Path) -> No
     assert samples[5]["cut"] and samples[5]["finish"] == "abort" and samples[5]["tokens"] < 100
     assert not samples[4]["cut"] and samples[4]["finish"] in ("stop", "length")
     assert lines[-1] == {"unfinished": 0}
+
+
+def test_later_waves_go_to_the_first_waves_backend() -> None:
+    from bestofk.service.engines.backends import BackendPool, RemoteOptions
+
+    pool = BackendPool(RemoteOptions(urls=["http://a", "http://b"]))
+    for backend in pool.backends:
+        backend.healthy = True
+    first = pool.pick("req", continuing=False)
+    first.in_flight += 5  # busier now than the other
+    assert pool.pick("req", continuing=True) is first
+    assert pool.pick("other") is not first  # a new request still goes to the least busy
+    first.healthy = False  # gone: the next wave goes where it can
+    assert pool.pick("req", continuing=True) is not first
