@@ -131,9 +131,9 @@ async def measure(
     skipped = dict(skipped or {})
     if endpoints.bestofk_local is None:
         skipped.setdefault("i", "no in-process bestofk was started")
-    if endpoints.bestofk_split is None:
+    if endpoints.bestofk_split is None and "n" in config.modes:
         skipped.setdefault("n", "no bestofk with split_candidates on was started")
-    if endpoints.bestofk_local_joint is None:
+    if endpoints.bestofk_local_joint is None and "m" in config.modes:
         skipped.setdefault("m", "no in-process bestofk with split_candidates off was started")
     chosen = workload(
         config.workload,
