@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from bestofk.service.bundled_model import DEMO_MODEL, is_demo_model
 from bestofk.service.engines.base import BYTES_PER_TOKEN, SamplingConfig
+from bestofk.service.schemas.adaptive import AdaptiveField, Budget
 from bestofk.service.schemas.sampling import (
     MaxTokens,
     MinP,
@@ -131,6 +132,11 @@ class Profile(BaseModel):
     """The fields set here override the server's ``sampling``; a request's override both."""
     selection: SelectionDefaults | None = None
     early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    adaptive: AdaptiveField = None
+    """Adaptive K for this profile's requests (``true``: the default tuning); a request's own
+    ``adaptive`` wins."""
+    budget: Budget | None = None
+    """The search's caps for this profile's requests; a request's ``budget`` wins."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser for this profile's requests (a model family's), over the
     server's ``reasoning_parser``."""
@@ -235,6 +241,11 @@ class Settings(BaseSettings):
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     """Server-wide sampling defaults, e.g. ``BESTOFK_SAMPLING__TEMPERATURE=0.6``: a request's
     fields win one by one, then its profile's."""
+    split_candidates: bool | None = None
+    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted alone
+    when done with (True), or one ``n=K`` request per wave (False). None, the default: split
+    in-process, where it costs nothing, and ``n=K`` to backends, where K streamed calls cost
+    measurably more (README, "Candidate streams"). A watched request is always split."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)

@@ -87,6 +87,8 @@ def started(
     local: bool = True,
     log: Callable[[str], None] = print,
     port: int | None = None,
+    split: bool = False,
+    local_joint: bool = False,
 ) -> Iterator[Stack]:
     """Start the servers (an OptiLLM per K in ``optillm_ks``; the in-process bestofk if
     ``local``), yield them ready, stop them. ``port``: they listen on consecutive ports from
@@ -119,6 +121,17 @@ def started(
         stack.callback(service.stop)
         skipped: dict[str, str] = {}
         local_port = next(ports)
+        split_service = None
+        if split:
+            split_service = start_bestofk(
+                logs / "bestofk-split.log",
+                "--backend",
+                vllm.url,
+                env=engine_env(**SERVICE_ENV, BESTOFK_SPLIT_CANDIDATES="true"),
+                port=next(ports),
+            )
+            stack.callback(split_service.stop)
+            split_service.wait_ready(120)
         proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log, ports)
         service.wait_ready(120)
         in_process = None
@@ -133,11 +146,25 @@ def started(
             )
             stack.callback(in_process.stop)
             in_process.wait_ready(VLLM_START_S)
+        local_joint_server = None
+        if local_joint:
+            log(f"starting bestofk with an in-process engine on {model}, split_candidates off")
+            local_joint_server = start_bestofk(
+                logs / "bestofk-local-joint.log",
+                "--model",
+                model,
+                env=engine_env(**SERVICE_ENV, **LOCAL_ENV, BESTOFK_SPLIT_CANDIDATES="false"),
+                port=next(ports),
+            )
+            stack.callback(local_joint_server.stop)
+            local_joint_server.wait_ready(VLLM_START_S)
         yield Stack(
             Endpoints(
                 vllm=vllm.url,
                 bestofk=service.url,
                 bestofk_local=in_process.url if in_process else None,
+                bestofk_split=split_service.url if split_service else None,
+                bestofk_local_joint=local_joint_server.url if local_joint_server else None,
                 model=SERVED_NAME,
                 optillm=proxies,
             ),
