@@ -112,6 +112,11 @@ RERANKED = Counter(
 EARLY_EXITS = Counter(
     "bestofk_early_exits_total", "Requests whose generation was cut short by early exit."
 )
+LOAD_REDUCED = Counter(
+    "bestofk_load_reduced_requests_total",
+    "Requests given a smaller K than they asked because the engine was saturated "
+    "(load-aware K; stats.k < stats.k_requested).",
+)
 INFLIGHT = Gauge(
     "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -17,6 +17,7 @@ from bestofk.service.engines.base import Engine
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.load import LoadAwareK
 from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from bestofk.service.records.recorder import Recorder
 from bestofk.service.settings import Settings
@@ -46,6 +47,8 @@ class Runtime:
     """Appends every result to the record files (``--record-dir``); None when not recording."""
     history: History | None = None
     """The recent results the trace pages show (``/ui``); None with ``--no-ui``."""
+    load: LoadAwareK | None = None
+    """Load-aware K (``--load-aware-k``): sizes each job's K to the engine's free slots."""
     draining: bool = False
     """Set at SIGTERM (:mod:`bestofk.service.shutdown`): new requests are refused with 503."""
     inflight: int = 0
@@ -95,9 +98,28 @@ class Runtime:
     ) -> RerankResult:
         """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
         client leaves or the server cuts it at the end of its shutdown grace period."""
-        result = await self._guarded(self.pipeline.run(job, prepared), request)
+        with self.sized(job) as job:
+            if prepared is not None:
+                prepared.job = job
+            result = await self._guarded(self.pipeline.run(job, prepared), request)
         self._finished(job, result)
         return result
+
+    @contextlib.contextmanager
+    def sized(self, job: RerankJob) -> Iterator[RerankJob]:
+        """``job`` with the K the load allows (load-aware K), its candidates counted in flight
+        for the body of the ``with``; ``job`` itself when load-aware K is off."""
+        load = self.load
+        if load is None or job.given is not None:
+            yield job
+            return
+        k = load.choose(job.k, self.admission.waiting)
+        if k < job.k:
+            metrics.LOAD_REDUCED.inc()
+            log.info("request %s: K %d -> %d (engine saturated)", job.request_id, job.k, k)
+            job = replace(job, k=k)
+        with load.holding(k):
+            yield job
 
     def _finished(self, job: RerankJob, result: RerankResult) -> None:
         metrics.observe(result)
@@ -154,8 +176,10 @@ class Runtime:
         the client leaves."""
         needs_engine = any(job.given is None for job in jobs)
         async with self.admitted(needs_engine=needs_engine, openai=openai):
-            run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
-            results = await self._guarded(run, request)
+            with contextlib.ExitStack() as held:
+                jobs = [held.enter_context(self.sized(job)) for job in jobs]
+                run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
+                results = await self._guarded(run, request)
         for job, result in zip(jobs, results, strict=True):
             self._finished(job, result)
         return list(results)

@@ -198,6 +198,18 @@ class Settings(BaseSettings):
     """K for a request that names none (no ``k``/``best_of``; a profile's ``k`` wins). An
     OpenAI request's ``n`` raises it: K = max(n, default)."""
     default_max_tokens: int = Field(default=256, ge=1)
+    load_aware_k: bool = False
+    """Under load, sample fewer candidates instead of queueing them in the engine: a request
+    gets at most the engine's free sequence slots (``load_aware_max_num_seqs`` less the
+    candidates of the requests in flight), never fewer than ``min_k``; ``stats.k`` says how
+    many it got, ``stats.k_requested`` what it asked."""
+    min_k: int = Field(default=1, ge=1)
+    """Load-aware K's floor: a saturated engine still samples this many (or the K asked, if
+    fewer) for every request."""
+    load_aware_max_num_seqs: int | None = Field(default=None, ge=1)
+    """Candidate sequences the engine runs at once, for load-aware K. None: the in-process
+    engine's own ``max_num_seqs`` (vLLM's scheduler limit; the rest of a batch waits in its
+    queue); with backends it must be given (their ``max_num_seqs`` summed)."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)
@@ -267,6 +279,16 @@ class Settings(BaseSettings):
                 self.tool_call_parser = DEMO_TOOL_CALL_PARSER
             if "enable_auto_tool_choice" not in self.model_fields_set:
                 self.enable_auto_tool_choice = True
+        return self
+
+    @model_validator(mode="after")
+    def _load_aware_capacity(self) -> Settings:
+        if self.load_aware_k and self.engine == "openai" and not self.load_aware_max_num_seqs:
+            raise ValueError(
+                "load_aware_k with backends needs load_aware_max_num_seqs "
+                "(--load-aware-max-num-seqs): the sequences the backends run at once, their "
+                "max_num_seqs summed"
+            )
         return self
 
     @property

@@ -164,7 +164,8 @@ class Stats(BaseModel):
     k: int
     """Candidates sampled (for ``/verify``: given)."""
     k_requested: int
-    """The K asked for, or the default; greedy sampling (temperature 0) samples 1."""
+    """The K asked for, or the default; greedy sampling (temperature 0) samples 1, and
+    load-aware K (``--load-aware-k``) fewer while the engine is saturated."""
     generated: int
     """Candidates the engine finished: fewer than ``k`` after early exit, 0 for ``/verify``."""
     passing: int
