@@ -1,0 +1,177 @@
+"""DeepConf's confidences and online cut (``service/confidence.py``) on the demo model's own
+logprobs: ``tests/data/confidence_logprobs.json`` holds real candidates of its thinking family
+with their top-20 logprobs, as the engine hands them to a watch (regenerate it with
+``python tests/test_confidence.py URL`` against a running server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bestofk.service.confidence import (
+    ConfidenceWatch,
+    GroupConfidence,
+    calibrate,
+    lowest_group_confidence,
+    percentile,
+    token_confidence,
+)
+from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
+
+DATA = Path(__file__).parent / "data" / "confidence_logprobs.json"
+
+
+def traces() -> list[dict[str, Any]]:
+    return list(json.loads(DATA.read_text())["traces"])
+
+
+def logprobs(trace: dict[str, Any]) -> list[TokenLogprob]:
+    """A trace's tokens as an engine gives them: the alternatives without the sampled token."""
+    return [
+        TokenLogprob(token, logprob, tuple(("", v) for v in others))
+        for token, logprob, others in trace["tokens"]
+    ]
+
+
+def deltas(tokens: list[TokenLogprob]) -> list[list[TokenLogprob]]:
+    """The tokens in the chunks the engine streams them in."""
+    return [tokens[i : i + STREAM_INTERVAL] for i in range(0, len(tokens), STREAM_INTERVAL)]
+
+
+def runaway(trace: dict[str, Any]) -> bool:
+    """A trace that lost the thread: it never closes its thinking (or closes it with a
+    non-number), where every coherent one ends ``</think>`` and a number."""
+    _, closed, answer = trace["text"].partition("</think>")
+    return not (closed and answer.strip().isdigit())
+
+
+def test_token_confidence_is_minus_the_mean_of_the_top_k() -> None:
+    token = logprobs(traces()[0])[3]
+    values = sorted([token.logprob, *(v for _, v in token.top)], reverse=True)
+    assert token_confidence(token, 20) == pytest.approx(-np.mean(values[:20]))
+    assert token_confidence(token, 5) == pytest.approx(-np.mean(values[:5]))
+    # A peaked position (the model is sure) is more confident than a flat one.
+    flat = TokenLogprob("a", -2.0, (("b", -2.1), ("c", -2.2)))
+    peaked = TokenLogprob("a", -0.01, (("b", -6.0), ("c", -9.0)))
+    assert token_confidence(peaked, 3) > token_confidence(flat, 3)
+    assert math.isfinite(token_confidence(TokenLogprob("a", -math.inf, ()), 20))
+
+
+def test_an_unlikely_sampled_token_is_dropped_from_the_top_k() -> None:
+    # vLLM returns the sampled token beside the top k when it is not among them.
+    unlikely = [t for tr in traces() for t in logprobs(tr) if len(t.top) == 20]
+    assert unlikely, "the data has no sampled token outside the top 20"
+    token = unlikely[0]
+    top20 = sorted((v for _, v in token.top), reverse=True)[:20]
+    assert token.logprob < min(top20)
+    assert token_confidence(token, 20) == pytest.approx(-np.mean(top20))
+
+
+def test_group_confidence_slides_over_the_window() -> None:
+    tokens = logprobs(max(traces(), key=lambda t: len(t["tokens"])))
+    confidences = [token_confidence(t) for t in tokens]
+    groups = GroupConfidence(window=16)
+    seen = [groups.add(c) for c in confidences]
+    assert seen[:15] == [None] * 15
+    expected = [np.mean(confidences[i - 15 : i + 1]) for i in range(15, len(confidences))]
+    assert seen[15:] == pytest.approx(expected)
+    assert groups.lowest == pytest.approx(min(expected))
+    # Shorter than a window: the mean of what there is.
+    short = GroupConfidence(window=16)
+    for c in confidences[:5]:
+        short.add(c)
+    assert short.lowest == pytest.approx(np.mean(confidences[:5]))
+    assert GroupConfidence().lowest is None
+
+
+def test_runaway_traces_have_the_lowest_group_confidence() -> None:
+    lowest = {t["text"]: lowest_group_confidence(logprobs(t)) for t in traces()}
+    bad = [v for t, v in lowest.items() if runaway({"text": t})]
+    good = [v for t, v in lowest.items() if not runaway({"text": t})]
+    assert len(bad) >= 3 and len(good) >= 8
+    assert max(bad) < min(good)  # what lets a threshold cut one and keep the other
+
+
+def test_percentile_is_numpys() -> None:
+    values = [lowest_group_confidence(logprobs(t)) or 0.0 for t in traces()]
+    for q in (0, 10, 37.5, 90, 100):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+    assert calibrate(values, "high") == pytest.approx(np.percentile(values, 10))
+    assert calibrate(values, "low") == pytest.approx(np.percentile(values, 90))
+    with pytest.raises(ValueError):
+        calibrate(values, 0.0)
+
+
+def test_a_watch_calibrated_on_a_warm_up_wave_cuts_the_runaways() -> None:
+    """DeepConf online: the seed-1 wave warms up (all of it, run to the end), the later waves
+    are watched delta by delta and cut at the first window below the threshold."""
+    warm_up = [t for t in traces() if t["seed"] == 1]
+    watched = [t for t in traces() if t["seed"] != 1]
+    assert any(runaway(t) for t in watched) and not all(runaway(t) for t in watched)
+    lowest = [lowest_group_confidence(logprobs(t)) for t in warm_up]
+    watch = ConfidenceWatch(calibrate([v for v in lowest if v is not None], "high"))
+    cut_at: dict[int, int] = {}
+    for index, trace in enumerate(watched):
+        seen = 0
+        for chunk in deltas(logprobs(trace)):
+            seen += len(chunk)
+            if watch.delta(index, chunk):
+                cut_at[index] = seen
+                break
+    assert set(cut_at) == {i for i, t in enumerate(watched) if runaway(t)} == watch.cut
+    # Cut before its end: the tokens after it are the ones saved.
+    assert all(cut_at[i] < len(watched[i]["tokens"]) for i in cut_at)
+
+
+def test_streamed_deltas_give_the_offline_lowest() -> None:
+    watch = ConfidenceWatch(threshold=None)  # a warm-up watch: observes, never cuts
+    for index, trace in enumerate(traces()):
+        tokens = logprobs(trace)
+        assert not any(watch.delta(index, chunk) for chunk in deltas(tokens))
+        assert watch.lowest(index) == pytest.approx(lowest_group_confidence(tokens))
+    assert watch.cut == set() and watch.lowest(999) is None
+
+
+def collect(url: str) -> dict[str, Any]:
+    """Sample the data file's candidates from the server at ``url``."""
+    import httpx
+
+    out: list[dict[str, Any]] = []
+    seen = set()
+    for seed in (1, 2, 3):
+        for n in (6, 7, 8):
+            prompt = f"Think step by step, then give the factorial of {n} as a number."
+            body = {
+                "model": "demo", "prompt": prompt, "n": 8, "best_of": 8, "logprobs": 20,
+                "temperature": 1.0, "max_tokens": 80, "seed": seed,
+            }  # fmt: skip
+            response = httpx.post(url + "/v1/completions", json=body, timeout=300)
+            response.raise_for_status()
+            for choice in response.json()["choices"]:
+                if (prompt, choice["text"]) in seen:
+                    continue
+                seen.add((prompt, choice["text"]))
+                trace = {"prompt": prompt, "seed": seed, "text": choice["text"]}
+                trace["finish_reason"] = choice["finish_reason"]
+                trace["tokens"] = _tokens(choice["logprobs"])
+                out.append(trace)
+    return {"top_logprobs": 20, "traces": out}
+
+
+def _tokens(lp: dict[str, Any]) -> list[list[Any]]:
+    """OpenAI completion logprobs as [token, logprob, the other top logprobs, descending]."""
+    rows = zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True)
+    return [
+        [tok, round(value, 3), sorted((round(v, 2) for t, v in top.items() if t != tok))[::-1]]
+        for tok, value, top in rows
+    ]
+
+
+if __name__ == "__main__":
+    json.dump(collect(sys.argv[1]), sys.stdout, separators=(",", ":"))
