@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bestofk.service.adaptive import AdaptiveConfig, Budget
 from bestofk.service.engines.base import Engine, Prompt, SamplingConfig
 from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from bestofk.service.pipeline import RerankJob
+from bestofk.service.schemas.adaptive import Adaptive
 from bestofk.service.selection import SelectionConfig
 from bestofk.service.settings import Profile, Settings
 from bestofk.service.tools import ToolChoice, ToolParsing
@@ -39,6 +41,11 @@ class JobRequest:
     profile: str | None = None
     selection: Mapping[str, Any] | None = None
     early_exit_min_score: float | None = None
+    adaptive: bool | Mapping[str, Any] | None = None
+    """Adaptive K: True, False, or its tuning fields (``AdaptiveConfig``); None: the
+    profile's."""
+    budget: Mapping[str, Any] | None = None
+    """``Budget`` fields; None: the profile's."""
     tool_choice: ToolChoice | None = None
     """With ``prompt.tools``: OpenAI's ``tool_choice``; None is ``auto``, as OpenAI's default."""
     given: Sequence[str] | None = None
@@ -141,6 +148,8 @@ class JobFactory:
             profile=profile_name,
             reasoning_parser=(profile.reasoning_parser if profile else None)
             or self.settings.reasoning_parser,
+            adaptive=_adaptive(req.adaptive, profile),
+            budget=_budget(req.budget, profile),
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
 
@@ -247,6 +256,29 @@ class JobFactory:
             except InvalidVerifierSpecError as exc:
                 raise InvalidRequestError(str(exc), param="selection.extract") from None
         return config
+
+
+def _adaptive(
+    raw: bool | Mapping[str, Any] | None, profile: Profile | None
+) -> AdaptiveConfig | None:
+    """The request's adaptive K, else the profile's; its tuning fields over the profile's."""
+    chosen: bool | Mapping[str, Any] | Adaptive | None = raw
+    if chosen is None and profile is not None:
+        chosen = profile.adaptive
+    if chosen is None or chosen is False:
+        return None
+    tuned = profile.adaptive if profile is not None else None
+    base = tuned.model_dump(exclude_unset=True) if isinstance(tuned, Adaptive) else {}
+    if isinstance(chosen, Adaptive):
+        chosen = chosen.model_dump(exclude_unset=True)
+    return AdaptiveConfig(**(base if chosen is True else base | dict(chosen)))
+
+
+def _budget(raw: Mapping[str, Any] | None, profile: Profile | None) -> Budget | None:
+    """The request's budget fields over the profile's."""
+    base = profile.budget.model_dump(exclude_unset=True) if profile and profile.budget else {}
+    fields = base | dict(raw or {})
+    return Budget(**fields) if fields else None
 
 
 def _parse_profile(name: str, profile: Profile) -> list[VerifierSpec]:

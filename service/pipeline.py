@@ -12,7 +12,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from bestofk.service.engines.base import Engine, Prompt, Sample, SampleStream, SamplingConfig
+from bestofk.service.adaptive import AdaptiveConfig, Budget, StopReason, clear_majority
+from bestofk.service.engines.base import (
+    CandidateWatch,
+    Engine,
+    Prompt,
+    Sample,
+    SampleStream,
+    SamplingConfig,
+)
 from bestofk.service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
 from bestofk.service.reasoning import ReasoningParsers, Split
 from bestofk.service.selection import Scored, SelectionConfig, combine, ranked, select
@@ -34,6 +42,12 @@ from bestofk.verifiers.base import (
 from bestofk.verifiers.tool_calls import call_key
 
 log = logging.getLogger(__name__)
+
+BUDGET_POLL_S = 0.01
+"""How often a wave under a budget looks at its tokens and the clock (the engine streams a
+candidate's tokens every ``STREAM_INTERVAL`` steps, so finer would see nothing new)."""
+ADAPTIVE_MIN_SCORE = 1.0
+"""The pass rule's score when the request sets no ``early_exit`` (its default)."""
 
 
 async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
@@ -76,6 +90,13 @@ class RerankJob:
     """The server-side profile the request named, if any (recorded with the verdicts)."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser that splits each candidate into reasoning and answer."""
+    adaptive: AdaptiveConfig | None = None
+    """Sample in waves up to ``k`` (:mod:`bestofk.service.adaptive`); None: all K at once."""
+    budget: Budget | None = None
+    """Caps on the search's tokens and time."""
+    watch: CandidateWatch | None = None
+    """Watches every candidate's tokens as they come and may cut one short (the engine's
+    hook, passed on as it is)."""
     arrived: float = field(default_factory=time.perf_counter)
 
 
@@ -117,6 +138,12 @@ class RerankResult:
     """For the ``vote`` policy: each candidate's answer key by index (its cluster)."""
     reasoning_parser: str | None = None
     """The reasoning parser that split the candidates, if any."""
+    waves: int = 0
+    """Engine streams started: 1 without adaptive K, 0 for ``/verify``."""
+    started: int = 0
+    """Candidates started in the engine (finished, aborted or cut): ``stats.sampled``."""
+    stopped_by: StopReason | None = None
+    """Why sampling ended (None for ``/verify``, or when the deadline ended it)."""
 
     @property
     def reasoning_tokens(self) -> int:
@@ -222,11 +249,31 @@ class JobRun:
         self.verify_start: float | None = None
         self.verify_end: float | None = None
         self.early_exit = False
+        self.streams: list[SampleStream] = []
+        """One per wave, in order."""
+        self.sampled = 0
+        self.stopped_by: StopReason | None = None
         self.answers: dict[int, str] = {}
         """For ``vote``: each candidate's answer key (none when the deadline came first)."""
 
     def ms(self, at: float | None) -> float:
         return 0.0 if at is None else (at - self.job.arrived) * 1000
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated over every wave so far, aborted work included."""
+        return sum(s.completion_tokens for s in self.streams)
+
+    def over_budget(self) -> StopReason | None:
+        """Which cap of the budget the search has reached, if any."""
+        budget = self.job.budget
+        if budget is None:
+            return None
+        if budget.max_tokens is not None and self.completion_tokens >= budget.max_tokens:
+            return "budget_tokens"
+        if budget.deadline_s is not None and time.perf_counter() - self.start >= budget.deadline_s:
+            return "budget_deadline"
+        return None
 
     async def verify(self, candidate: Candidate) -> Scored:
         now = time.perf_counter()
@@ -327,7 +374,6 @@ class Pipeline:
     async def run(self, job: RerankJob, prepared: JobRun | None = None) -> RerankResult:
         """Generate (or take) the candidates, verify them, and choose one."""
         run = prepared or self.prepare(job)
-        stream: SampleStream | None = None
         timed_out = False
         try:
             async with asyncio.timeout(job.timeout_s - (run.start - job.arrived)):
@@ -337,8 +383,7 @@ class Pipeline:
                         *(run.verify(_candidate(g, job, self.reasoning)) for g in given)
                     )
                 else:
-                    stream = self.engine.sample(job.prompt, job.k, job.sampling, job.request_id)
-                    await self._generate_and_verify(run, stream)
+                    await self._generate_and_verify(run)
                 await run.set_verify()
                 if job.selection.policy == "vote":
                     run.answers = await self._answers(run)
@@ -352,7 +397,7 @@ class Pipeline:
                 ) from None
             for s in run.scored.values():
                 combine(s, run.specs[: len(s.verdicts)])
-        return self._result(run, stream, timed_out)
+        return self._result(run, timed_out)
 
     async def _answers(self, run: JobRun) -> dict[int, str]:
         """The ``vote`` policy's answer clusters, found off the loop. A runaway extract pattern
@@ -378,17 +423,51 @@ class Pipeline:
             ) from None
         return {**dict(zip(indices, keys, strict=True)), **calls}
 
-    async def _generate_and_verify(self, run: JobRun, stream: SampleStream) -> None:
-        min_score = run.job.early_exit_min_score
-        try:
-            await self._generate_and_verify_in(run, stream, min_score)
-        except BaseExceptionGroup as group:
-            # One failure cancels the rest; surface it as itself, not wrapped in a group.
-            raise group.exceptions[0] from None
+    async def _generate_and_verify(self, run: JobRun) -> None:
+        """Sample the candidates, in waves with adaptive K, verifying each as it finishes."""
+        job = run.job
+        adaptive = job.adaptive
+        by_majority = adaptive is not None and (job.selection.policy == "vote" or not run.specs)
+        min_score = job.early_exit_min_score
+        if adaptive is not None and not by_majority and min_score is None:
+            min_score = ADAPTIVE_MIN_SCORE
+        for size in adaptive.waves(job.k) if adaptive is not None else [job.k]:
+            if run.streams and (reason := await self._settled(run, by_majority)) is not None:
+                run.stopped_by = reason
+                return
+            stream = self.engine.sample(
+                job.prompt,
+                size,
+                job.sampling,
+                job.request_id,
+                first_index=run.sampled,
+                watch=job.watch,
+            )
+            run.streams.append(stream)
+            run.sampled += size
+            try:
+                await self._wave(run, stream, min_score)
+            except BaseExceptionGroup as group:
+                # One failure cancels the rest; surface it as itself, not wrapped in a group.
+                raise group.exceptions[0] from None
+            if run.stopped_by is not None:
+                return
+        run.stopped_by = "k"
 
-    async def _generate_and_verify_in(
-        self, run: JobRun, stream: SampleStream, min_score: float | None
-    ) -> None:
+    async def _settled(self, run: JobRun, by_majority: bool) -> StopReason | None:
+        """Between waves: whether the candidates so far settle the request (a pass ends the
+        wave itself, as early exit)."""
+        if (reason := run.over_budget()) is not None:
+            return reason
+        if by_majority:
+            assert run.job.adaptive is not None
+            answers = await self._answers(run)
+            keys = [answers.get(i) for i in sorted(run.scored)]
+            if clear_majority(keys, run.job.adaptive):
+                return "majority"
+        return None
+
+    async def _wave(self, run: JobRun, stream: SampleStream, min_score: float | None) -> None:
         async with asyncio.TaskGroup() as tasks:
 
             async def check(candidate: Candidate) -> None:
@@ -401,6 +480,7 @@ class Pipeline:
                     and len(run.samples) < run.job.k
                 ):
                     run.early_exit = True
+                    run.stopped_by = run.stopped_by or "early_exit"
                     producer.cancel()
 
             async def produce() -> None:
@@ -412,14 +492,25 @@ class Pipeline:
                         # Let the check start now, even while the stream has more buffered.
                         await asyncio.sleep(0)
                 finally:
-                    # Aborts the unfinished candidates in the engine (early exit, deadline,
-                    # client gone); a no-op once all K are in.
+                    # Aborts the unfinished candidates in the engine (early exit, budget,
+                    # deadline, client gone); a no-op once all are in.
                     await stream.aclose()
                     run.generated_at = time.perf_counter()
 
-            producer = tasks.create_task(produce())
+            async def guard() -> None:
+                # The budget ends the wave mid-way, once there is a candidate to answer with.
+                while not producer.done():
+                    await asyncio.sleep(BUDGET_POLL_S)
+                    if run.samples and (reason := run.over_budget()) is not None:
+                        run.stopped_by = run.stopped_by or reason
+                        producer.cancel()
+                        return
 
-    def _result(self, run: JobRun, stream: SampleStream | None, timed_out: bool) -> RerankResult:
+            producer = tasks.create_task(produce())
+            if run.job.budget is not None:
+                tasks.create_task(guard())
+
+    def _result(self, run: JobRun, timed_out: bool) -> RerankResult:
         end = time.perf_counter()
         candidates = [run.scored[i] for i in sorted(run.scored)]
         for s in candidates:
@@ -429,7 +520,7 @@ class Pipeline:
         timing = Timing(
             queue_ms=(run.start - job.arrived) * 1000,
             first_candidate_ms=run.ms(run.first_candidate) if run.first_candidate else None,
-            generate_ms=((run.generated_at or end) - run.start) * 1000 if stream else 0.0,
+            generate_ms=((run.generated_at or end) - run.start) * 1000 if run.streams else 0.0,
             verify_ms=((run.verify_end or end) - (run.verify_start or end)) * 1000,
             total_ms=(end - job.arrived) * 1000,
         )
@@ -441,8 +532,8 @@ class Pipeline:
             k=job.k,
             early_exit=run.early_exit,
             partial=timed_out,
-            prompt_tokens=stream.prompt_tokens if stream else 0,
-            completion_tokens=stream.completion_tokens if stream else 0,
+            prompt_tokens=max((s.prompt_tokens for s in run.streams), default=0),
+            completion_tokens=run.completion_tokens,
             verifier_tokens=sum(v.tokens for s in candidates for v in s.verdicts),
             timing=timing,
             by_logprob=job.selection.by_logprob,
@@ -450,4 +541,7 @@ class Pipeline:
             k_requested=job.k_requested,
             answers=run.answers,
             reasoning_parser=job.reasoning_parser if self.reasoning is not None else None,
+            waves=len(run.streams),
+            started=run.sampled,
+            stopped_by=None if timed_out else run.stopped_by,
         )

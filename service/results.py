@@ -81,6 +81,9 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
             "first_sample_passed": result.first_sample_passed,
             "early_exit": result.early_exit,
             "partial": result.partial,
+            "waves": result.waves,
+            "sampled": result.started,
+            "stopped_by": result.stopped_by,
         },
         "usage": {
             "prompt_tokens": result.prompt_tokens,

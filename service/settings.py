@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from bestofk.service.engines.base import BYTES_PER_TOKEN
+from bestofk.service.schemas.adaptive import AdaptiveField, Budget
 from bestofk.service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
@@ -99,6 +100,11 @@ class Profile(BaseModel):
     """The profile's default K (a request's ``k``/``best_of`` wins); None: ``default_k``."""
     selection: SelectionDefaults | None = None
     early_exit_min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    adaptive: AdaptiveField = None
+    """Adaptive K for this profile's requests (``true``: the default tuning); a request's own
+    ``adaptive`` wins."""
+    budget: Budget | None = None
+    """The search's caps for this profile's requests; a request's ``budget`` wins."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser for this profile's requests (a model family's), over the
     server's ``reasoning_parser``."""
@@ -210,6 +216,9 @@ class Settings(BaseSettings):
     """Candidate sequences the engine runs at once, for load-aware K. None: the in-process
     engine's own ``max_num_seqs`` (vLLM's scheduler limit; the rest of a batch waits in its
     queue); with backends it must be given (their ``max_num_seqs`` summed)."""
+    split_candidates: bool = True
+    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted
+    alone when done with; False: one ``n=K`` request per wave (README: "Candidate streams")."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)

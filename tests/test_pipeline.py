@@ -12,7 +12,13 @@ from typing import ClassVar
 
 import pytest
 
-from bestofk.service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
+from bestofk.service.engines.base import (
+    CandidateWatch,
+    EngineHealth,
+    Prompt,
+    Sample,
+    SamplingConfig,
+)
 from bestofk.service.errors import DeadlineExceededError
 from bestofk.service.pipeline import Pipeline, RerankJob
 from bestofk.verifiers.base import (
@@ -28,8 +34,10 @@ from bestofk.verifiers.registry import parse_spec
 class ScriptedStream:
     """Yields (delay, text) samples in order; records whether it was aborted."""
 
-    def __init__(self, script: Sequence[tuple[float, str]]) -> None:
+    def __init__(self, script: Sequence[tuple[float, str]], first_index: int = 0) -> None:
         self.script = script
+        self.first_index = first_index
+        self.watch: CandidateWatch | None = None
         self.prompt_tokens = 3
         self.completion_tokens = 0
         self.aborted = False
@@ -43,7 +51,7 @@ class ScriptedStream:
 
     async def _run(self) -> AsyncGenerator[Sample, None]:
         try:
-            for index, (delay, text) in enumerate(self.script):
+            for index, (delay, text) in enumerate(self.script, start=self.first_index):
                 await asyncio.sleep(delay)
                 self.completion_tokens += len(text)
                 yield Sample(index, text, "stop", len(text), -1.0 * len(text))
@@ -70,9 +78,16 @@ class ScriptedEngine:
         pass
 
     def sample(
-        self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
+        self,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+        first_index: int = 0,
+        watch: CandidateWatch | None = None,
     ) -> ScriptedStream:
-        stream = ScriptedStream(self.script[:k])
+        stream = ScriptedStream(self.script[first_index : first_index + k], first_index)
+        stream.watch = watch
         self.streams.append(stream)
         return stream
 

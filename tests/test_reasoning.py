@@ -197,8 +197,16 @@ class _Engine:
     async def close(self) -> None:
         pass
 
-    def sample(self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str) -> _Stream:
-        return _Stream(self.samples[:k])
+    def sample(
+        self,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+        first_index: int = 0,
+        watch: object = None,
+    ) -> _Stream:
+        return _Stream(self.samples[first_index : first_index + k])
 
 
 OUTPUTS = [

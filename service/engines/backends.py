@@ -26,6 +26,7 @@ import logging
 import re
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,6 +45,9 @@ gives up on it and goes elsewhere."""
 TTFT_WEIGHT = 0.2
 """Weight of the newest sample in a backend's moving average of time to first token."""
 PROBE_TIMEOUT_S = 5.0
+AFFINITY_SIZE = 4096
+"""Requests whose backend is remembered, so a later wave of one goes where its first went
+(its prompt is in that backend's prefix cache); the oldest is forgotten first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class RemoteOptions:
     api_key: str | None = None
     supports_n: bool | None = None
     """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
+    split_candidates: bool = True
+    """Each candidate its own ``n=1`` call (cancellable alone); False: one ``n=K`` call where
+    the backend takes ``n``."""
     health_interval_s: float = 5.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
@@ -127,22 +134,37 @@ class BackendPool:
         ]
         self._next_check: float | None = None
         """When the next round of health checks is due; None until the first one is done."""
+        self._affinity: OrderedDict[str, Backend] = OrderedDict()
+        """Each recent request's backend (:meth:`pick`)."""
         for backend in self.backends:
             metrics.BACKEND_UP.labels(backend.label).set(0)
 
     # --- routing ----------------------------------------------------------------------------
 
-    def pick(self) -> Backend:
-        """The usable backend with the fewest requests in flight; EngineNotReadyError (with
-        the time the state can next change as Retry-After) when there is none."""
-        backend = self._least_busy(None)
+    def pick(self, request_id: str | None = None, continuing: bool = False) -> Backend:
+        """The usable backend with the fewest requests in flight, or (``continuing``: a later
+        wave of ``request_id``) the one that request's first wave went to while it is usable;
+        EngineNotReadyError (with the time the state can next change as Retry-After) when
+        there is none."""
+        sticky = self._affinity.get(request_id) if continuing and request_id else None
+        backend = sticky if sticky is not None and sticky.usable(time.monotonic()) else None
+        backend = backend or self._least_busy(None)
         if backend is None:
             health = self.health()
             raise EngineNotReadyError(
                 f"the engine is not ready: {health.status} ({health.detail})",
                 retry_after_s=health.retry_after_s,
             )
+        if request_id is not None:
+            self.remember(request_id, backend)
         return backend
+
+    def remember(self, request_id: str, backend: Backend) -> None:
+        """``request_id``'s candidates are on ``backend``: later waves go there too."""
+        self._affinity[request_id] = backend
+        self._affinity.move_to_end(request_id)
+        while len(self._affinity) > AFFINITY_SIZE:
+            self._affinity.popitem(last=False)
 
     def alternative(self, tried: Backend) -> Backend | None:
         """Where to retry a request that failed on ``tried``, if anywhere."""

@@ -7,7 +7,7 @@ Closing the stream early (early exit, client gone, deadline) must abort the rest
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 STREAM_INTERVAL = 16
@@ -130,6 +130,8 @@ class Sample:
     the answer); None when the text is the whole completion."""
     stop_reason: str | None = None
     """The stop string that ended it (vLLM's ``stop_reason``), if one did."""
+    cut: bool = False
+    """A :class:`CandidateWatch` cut it short (finish_reason ``abort``): its text is partial."""
 
     @property
     def mean_logprob(self) -> float | None:
@@ -137,6 +139,19 @@ class Sample:
         if self.cumulative_logprob is None or self.tokens == 0:
             return None
         return self.cumulative_logprob / self.tokens
+
+
+def candidate_id(request_id: str, index: int) -> str:
+    """The engine request id of candidate ``index`` of request ``request_id``."""
+    return f"{request_id}-{index}"
+
+
+def candidate_sampling(sampling: SamplingConfig, index: int) -> SamplingConfig:
+    """Candidate ``index``'s own settings: seeded ``seed + index`` when the request is seeded,
+    as vLLM seeds child ``index`` of a seeded ``n=K`` request (so both give the same text)."""
+    if sampling.seed is None or index == 0:
+        return sampling
+    return replace(sampling, seed=sampling.seed + index)
 
 
 def max_candidate_bytes(sampling: SamplingConfig, bytes_per_token: int) -> int:
@@ -203,6 +218,22 @@ class PartialSample:
         )
 
 
+class CandidateWatch(Protocol):
+    """Watches each candidate as its tokens arrive, and may cut it short.
+
+    An engine calls :meth:`delta` with every delta's new tokens (their logprobs, with the top
+    alternatives when ``sampling.top_logprobs`` asks for them; none when the request computes
+    no logprobs); a True answer aborts that candidate alone in the engine, which hands it on at
+    once with what it has so far (this delta included), finished with finish_reason ``abort``
+    and ``Sample.cut`` set. A delta that finishes its candidate is not offered. It must be
+    cheap: it runs on the event loop for every delta of every candidate.
+    """
+
+    def delta(self, index: int, logprobs: Sequence[TokenLogprob]) -> bool:
+        """Whether to cut candidate ``index`` now, given its newest tokens."""
+        ...
+
+
 class SampleStream(Protocol):
     """K candidates in the order they finish. ``aclose`` aborts whatever is unfinished."""
 
@@ -238,7 +269,17 @@ class Engine(Protocol):
         ...
 
     def sample(
-        self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
+        self,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+        first_index: int = 0,
+        watch: CandidateWatch | None = None,
     ) -> SampleStream:
-        """Start generating K candidates for ``prompt`` in one shared-prefix request."""
+        """Start generating K candidates for ``prompt``, indexed from ``first_index`` (a later
+        wave of the same request goes on where the last one ended): candidate ``i`` is engine
+        request ``{request_id}-{i}``, seeded ``sampling.seed + i`` when seeded, so a seeded
+        candidate is the same whichever wave, and whatever else the engine runs, samples it.
+        The prompt's prefix is shared through the engine's prefix cache."""
         ...

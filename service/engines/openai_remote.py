@@ -1,10 +1,13 @@
 """Remote OpenAI-compatible backends (``vllm serve``, SGLang, llama.cpp server…) over HTTP.
 
-All K candidates of a request go to one backend, in one streamed ``n=K`` call, so the backend
-prefills the prompt once. A backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
-(remembered per backend). Which backend takes a request, and which are out of rotation
-(health checks, outlier ejection), is :mod:`bestofk.service.engines.backends`. A request that fails
-on one before any of its candidates was handed on is retried once on another.
+All K candidates of a request go to one backend (and every wave of an adaptive request to the
+same one), so the backend's prefix cache shares the prompt. Each candidate is its own streamed
+``n=1`` call (request id ``{id}-{i}``, seeded ``seed + i``), so one can be cut alone by closing
+its stream; with ``split_candidates`` off, one ``n=K`` call instead where the backend takes
+``n`` (remembered per backend: one that refuses it gets the calls of ``n=1``). Which backend
+takes a request, and which are out of rotation (health checks, outlier ejection), is
+:mod:`bestofk.service.engines.backends`. A request that fails on one before any of its
+candidates was handed on is retried once on another.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from typing import Any
 from bestofk.service.engines.backends import Backend, BackendPool, RemoteOptions
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
+    CandidateWatch,
     EngineHealth,
     PartialSample,
     Prompt,
     Sample,
     SamplingConfig,
     TokenLogprob,
+    candidate_id,
+    candidate_sampling,
 )
 from bestofk.service.engines.stream import EngineStream
 from bestofk.service.errors import (
@@ -59,7 +65,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
 
     async def _samples(self) -> AsyncGenerator[Sample, None]:
         pool = self.engine.pool
-        backend = pool.pick()
+        backend = pool.pick(self.request_id, continuing=self.first_index > 0)
         first_token_s = pool.first_token_timeout(backend)
         handed_on = False
         # Each nested stream is closed as its consumer stops (aclosing), not whenever the
@@ -77,6 +83,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             if retry is None:
                 raise
             log.warning("request %s: %s; retrying on %s", self.request_id, exc.message, retry.label)
+            pool.remember(self.request_id, retry)
         async with contextlib.aclosing(self._attempt(retry, None)) as samples:
             async for sample in samples:
                 yield sample
@@ -85,12 +92,16 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         self, backend: Backend, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
         k = self.k
+        engine = self.engine
+        # One call of n=K where the operator chose it, the backend takes it, and nothing must
+        # be cut alone; else a call per candidate.
+        joint = not engine.options.split_candidates and self.watch is None
         backend.in_flight += 1
         try:
-            if backend.supports_n is not False and k > 1:
+            if joint and backend.supports_n is not False and k > 1:
                 try:
                     async with contextlib.aclosing(
-                        self._call(backend, k, 0, first_token_s)
+                        self._call(backend, k, self.first_index, first_token_s)
                     ) as samples:
                         async for sample in samples:
                             yield sample
@@ -99,6 +110,13 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 except _NRefusedError:
                     log.warning("backend %s refuses n>1; using %d calls of n=1", backend.label, k)
                     backend.supports_n = False
+            if k == 1:  # a single call: no fan-out, no task of its own
+                async with contextlib.aclosing(
+                    self._call(backend, 1, self.first_index, first_token_s)
+                ) as samples:
+                    async for sample in samples:
+                        yield sample
+                return
             async with contextlib.aclosing(self._fan_out(backend, first_token_s)) as samples:
                 async for sample in samples:
                     yield sample
@@ -122,7 +140,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 await queue.put(exc)
                 raise
 
-        tasks = [asyncio.create_task(one(i)) for i in range(k)]
+        tasks = [asyncio.create_task(one(self.first_index + i)) for i in range(k)]
         try:
             for _ in range(k):
                 item = await queue.get()
@@ -137,14 +155,22 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
     async def _call(
         self, backend: Backend, n: int, index_offset: int, first_token_s: float | None
     ) -> AsyncGenerator[Sample, None]:
-        """One streamed call; ``first_token_s``: give up on the backend (``_NoFirstTokenError``)
-        if no token has come by then."""
+        """One streamed call of candidates ``index_offset`` … ``+ n - 1``; ``first_token_s``:
+        give up on the backend (``_NoFirstTokenError``) if no token has come by then."""
         engine = self.engine
         pool = engine.pool
         chat = self.prompt.messages is not None
+        # vLLM seeds child j of a seeded n=K call seed + j: seeded from seed + index_offset,
+        # every candidate gets seed + its index, however the calls are cut.
         path, body = _request_body(
-            engine.model_for(backend), self.prompt, n, self.sampling, backend.vllm
+            engine.model_for(backend),
+            self.prompt,
+            n,
+            candidate_sampling(self.sampling, index_offset),
+            backend.vllm,
         )
+        if backend.vllm and n == 1:
+            body["request_id"] = candidate_id(self.request_id, index_offset)
         choices: dict[int, PartialSample] = {}
         finished = 0
         started = False
@@ -178,10 +204,18 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                             if data == "[DONE]":
                                 await _drain(lines)
                                 break
-                            for sample in self._consume_checked(data, choices, chat, n, backend):
+                            cut = False
+                            for sample in self._consume_checked(
+                                data, choices, chat, n, backend, index_offset
+                            ):
                                 finished += 1
                                 sample.index += index_offset
+                                cut = cut or sample.cut
                                 yield sample
+                            if cut and n == 1:
+                                # The watch cut its candidate: closing the stream, undrained,
+                                # aborts it at the backend.
+                                break
                             if finished == n and any(c.capped for c in choices.values()):
                                 # It ignored max_tokens: closing the stream, undrained, stops
                                 # it; reading on would take whatever it keeps sending.
@@ -228,11 +262,18 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         pool.succeeded(backend)
 
     def _consume_checked(
-        self, data: str, choices: dict[int, PartialSample], chat: bool, n: int, backend: Backend
+        self,
+        data: str,
+        choices: dict[int, PartialSample],
+        chat: bool,
+        n: int,
+        backend: Backend,
+        offset: int,
     ) -> list[Sample]:
-        """The candidates a stream line finishes; BackendError for a line we cannot read."""
+        """The candidates a stream line finishes (or the watch cuts); BackendError for a line
+        we cannot read."""
         try:
-            samples = self._consume(parse_chunk(data), choices, chat, backend)
+            samples = self._consume(parse_chunk(data), choices, chat, backend, offset)
             if any(not 0 <= s.index < n for s in samples):
                 raise ValueError(f"choice index out of range for n={n}")
         except ErrorReply as reply:
@@ -245,7 +286,12 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         return samples
 
     def _consume(
-        self, chunk: dict[str, Any], choices: dict[int, PartialSample], chat: bool, backend: Backend
+        self,
+        chunk: dict[str, Any],
+        choices: dict[int, PartialSample],
+        chat: bool,
+        backend: Backend,
+        offset: int,
     ) -> list[Sample]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -289,6 +335,13 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                 if chat and acc.reasoning is None and backend.splits_reasoning:
                     acc.reasoning = []  # split by the backend, with nothing thought
                 finished.append(acc.finish(index, raw["finish_reason"], raw.get("stop_reason")))
+            elif self.watch is not None and self.watch.delta(
+                index + offset, acc.logprobs[len(acc.logprobs) - len(entries) :]
+            ):
+                acc.capped = True  # what comes of it later is dropped
+                sample = acc.finish(index, "abort")
+                sample.cut = True
+                finished.append(sample)
         return finished
 
 
@@ -450,10 +503,25 @@ class OpenAIEngine:
             await self.check_health()
 
     def sample(
-        self, prompt: Prompt, k: int, sampling: SamplingConfig, request_id: str
+        self,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+        first_index: int = 0,
+        watch: CandidateWatch | None = None,
     ) -> RemoteStream:
-        """Start K candidates on one backend."""
-        return RemoteStream(self, prompt, k, sampling, request_id, self.options.max_bytes_per_token)
+        """Start K candidates on one backend (a call each, or one of ``n=K``)."""
+        return RemoteStream(
+            self,
+            prompt,
+            k,
+            sampling,
+            request_id,
+            self.options.max_bytes_per_token,
+            first_index,
+            watch,
+        )
 
 
 __all__ = ["BestOfKError", "OpenAIEngine", "RemoteOptions"]

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Generic, TypeVar
 
 from bestofk.service.engines.base import (
+    CandidateWatch,
     PartialSample,
     Prompt,
     Sample,
@@ -35,12 +36,17 @@ class EngineStream(ABC, Generic[E]):
         sampling: SamplingConfig,
         request_id: str,
         bytes_per_token: int,
+        first_index: int = 0,
+        watch: CandidateWatch | None = None,
     ) -> None:
         self.engine = engine
         self.prompt = prompt
         self.k = k
         self.sampling = sampling
         self.request_id = request_id
+        self.first_index = first_index
+        """The index of the first candidate: candidates are ``first_index`` … ``+ k - 1``."""
+        self.watch = watch
         self.prompt_tokens = 0
         self.completion_tokens = 0
         """Tokens generated so far over all K, finished or not (aborted work counts too)."""

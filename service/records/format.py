@@ -110,6 +110,13 @@ class StatsRecord:
     first_sample_passed: bool
     early_exit: bool
     partial: bool
+    waves: int = 1
+    """Engine streams the candidates came in (adaptive K's waves; 1 in older records)."""
+    sampled: int | None = None
+    """Candidates started (None in records written before it was kept: ``k``)."""
+    stopped_by: str | None = None
+    """Why sampling ended (``k``, ``early_exit``, ``majority``, ``budget_tokens``,
+    ``budget_deadline``); None in older records."""
 
 
 @dataclass(slots=True)

@@ -14,7 +14,12 @@ from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.routes.common import render, runtime, trace_link
 from bestofk.service.runtime import Runtime
-from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
+from bestofk.service.schemas.native import (
+    GenerateRequest,
+    RerankResponse,
+    VerifyRequest,
+    adaptive_fields,
+)
 
 router = APIRouter()
 
@@ -50,6 +55,7 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
         k=body.k,
         sampling=body.sampling.sampling_fields(),
         early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
+        **adaptive_fields(body.adaptive, body.budget),
     )
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)

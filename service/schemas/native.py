@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from bestofk.service.schemas.adaptive import Adaptive, AdaptiveField, Budget
 from bestofk.service.schemas.sampling import SamplingFields
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import parse_spec
@@ -71,6 +72,9 @@ class BestOfKExtras(BaseModel):
     profile: str | None = None
     selection: Selection | None = None
     early_exit: EarlyExit | None = None
+    adaptive: AdaptiveField = None
+    """Sample in waves up to ``best_of`` (``true``: the default tuning)."""
+    budget: Budget | None = None
     return_candidates: bool = True
 
     def job_fields(self, json_schema: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,7 +91,18 @@ class BestOfKExtras(BaseModel):
             "profile": self.profile,
             "selection": self.selection.model_dump(exclude_unset=True) if self.selection else None,
             "early_exit_min_score": self.early_exit.min_score if self.early_exit else None,
+            **adaptive_fields(self.adaptive, self.budget),
         }
+
+
+def adaptive_fields(adaptive: bool | Adaptive | None, budget: Budget | None) -> dict[str, Any]:
+    """``JobRequest``'s ``adaptive`` and ``budget`` from the request's fields."""
+    return {
+        "adaptive": adaptive.model_dump(exclude_unset=True)
+        if isinstance(adaptive, Adaptive)
+        else adaptive,
+        "budget": budget.model_dump(exclude_unset=True) if budget is not None else None,
+    }
 
 
 class _Common(Strict):
@@ -108,6 +123,10 @@ class GenerateRequest(_Common):
     k: int | None = Field(default=None, ge=1)
     sampling: Sampling = Field(default_factory=Sampling)
     early_exit: EarlyExit | None = None
+    adaptive: AdaptiveField = None
+    """Sample in waves up to ``k`` (``true``: the default tuning); None: the profile's."""
+    budget: Budget | None = None
+    """Caps on the search's completion tokens and sampling time; None: the profile's."""
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
@@ -172,6 +191,15 @@ class Stats(BaseModel):
     first_sample_passed: bool
     early_exit: bool
     partial: bool
+    waves: int
+    """Engine streams the candidates came in: adaptive K's waves (else 1; 0 for ``/verify``)."""
+    sampled: int
+    """Candidates started in the engine: ``k`` unless adaptive K or a budget stopped first
+    (``generated`` counts those that finished)."""
+    stopped_by: Literal["k", "early_exit", "majority", "budget_tokens", "budget_deadline"] | None
+    """Why sampling ended: all K done, a candidate passed, one answer held a clear majority
+    (adaptive K), the budget's tokens or deadline; None for ``/verify`` and when the
+    request's deadline cut it (``partial``)."""
 
 
 class Usage(BaseModel):
