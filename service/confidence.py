@@ -121,6 +121,37 @@ def calibrate(lowest: Sequence[float], keep: Keep | float = "high") -> float:
     return percentile(lowest, 100 * (1 - share))
 
 
+@dataclass(frozen=True, slots=True)
+class ConfidenceConfig:
+    """A request's confidence-aware stopping (its ``confidence`` field)."""
+
+    keep: Keep | float = "high"
+    """The share of warm-up traces the threshold would keep: ``high`` (90 %, the default:
+    it cuts only traces worse than nearly all the warm-up's, as DeepConf-high, whose accuracy
+    matched full voting), ``low`` (10 %: DeepConf-low, far fewer tokens, some accuracy), or a
+    share in (0, 1]."""
+    warmup: int | None = None
+    """Candidates in the warm-up wave, run to the end unwatched; None: adaptive K's first wave,
+    else half of K (rounded up). At least one candidate is always watched, when K allows."""
+    window: int = WINDOW
+    top_logprobs: int = TOP_LOGPROBS
+
+    def warmup_size(self, k: int, first_wave: int | None = None) -> int:
+        """The warm-up wave's size for a request of ``k`` candidates."""
+        size = self.warmup or first_wave or math.ceil(k / 2)
+        return max(1, min(size, k))
+
+    def threshold(self, traces: Iterable[Sequence[TokenLogprob]]) -> float | None:
+        """The threshold from the warm-up's finished ``traces`` (each its tokens' logprobs);
+        None when none has a token (nothing is cut then)."""
+        lowest = [
+            v
+            for trace in traces
+            if (v := lowest_group_confidence(trace, self.window, self.top_logprobs)) is not None
+        ]
+        return calibrate(lowest, self.keep) if lowest else None
+
+
 class ConfidenceWatch:
     """A :class:`~bestofk.service.engines.base.CandidateWatch` that cuts a candidate as soon as
     a window of it falls below ``threshold`` (None: watch and cut nothing, as in a warm-up).

@@ -117,6 +117,11 @@ LOAD_REDUCED = Counter(
     "Requests given a smaller K than they asked because the engine was saturated "
     "(load-aware K; stats.k < stats.k_requested).",
 )
+CONFIDENCE_CUT = Counter(
+    "bestofk_confidence_cut_candidates_total",
+    "Candidates confidence-aware stopping cut short (their window confidence fell below the "
+    "warm-up wave's threshold).",
+)
 INFLIGHT = Gauge(
     "bestofk_inflight_requests", "Requests being processed now.", multiprocess_mode="livesum"
 )
@@ -187,6 +192,8 @@ def observe(result: RerankResult) -> None:
     SELECTED_SCORE.observe(result.chosen.score)
     if result.early_exit:
         EARLY_EXITS.inc()
+    if cut := result.cut:
+        CONFIDENCE_CUT.inc(cut)
     PROMPT_TOKENS.inc(result.prompt_tokens)
     GENERATED_TOKENS.inc(result.completion_tokens)
 

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from bestofk.service.engines.base import BYTES_PER_TOKEN
 from bestofk.service.schemas.adaptive import AdaptiveField, Budget
+from bestofk.service.schemas.confidence import ConfidenceField
 from bestofk.service.selection import Policy, TieBreak
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "model"
@@ -105,6 +106,9 @@ class Profile(BaseModel):
     ``adaptive`` wins."""
     budget: Budget | None = None
     """The search's caps for this profile's requests; a request's ``budget`` wins."""
+    confidence: ConfidenceField = None
+    """Confidence-aware stopping for this profile's requests (``true``: the defaults); a
+    request's own ``confidence`` wins, its fields over the profile's."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser for this profile's requests (a model family's), over the
     server's ``reasoning_parser``."""

@@ -1,7 +1,12 @@
-"""DeepConf's confidences and online cut (``service/confidence.py``) on the demo model's own
-logprobs: ``tests/data/confidence_logprobs.json`` holds real candidates of its thinking family
-with their top-20 logprobs, as the engine hands them to a watch (regenerate it with
-``python tests/test_confidence.py URL`` against a running server)."""
+"""DeepConf's confidences and online cut (``service/confidence.py``), and confidence-aware
+stopping through the server.
+
+The unit tests read the demo model's own logprobs: ``tests/data/confidence_logprobs.json``
+holds real candidates of its thinking family with their top-20 logprobs, as the engine hands
+them to a watch (regenerate it with ``python tests/test_confidence.py URL`` against a running
+server). The server tests run the real in-process engine (``load_aware_server``, whose
+load-aware K does not reach K=8 requests sent one at a time).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from bestofk.service.confidence import (
+    ConfidenceConfig,
     ConfidenceWatch,
     GroupConfidence,
     calibrate,
@@ -23,8 +32,13 @@ from bestofk.service.confidence import (
     token_confidence,
 )
 from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
+from bestofk.service.jobs import _confidence
+from bestofk.service.schemas.confidence import Confidence
+from bestofk.service.settings import Profile
+from bestofk.tooling.procs import Server
 
 DATA = Path(__file__).parent / "data" / "confidence_logprobs.json"
+SEEDS = (1, 2, 3, 4)
 
 
 def traces() -> list[dict[str, Any]]:
@@ -136,6 +150,97 @@ def test_streamed_deltas_give_the_offline_lowest() -> None:
         assert not any(watch.delta(index, chunk) for chunk in deltas(tokens))
         assert watch.lowest(index) == pytest.approx(lowest_group_confidence(tokens))
     assert watch.cut == set() and watch.lowest(999) is None
+
+
+THINK = "Think step by step, then give the factorial of 8 as a number."
+
+
+def confident(server: Server, seed: int, **fields: Any) -> dict[str, Any]:
+    body = {
+        "prompt": THINK,
+        "k": 8,
+        "sampling": {"temperature": 1.0, "max_tokens": 80, "seed": seed},
+        "selection": {"policy": "vote"},
+        "confidence": {"warmup": 4},
+        **fields,
+    }
+    response = httpx.post(server.url + "/generate", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def cut_total(server: Server) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "bestofk_confidence_cut_candidates":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("no bestofk_confidence_cut_candidates_total on /metrics")
+
+
+def test_the_server_cuts_watched_candidates_below_the_warm_up(load_aware_server: Server) -> None:
+    """A warm-up wave of 4 runs to the end; the 4 after it are watched, and a runaway among
+    them is cut: marked, unverified, out of the vote, counted."""
+    before = cut_total(load_aware_server)
+    bodies = [confident(load_aware_server, seed) for seed in SEEDS]
+    cut = [c for body in bodies for c in body["candidates"] if c["cut"]]
+    assert cut, "no candidate was cut over the seeded requests"
+    for body in bodies:
+        stats, candidates = body["stats"], body["candidates"]
+        assert stats["waves"] == 2 and stats["sampled"] == 8
+        assert isinstance(stats["confidence_threshold"], float)
+        assert stats["cut"] == sum(c["cut"] for c in candidates)
+        assert all(isinstance(c["confidence"], float) for c in candidates)
+        chosen = next(c for c in candidates if c["index"] == body["index"])
+        assert not chosen["cut"]
+        for c in candidates:
+            if c["cut"]:
+                assert c["index"] >= 4  # the warm-up is never watched
+                assert c["finish_reason"] == "abort" and c["verdicts"] == []
+                assert c["confidence"] < stats["confidence_threshold"]
+    assert cut_total(load_aware_server) - before == len(cut)
+
+
+def test_confidence_through_the_openai_client(load_aware_server: Server) -> None:
+    client = OpenAI(base_url=load_aware_server.url + "/v1", api_key="unused")
+    completion = client.completions.create(
+        model="demo",
+        prompt=THINK,
+        max_tokens=80,
+        temperature=1.0,
+        seed=SEEDS[0],
+        logprobs=2,
+        extra_body={"best_of": 8, "confidence": {"warmup": 4, "keep": "low"}},
+    )
+    native = completion.model_extra["bestofk"]  # type: ignore[index]
+    assert native["stats"]["waves"] == 2 and native["stats"]["confidence_threshold"] is not None
+    # The engine computed 20 alternatives for the watch; the client sees the 2 it asked
+    # (and the sampled token beside them when it was not among them, as vLLM sends it).
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.top_logprobs and logprobs.tokens
+    for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True):
+        others = [v for t, v in top.items() if t != token]
+        assert len(top) == 2 or (len(top) == 3 and top[token] < min(others)), top
+    plain = client.completions.create(
+        model="demo", prompt=THINK, max_tokens=16, extra_body={"best_of": 2, "confidence": True}
+    )
+    assert plain.choices[0].logprobs is None
+
+
+def test_a_profile_turns_it_on_and_a_request_tunes_it() -> None:
+    profile = Profile(confidence=Confidence(keep="low", window=8))
+    assert _confidence(None, profile) == ConfidenceConfig(keep="low", window=8)
+    assert _confidence({"warmup": 2}, profile) == ConfidenceConfig(keep="low", warmup=2, window=8)
+    assert _confidence(False, profile) is None
+    assert _confidence(True, None) == ConfidenceConfig()
+    assert _confidence(None, None) is None
+
+
+def test_the_warm_up_is_adaptive_ks_first_wave_else_half() -> None:
+    config = ConfidenceConfig()
+    assert config.warmup_size(8) == 4 and config.warmup_size(5) == 3
+    assert config.warmup_size(8, first_wave=2) == 2
+    assert ConfidenceConfig(warmup=16).warmup_size(8) == 8  # all warm-up: nothing watched
+    assert config.warmup_size(1) == 1
 
 
 def collect(url: str) -> dict[str, Any]:
