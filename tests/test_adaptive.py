@@ -212,7 +212,7 @@ def test_watch_cuts_one_candidate_in_the_remote_engine(vllm_backend: Server) -> 
     assert sorted(samples) == [0, 1, 2]
     assert samples[1].cut and samples[1].finish_reason == "abort"
     assert samples[1].tokens < 100
-    assert not samples[0].cut and samples[0].finish_reason == "length"
+    assert not samples[0].cut and samples[0].finish_reason in ("stop", "length")
 
 
 # --- the wave logic, scripted -----------------------------------------------------------------

@@ -48,7 +48,7 @@ def bench(
         str,
         typer.Option(
             metavar="MODE,...",
-            help="Modes a..g, i (in-process) and j (judge), as listed above.",
+            help="Modes a..g, i (in-process), j (judge) and n (n=K calls), as listed above.",
         ),
     ] = "a,b,c,i,d,e,f,g,j",
     workload: Annotated[
@@ -82,6 +82,16 @@ def bench(
             "backend at K = 1, 8, 32, beside the direct path (no vLLM; a minute).",
         ),
     ] = False,
+    adaptive: Annotated[
+        Path | None,
+        typer.Option(
+            "--adaptive",
+            metavar="TASKS",
+            help="Only adaptive compute: start an in-process bestofk and measure accuracy, "
+            "tokens and p50 latency for each --k fixed, the largest with early exit and "
+            "adaptive K on this task set (e.g. demo/tasks.jsonl), as `bestofk eval --adaptive`.",
+        ),
+    ] = None,
     logs: Annotated[
         Path | None, typer.Option(metavar="DIR", help="Server logs here (default: a temp dir).")
     ] = None,
@@ -141,6 +151,18 @@ def bench(
         targets=not no_targets,
         port=port,
     )
+    if adaptive is not None:
+        from bestofk.tooling import compute
+
+        measured = compute.bench(
+            str(model or DEMO_MODEL), adaptive, sorted(set(config.ks)), logs, log=console.print
+        )
+        typer.echo(measured.markdown(compute.configs(config.ks)[-2].name), nl=False)
+        if json_out is not None:
+            json_out.write_text(json.dumps(measured.to_json(), indent=2) + "\n")
+        if plot_out is not None:
+            compute.plot(measured, plot_out)
+        return
     if cpu_only:
         from bestofk.tooling.bench import cpu
 

@@ -20,7 +20,12 @@ def evaluate(
     tasks: Annotated[
         Path, typer.Argument(metavar="TASKS", help="Task set (JSONL), e.g. demo/tasks.jsonl.")
     ],
-    k: Annotated[str, typer.Option(metavar="K,...", help="K values.")] = "1,2,4,8,16",
+    k: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K,...", help="K values (default 1,2,4,8,16; 1,2,4,8 with --adaptive)."
+        ),
+    ] = None,
     selection: Annotated[
         str, typer.Option(metavar="POLICY,...", help="Policies: argmax,sample,vote.")
     ] = "argmax,sample,vote",
@@ -44,15 +49,31 @@ def evaluate(
     plot_out: Annotated[
         Path | None, typer.Option("--plot", metavar="FILE", help="Write a PNG plot here.")
     ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="Instead: accuracy against generated tokens and p50 latency for each K fixed, "
+            "the largest K with early exit, and adaptive K (real requests, one at a time).",
+        ),
+    ] = False,
 ) -> None:
-    """pass@1, pass@k and best-of-k per policy, per task family and overall."""
+    """pass@1, pass@k and best-of-k per policy, per task family and overall; or, with
+    --adaptive, what each way of spending compute buys."""
     from bestofk.service.selection import Policy
     from bestofk.tooling import evaluation
 
     if plot_out is not None:
         require_extra("matplotlib", "plot", "--plot")
 
-    ks = sorted({int(x) for x in k.split(",")})
+    ks = sorted({int(x) for x in (k or ("1,2,4,8" if adaptive else "1,2,4,8,16")).split(",")})
+    sampling = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    target = Target(url, model, api_key)
+    if adaptive:
+        _compute(
+            evaluation.load_tasks(tasks, family or ()), ks, sampling, target, json_out, plot_out
+        )
+        return
     policies: list[Policy] = []
     for name in (p.strip() for p in selection.split(",")):
         if name not in get_args(Policy):
@@ -63,10 +84,7 @@ def evaluate(
         if name not in evaluation.SIGNALS:
             raise typer.BadParameter(f"unknown signal {name!r}; choose from {evaluation.SIGNALS}")
     task_list = evaluation.load_tasks(tasks, family or ())
-    sampling = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-    samples, skipped = asyncio.run(
-        _collect(task_list, max(ks), signal_list, sampling, Target(url, model, api_key))
-    )
+    samples, skipped = asyncio.run(_collect(task_list, max(ks), signal_list, sampling, target))
     report = evaluation.summarise(samples, ks, policies, signal_list)
     report.skipped = skipped
     _print_report(report)
@@ -74,6 +92,44 @@ def evaluate(
         json_out.write_text(json.dumps(report.to_json(), indent=2))
     if plot_out is not None:
         evaluation.plot(report, plot_out)
+
+
+def _compute(
+    tasks: Any,
+    ks: list[int],
+    sampling: dict[str, Any],
+    target: Target,
+    json_out: Path | None,
+    plot_out: Path | None,
+) -> None:
+    from rich.markup import escape
+
+    from bestofk.tooling import compute
+
+    plan = compute.configs(ks)
+    report = asyncio.run(_measure(tasks, plan, sampling, target))
+    against = plan[-2].name  # the largest K with early exit
+    typer.echo(report.markdown(against), nl=False)  # plain: rich would wrap the table's rows
+    for family, reason in report.skipped.items():
+        console.print(f"[yellow]skipped[/yellow] {escape(family)}: {escape(reason)}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if plot_out is not None:
+        compute.plot(report, plot_out)
+
+
+async def _measure(tasks: Any, plan: Any, sampling: dict[str, Any], target: Target) -> Any:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from bestofk.tooling import compute
+
+    async with client(target) as http:
+        with Progress(console=Console(stderr=True)) as progress:
+            bar = progress.add_task("measuring", total=len(tasks))
+            return await compute.measure(
+                http, tasks, plan, sampling, on_done=lambda: progress.advance(bar)
+            )
 
 
 async def _collect(

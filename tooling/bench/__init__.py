@@ -131,6 +131,8 @@ async def measure(
     skipped = dict(skipped or {})
     if endpoints.bestofk_local is None:
         skipped.setdefault("i", "no in-process bestofk was started")
+    if endpoints.bestofk_joint is None:
+        skipped.setdefault("n", "no bestofk with split_candidates off was started")
     chosen = workload(
         config.workload,
         config.tasks,
@@ -256,7 +258,10 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
     cpu_rows = cpu.run(config.cpu_ks, config.cpu_requests, directory)
     optillm_ks = list(config.ks) if "g" in config.modes else []
     local = "i" in config.modes or config.targets
-    with started(model, directory, optillm_ks, local=local, log=log, port=config.port) as stack:
+    joint = "n" in config.modes
+    with started(
+        model, directory, optillm_ks, local=local, log=log, port=config.port, joint=joint
+    ) as stack:
         report = asyncio.run(
             measure(
                 stack.endpoints,

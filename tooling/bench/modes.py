@@ -10,6 +10,7 @@ deployment, which replaces ``vllm serve`` rather than adding a hop in front of i
     a  direct vLLM n=1                 one sample, no choice
     b  direct vLLM n=K                 K samples in one call (the baseline of every ratio)
     c  bestofk best-of-K, regex        the service's cost over (b), as a proxy
+    n  bestofk best-of-K, regex, n=K   (c) with one n=K call a request (split_candidates off)
     i  bestofk best-of-K, regex        the same, in-process engine
     d  bestofk best-of-K, unit_tests   sandboxed tests on top of (c)
     e  K sequential n=1 calls          the fallback of proxies that never send n
@@ -51,6 +52,7 @@ MODE_LABELS: dict[str, str] = {
     "a": "direct vLLM n=1",
     "b": "direct vLLM n=K",
     "c": "bestofk regex",
+    "n": "bestofk regex, n=K calls",
     "i": "bestofk regex, in-process",
     "d": "bestofk unit_tests",
     "e": "K sequential n=1",
@@ -148,6 +150,9 @@ class Endpoints:
     """bestofk with the ``openai`` engine in front of ``vllm``."""
     bestofk_local: str | None = None
     """bestofk with its own in-process engine (mode i); None skips (i)."""
+    bestofk_joint: str | None = None
+    """bestofk in front of ``vllm`` sending one ``n=K`` call a request (mode n); None skips
+    (n)."""
     model: str = "demo"
     """The served model name at the vLLM backend."""
     optillm: Mapping[int, str] = field(default_factory=dict)
@@ -192,6 +197,7 @@ class Modes:
             "a": lambda client, k, i: self._direct(client, 1, i),
             "b": lambda client, k, i: self._direct(client, k, i),
             "c": lambda client, k, i: self._regex(client, k, i, self.ep.bestofk),
+            "n": self._regex_joint,
             "i": self._regex_local,
             "d": lambda client, k, i: self._unit_tests(client, k, i, self.ep.bestofk),
             "e": self._sequential,
@@ -276,6 +282,11 @@ class Modes:
 
     async def _regex_local(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
         return await self._regex(client, k, i, self._local())
+
+    async def _regex_joint(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
+        if self.ep.bestofk_joint is None:
+            raise ModeError("no bestofk with split_candidates off was started")
+        return await self._regex(client, k, i, self.ep.bestofk_joint)
 
     async def unit_tests_local(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
         """Mode (d)'s request, sent to the in-process bestofk."""
