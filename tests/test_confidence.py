@@ -33,6 +33,7 @@ from bestofk.service.confidence import (
 )
 from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
 from bestofk.service.jobs import _confidence
+from bestofk.service.routes.openai import client_top
 from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile
 from bestofk.tooling.procs import Server
@@ -224,6 +225,21 @@ def test_confidence_through_the_openai_client(load_aware_server: Server) -> None
         model="demo", prompt=THINK, max_tokens=16, extra_body={"best_of": 2, "confidence": True}
     )
     assert plain.choices[0].logprobs is None
+
+
+def test_a_client_sees_the_top_logprobs_it_asked() -> None:
+    # Real positions with the engine's 20 alternatives, as confidence-aware stopping asks.
+    for trace in traces()[:3]:
+        for token in logprobs(trace):
+            likeliest = sorted([token.logprob, *(v for _, v in token.top)], reverse=True)
+            for n in (0, 1, 2, 5):
+                shown = client_top(token, n)
+                assert [v for _, v in shown] == sorted((v for _, v in shown), reverse=True)
+                # As vLLM: the n likeliest, the sampled token beside them rather than among.
+                among = token.logprob >= likeliest[n - 1] if n else False
+                assert len(shown) == (n - 1 if among else n)
+    few = TokenLogprob("a", -0.1, (("b", -3.0),))
+    assert client_top(few, 2) == [("b", -3.0)]  # the engine computed what was asked
 
 
 def test_a_profile_turns_it_on_and_a_request_tunes_it() -> None:
