@@ -108,10 +108,10 @@ def test_early_exit_aborts_every_unfinished_candidate(
 def test_adaptive_stops_after_the_first_wave_that_passes(any_server: Server) -> None:
     data = generate(any_server, verifiers=ANYTHING, adaptive=True)
     stats = data["stats"]
-    assert stats["waves"] == 1 and stats["sampled"] == 4 and stats["k"] == 8
+    assert stats["waves"] == 1 and stats["sampled"] == 3 and stats["k"] == 8
     assert stats["stopped_by"] == "early_exit" and data["passed"]
-    assert 1 <= stats["generated"] <= 4
-    assert {c["index"] for c in data["candidates"]} <= {0, 1, 2, 3}
+    assert 1 <= stats["generated"] <= 3
+    assert {c["index"] for c in data["candidates"]} <= {0, 1, 2}
 
 
 def test_adaptive_samples_every_wave_while_nothing_passes(any_server: Server) -> None:
@@ -219,7 +219,7 @@ def test_watch_cuts_one_candidate_in_the_remote_engine(vllm_backend: Server) -> 
 
 
 def test_wave_sizes() -> None:
-    assert AdaptiveConfig().waves(8) == [4, 4]
+    assert AdaptiveConfig().waves(8) == [3, 3, 2]
     assert AdaptiveConfig(first_wave=2, growth=2.0).waves(16) == [2, 4, 8, 2]
     assert AdaptiveConfig(first_wave=3, growth=1.5).waves(10) == [3, 5, 2]
     assert AdaptiveConfig(first_wave=8).waves(4) == [4]
@@ -261,7 +261,7 @@ async def test_vote_waves_stop_on_a_clear_majority() -> None:
     result = await Pipeline(engine, VerifierResources()).run(
         job(8, [], selection=SelectionConfig(policy="vote"), adaptive=AdaptiveConfig())
     )
-    assert result.waves == 2 and result.stopped_by == "k"
+    assert result.waves == 3 and result.stopped_by == "k"
 
 
 async def test_token_budget_stops_before_the_next_wave() -> None:
@@ -298,3 +298,29 @@ async def test_watch_is_passed_to_every_wave(policy: str) -> None:
         )
     )
     assert [s.watch for s in engine.streams] == [watch, watch]
+
+
+def test_eval_adaptive_measures_every_configuration(server: Server) -> None:
+    from pathlib import Path
+
+    from bestofk.tooling import compute
+    from bestofk.tooling.evaluation import load_tasks
+
+    tasks = load_tasks(Path(__file__).parent.parent / "demo" / "tasks.jsonl", ["factorial"])[:4]
+    plan = compute.configs([1, 2, 8])
+
+    async def run() -> compute.ComputeReport:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            sampling = {"temperature": 1.0, "max_tokens": 16, "seed": 0}
+            return await compute.measure(client, tasks, plan, sampling)
+
+    report = asyncio.run(run())
+    rows = {r.name: r for r in report.rows}
+    assert list(rows) == ["K=1", "K=2", "K=8", "K=8 early exit", "adaptive (K<=8)"]
+    assert report.tasks == 4
+    assert rows["K=1"].sampled == 1 and rows["K=8"].sampled == 8
+    assert 1 <= rows["adaptive (K<=8)"].sampled <= 8 and rows["adaptive (K<=8)"].waves >= 1
+    # The in-process server's engine counts what usage misses of aborted candidates.
+    for row in report.rows:
+        assert row.tokens >= row.usage_tokens > 0
+    assert "| adaptive (K<=8) |" in report.markdown("K=8 early exit")

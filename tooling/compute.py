@@ -6,8 +6,11 @@ correct when the chosen candidate passes them all. Requests go one at a time, th
 configurations of a task back to back, so the machine's load falls on all of them alike; each
 task's requests share one seed, and candidate ``i`` of every configuration is seeded
 ``seed + i``, so the configurations draw from the same candidates and differ only in how many
-they sample and when they stop. Tokens are the response's ``usage.completion_tokens`` (every
-token generated, aborted work included); latency is the client's wall time per request.
+they sample and when they stop. Tokens are what the engine generated for the request: the
+growth of its ``vllm:generation_tokens_total`` across the request (exact, as requests go one
+at a time; a server without vLLM's metrics, one in front of backends, gives the response's
+``usage.completion_tokens`` instead, which misses up to ``STREAM_INTERVAL`` tokens of each
+aborted candidate: those generated since its last delta). Latency is the client's wall time.
 """
 
 from __future__ import annotations
@@ -43,6 +46,41 @@ class Config:
         return body
 
 
+RETRIES = 20
+"""A 503 (the engine restarting, say on a shared machine short of memory) is retried after
+its Retry-After, this many times; the retried request's time is the one that answered."""
+
+
+async def _ask(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[httpx.Response, float]:
+    """POST ``/generate``; the reply and its wall time in ms."""
+    import asyncio
+
+    for _ in range(RETRIES):
+        start = time.perf_counter()
+        reply = await client.post("/generate", json=body, timeout=600)
+        elapsed = (time.perf_counter() - start) * 1000
+        if reply.status_code != 503:
+            break
+        await asyncio.sleep(float(reply.headers.get("retry-after") or 5))
+    return reply, elapsed
+
+
+ENGINE_TOKENS = "vllm:generation_tokens_total"
+
+
+async def _engine_tokens(client: httpx.AsyncClient) -> float | None:
+    """The in-process engine's generated-token counter, or None without one."""
+    reply = await client.get("/metrics", timeout=30)
+    if reply.status_code != 200:
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in reply.text.splitlines()
+        if line.startswith(ENGINE_TOKENS)
+    ]
+    return sum(values) if values else None
+
+
 def configs(ks: Sequence[int], adaptive: bool | dict[str, Any] = True) -> list[Config]:
     """K fixed for each of ``ks``, then the largest K with early exit and adaptive."""
     top = max(ks)
@@ -59,6 +97,9 @@ class Outcome:
 
     correct: bool
     tokens: int
+    """Generated for it: by the engine's counter where there is one, else ``usage``."""
+    usage_tokens: int
+    """The response's ``usage.completion_tokens``."""
     latency_ms: float
     sampled: int
     waves: int
@@ -71,7 +112,9 @@ class Row:
     name: str
     accuracy: float
     tokens: float
-    """Mean completion tokens per request."""
+    """Mean completion tokens generated per request."""
+    usage_tokens: float
+    """Mean ``usage.completion_tokens`` per request."""
     p50_ms: float
     sampled: float
     """Mean candidates started per request."""
@@ -100,13 +143,15 @@ class ComputeReport:
         """The table; ``against`` names the row tokens and p50 are also given relative to."""
         base = next((r for r in self.rows if r.name == against), None)
         lines = [
-            "| configuration | accuracy | tokens/request | p50 latency (ms) | candidates "
-            "sampled | waves |" + (" tokens vs base | p50 vs base |" if base else ""),
-            "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if base else ""),
+            "| configuration | accuracy | tokens/request | usage tokens | p50 latency (ms) | "
+            "candidates sampled | waves |" + (" tokens vs base | p50 vs base |" if base else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+            + (" ---: | ---: |" if base else ""),
         ]
         for r in self.rows:
             line = (
-                f"| {r.name} | {r.accuracy:.3f} | {r.tokens:.0f} | {r.p50_ms:.0f} | "
+                f"| {r.name} | {r.accuracy:.3f} | {r.tokens:.1f} | {r.usage_tokens:.1f} | "
+                f"{r.p50_ms:.0f} | "
                 f"{r.sampled:.2f} | {r.waves:.2f} |"
             )
             if base is not None:
@@ -144,17 +189,19 @@ async def measure(
             }
             if task.profile is not None:
                 body["profile"] = task.profile
-            start = time.perf_counter()
-            reply = await client.post("/generate", json=body, timeout=600)
-            elapsed = (time.perf_counter() - start) * 1000
+            before = await _engine_tokens(client)
+            reply, elapsed = await _ask(client, body)
             if reply.status_code == 400 and "unknown verifier type" in reply.text:
                 skipped[task.family] = reply.json()["error"]["message"]
                 break
             reply.raise_for_status()
             data = reply.json()
+            usage = int(data["usage"]["completion_tokens"])
+            after = await _engine_tokens(client) if before is not None else None
             got[config.name] = Outcome(
                 correct=bool(data["passed"]),
-                tokens=data["usage"]["completion_tokens"],
+                tokens=int(after - before) if after is not None and before is not None else usage,
+                usage_tokens=usage,
                 latency_ms=elapsed,
                 sampled=data["stats"]["sampled"],
                 waves=data["stats"]["waves"],
@@ -175,6 +222,7 @@ async def measure(
                 name=config.name,
                 accuracy=statistics.fmean(o.correct for o in done),
                 tokens=statistics.fmean(o.tokens for o in done),
+                usage_tokens=statistics.fmean(o.usage_tokens for o in done),
                 p50_ms=statistics.median(o.latency_ms for o in done),
                 sampled=statistics.fmean(o.sampled for o in done),
                 waves=statistics.fmean(o.waves for o in done),

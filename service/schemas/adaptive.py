@@ -13,7 +13,7 @@ class Adaptive(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    first_wave: int = Field(default=4, ge=1, le=1024)
+    first_wave: int = Field(default=3, ge=1, le=1024)
     """Candidates in the first wave."""
     growth: float = Field(default=1.0, ge=1.0, le=16.0)
     """Each next wave is the last one times this, rounded up (1: equal waves; 2: doubling)."""

@@ -133,6 +133,8 @@ async def measure(
         skipped.setdefault("i", "no in-process bestofk was started")
     if endpoints.bestofk_joint is None:
         skipped.setdefault("n", "no bestofk with split_candidates off was started")
+    if endpoints.bestofk_local_joint is None:
+        skipped.setdefault("m", "no in-process bestofk with split_candidates off was started")
     chosen = workload(
         config.workload,
         config.tasks,
@@ -258,9 +260,15 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
     cpu_rows = cpu.run(config.cpu_ks, config.cpu_requests, directory)
     optillm_ks = list(config.ks) if "g" in config.modes else []
     local = "i" in config.modes or config.targets
-    joint = "n" in config.modes
     with started(
-        model, directory, optillm_ks, local=local, log=log, port=config.port, joint=joint
+        model,
+        directory,
+        optillm_ks,
+        local=local,
+        log=log,
+        port=config.port,
+        joint="n" in config.modes,
+        local_joint="m" in config.modes,
     ) as stack:
         report = asyncio.run(
             measure(

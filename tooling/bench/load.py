@@ -104,14 +104,16 @@ async def run_cell(
     runs = {name: ModeRun() for name in calls}
     names = list(calls)
     rounds = math.ceil(requests / concurrency)
-    engine = None
+    engine: str | None = None
     for r in range(rounds):
         size = min(concurrency, requests - r * concurrency)
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            if engine is not None and engine != (name in LOCAL_MODES):
+            # Each in-process mode has an engine of its own; the rest share the backend's.
+            here = name if name in LOCAL_MODES else "backend"
+            if engine is not None and engine != here:
                 await asyncio.sleep(ENGINE_SWITCH_PAUSE_S)
-            engine = name in LOCAL_MODES
+            engine = here
             run = runs[name]
             first = r * concurrency
             start = time.perf_counter()

@@ -11,6 +11,7 @@ deployment, which replaces ``vllm serve`` rather than adding a hop in front of i
     b  direct vLLM n=K                 K samples in one call (the baseline of every ratio)
     c  bestofk best-of-K, regex        the service's cost over (b), as a proxy
     n  bestofk best-of-K, regex, n=K   (c) with one n=K call a request (split_candidates off)
+    m  bestofk best-of-K, regex, n=K   (i) with one n=K request (split_candidates off)
     i  bestofk best-of-K, regex        the same, in-process engine
     d  bestofk best-of-K, unit_tests   sandboxed tests on top of (c)
     e  K sequential n=1 calls          the fallback of proxies that never send n
@@ -53,6 +54,7 @@ MODE_LABELS: dict[str, str] = {
     "b": "direct vLLM n=K",
     "c": "bestofk regex",
     "n": "bestofk regex, n=K calls",
+    "m": "bestofk regex, in-process, n=K",
     "i": "bestofk regex, in-process",
     "d": "bestofk unit_tests",
     "e": "K sequential n=1",
@@ -62,7 +64,7 @@ MODE_LABELS: dict[str, str] = {
 }
 ALL_MODES = tuple(MODE_LABELS)
 BASELINE = "b"
-LOCAL_MODES = frozenset({"i"})
+LOCAL_MODES = frozenset({"i", "m"})
 """Modes served by the in-process bestofk's own engine; every other mode meets the backend's."""
 ENGINE_SWITCH_PAUSE_S = 1.2
 """Idle time before a burst on the other engine. After its last step a vLLM CPU worker keeps
@@ -153,6 +155,8 @@ class Endpoints:
     bestofk_joint: str | None = None
     """bestofk in front of ``vllm`` sending one ``n=K`` call a request (mode n); None skips
     (n)."""
+    bestofk_local_joint: str | None = None
+    """bestofk with its own engine and one ``n=K`` request a request (mode m); None skips (m)."""
     model: str = "demo"
     """The served model name at the vLLM backend."""
     optillm: Mapping[int, str] = field(default_factory=dict)
@@ -198,6 +202,7 @@ class Modes:
             "b": lambda client, k, i: self._direct(client, k, i),
             "c": lambda client, k, i: self._regex(client, k, i, self.ep.bestofk),
             "n": self._regex_joint,
+            "m": self._regex_local_joint,
             "i": self._regex_local,
             "d": lambda client, k, i: self._unit_tests(client, k, i, self.ep.bestofk),
             "e": self._sequential,
@@ -282,6 +287,11 @@ class Modes:
 
     async def _regex_local(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
         return await self._regex(client, k, i, self._local())
+
+    async def _regex_local_joint(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
+        if self.ep.bestofk_local_joint is None:
+            raise ModeError("no in-process bestofk with split_candidates off was started")
+        return await self._regex(client, k, i, self.ep.bestofk_local_joint)
 
     async def _regex_joint(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
         if self.ep.bestofk_joint is None:

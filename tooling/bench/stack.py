@@ -88,6 +88,7 @@ def started(
     log: Callable[[str], None] = print,
     port: int | None = None,
     joint: bool = False,
+    local_joint: bool = False,
 ) -> Iterator[Stack]:
     """Start the servers (an OptiLLM per K in ``optillm_ks``; the in-process bestofk if
     ``local``), yield them ready, stop them. ``port``: they listen on consecutive ports from
@@ -145,12 +146,25 @@ def started(
             )
             stack.callback(in_process.stop)
             in_process.wait_ready(VLLM_START_S)
+        local_joint_server = None
+        if local_joint:
+            log(f"starting bestofk with an in-process engine on {model}, split_candidates off")
+            local_joint_server = start_bestofk(
+                logs / "bestofk-local-joint.log",
+                "--model",
+                model,
+                env=engine_env(**SERVICE_ENV, **LOCAL_ENV, BESTOFK_SPLIT_CANDIDATES="false"),
+                port=next(ports),
+            )
+            stack.callback(local_joint_server.stop)
+            local_joint_server.wait_ready(VLLM_START_S)
         yield Stack(
             Endpoints(
                 vllm=vllm.url,
                 bestofk=service.url,
                 bestofk_local=in_process.url if in_process else None,
                 bestofk_joint=joint_service.url if joint_service else None,
+                bestofk_local_joint=local_joint_server.url if local_joint_server else None,
                 model=SERVED_NAME,
                 optillm=proxies,
             ),
