@@ -227,6 +227,25 @@ def test_confidence_through_the_openai_client(load_aware_server: Server) -> None
     assert plain.choices[0].logprobs is None
 
 
+@pytest.mark.parametrize(
+    ("confidence", "field"),
+    [
+        ({"keep": "medium"}, "keep"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"warmup": 0}, "warmup"),
+        ({"windows": 8}, "windows"),
+    ],
+)
+def test_bad_confidence_fields_are_400(
+    load_aware_server: Server, confidence: dict[str, Any], field: str
+) -> None:
+    body = {"prompt": THINK, "k": 2, "confidence": confidence}
+    response = httpx.post(load_aware_server.url + "/generate", json=body, timeout=60)
+    assert response.status_code == 400
+    param = response.json()["error"]["param"]
+    assert param.startswith("confidence") and field in param.split("."), param
+
+
 def test_a_client_sees_the_top_logprobs_it_asked() -> None:
     # Real positions with the engine's 20 alternatives, as confidence-aware stopping asks.
     for trace in traces()[:3]:
