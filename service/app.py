@@ -59,7 +59,7 @@ def build_engine(settings: Settings) -> Engine:
                 ejection_s=settings.backend_ejection_s,
                 first_token_timeout_s=settings.backend_first_token_timeout_s,
                 max_bytes_per_token=settings.limits.max_bytes_per_token,
-                split_candidates=settings.split_candidates,
+                split_candidates=bool(settings.split_candidates),
             )
         )
     from bestofk.service.engines.vllm_local import VllmEngine, VllmOptions
@@ -75,7 +75,7 @@ def build_engine(settings: Settings) -> Engine:
             dtype=v.dtype,
             seed=v.seed,
             max_bytes_per_token=settings.limits.max_bytes_per_token,
-            split_candidates=settings.split_candidates,
+            split_candidates=settings.split_candidates is not False,
             extra=v.engine_args,
         )
     )

@@ -220,9 +220,11 @@ class Settings(BaseSettings):
     """Candidate sequences the engine runs at once, for load-aware K. None: the in-process
     engine's own ``max_num_seqs`` (vLLM's scheduler limit; the rest of a batch waits in its
     queue); with backends it must be given (their ``max_num_seqs`` summed)."""
-    split_candidates: bool = True
-    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted
-    alone when done with; False: one ``n=K`` request per wave (README: "Candidate streams")."""
+    split_candidates: bool | None = None
+    """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted alone
+    when done with (True), or one ``n=K`` request per wave (False). None, the default: split
+    in-process, where it costs nothing, and ``n=K`` to backends, where K streamed calls cost
+    measurably more (README, "Candidate streams"). A watched request is always split."""
     profiles: dict[str, Profile] = Field(default_factory=dict)
     """Named verifier pipelines. Unset, the embedded demo model gets :data:`DEMO_PROFILES`."""
     selection: SelectionDefaults = Field(default_factory=SelectionDefaults)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -301,8 +302,6 @@ async def test_watch_is_passed_to_every_wave(policy: str) -> None:
 
 
 def test_eval_adaptive_measures_every_configuration(server: Server) -> None:
-    from pathlib import Path
-
     from bestofk.tooling import compute
     from bestofk.tooling.evaluation import load_tasks
 
@@ -324,3 +323,43 @@ def test_eval_adaptive_measures_every_configuration(server: Server) -> None:
     for row in report.rows:
         assert row.tokens >= row.usage_tokens > 0
     assert "| adaptive (K<=8) |" in report.markdown("K=8 early exit")
+
+
+def test_watch_cuts_one_candidate_in_the_in_process_engine(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from bestofk.tooling.procs import engine_env
+    from tests.conftest import model_path
+
+    script = Path(__file__).parent / "data" / "watch_local.py"
+    done = subprocess.run(
+        [sys.executable, str(script), model_path()],
+        env=engine_env(VLLM_LOGGING_LEVEL="ERROR"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    samples = {x["index"]: x for x in lines if "index" in x}
+    assert sorted(samples) == [4, 5, 6]
+    assert samples[5]["cut"] and samples[5]["finish"] == "abort" and samples[5]["tokens"] < 100
+    assert not samples[4]["cut"] and samples[4]["finish"] in ("stop", "length")
+    assert lines[-1] == {"unfinished": 0}
+
+
+def test_later_waves_go_to_the_first_waves_backend() -> None:
+    from bestofk.service.engines.backends import BackendPool, RemoteOptions
+
+    pool = BackendPool(RemoteOptions(urls=["http://a", "http://b"]))
+    for backend in pool.backends:
+        backend.healthy = True
+    first = pool.pick("req", continuing=False)
+    first.in_flight += 5  # busier now than the other
+    assert pool.pick("req", continuing=True) is first
+    assert pool.pick("other") is not first  # a new request still goes to the least busy
+    first.healthy = False  # gone: the next wave goes where it can
+    assert pool.pick("req", continuing=True) is not first

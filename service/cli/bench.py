@@ -48,8 +48,8 @@ def bench(
         str,
         typer.Option(
             metavar="MODE,...",
-            help="Modes a..g, i (in-process), j (judge), n and m (c and i with n=K requests), "
-            "as listed above.",
+            help="Modes a..g, i (in-process), j (judge), n (c with a call per candidate) and m "
+            "(i with n=K requests), as listed above.",
         ),
     ] = "a,b,c,i,d,e,f,g,j",
     workload: Annotated[

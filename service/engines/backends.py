@@ -62,9 +62,10 @@ class RemoteOptions:
     api_key: str | None = None
     supports_n: bool | None = None
     """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
-    split_candidates: bool = True
-    """Each candidate its own ``n=1`` call (cancellable alone); False: one ``n=K`` call where
-    the backend takes ``n``."""
+    split_candidates: bool = False
+    """Each candidate its own ``n=1`` call (cancellable alone), or (False, the default) one
+    ``n=K`` call where the backend takes ``n``: K streamed calls cost the backend and this
+    process measurably more (README, "Candidate streams"). A watched request is always split."""
     health_interval_s: float = 5.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0

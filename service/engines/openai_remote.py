@@ -1,10 +1,12 @@
 """Remote OpenAI-compatible backends (``vllm serve``, SGLang, llama.cpp server…) over HTTP.
 
 All K candidates of a request go to one backend (and every wave of an adaptive request to the
-same one), so the backend's prefix cache shares the prompt. Each candidate is its own streamed
-``n=1`` call (request id ``{id}-{i}``, seeded ``seed + i``), so one can be cut alone by closing
-its stream; with ``split_candidates`` off, one ``n=K`` call instead where the backend takes
-``n`` (remembered per backend: one that refuses it gets the calls of ``n=1``). Which backend
+same one), so the backend's prefix cache shares the prompt. By default they go in one streamed
+``n=K`` call (seeded ``seed + first index``: vLLM seeds child j ``seed + j``, so candidate i
+gets ``seed + i``); a backend that refuses ``n`` gets K concurrent ``n=1`` calls instead
+(remembered per backend). With ``split_candidates``, or a watch that may cut one candidate
+alone, each candidate is its own ``n=1`` call (request id ``{id}-{i}``, seeded ``seed + i``),
+cut by closing its stream. Which backend
 takes a request, and which are out of rotation (health checks, outlier ejection), is
 :mod:`bestofk.service.engines.backends`. A request that fails on one before any of its
 candidates was handed on is retried once on another.

@@ -131,8 +131,8 @@ async def measure(
     skipped = dict(skipped or {})
     if endpoints.bestofk_local is None:
         skipped.setdefault("i", "no in-process bestofk was started")
-    if endpoints.bestofk_joint is None:
-        skipped.setdefault("n", "no bestofk with split_candidates off was started")
+    if endpoints.bestofk_split is None:
+        skipped.setdefault("n", "no bestofk with split_candidates on was started")
     if endpoints.bestofk_local_joint is None:
         skipped.setdefault("m", "no in-process bestofk with split_candidates off was started")
     chosen = workload(
@@ -267,7 +267,7 @@ def run(model: str, config: BenchConfig, logs: Path | None = None, log: Log = pr
         local=local,
         log=log,
         port=config.port,
-        joint="n" in config.modes,
+        split="n" in config.modes,
         local_joint="m" in config.modes,
     ) as stack:
         report = asyncio.run(

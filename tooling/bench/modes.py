@@ -10,8 +10,8 @@ deployment, which replaces ``vllm serve`` rather than adding a hop in front of i
     a  direct vLLM n=1                 one sample, no choice
     b  direct vLLM n=K                 K samples in one call (the baseline of every ratio)
     c  bestofk best-of-K, regex        the service's cost over (b), as a proxy
-    n  bestofk best-of-K, regex, n=K   (c) with one n=K call a request (split_candidates off)
-    m  bestofk best-of-K, regex, n=K   (i) with one n=K request (split_candidates off)
+    n  bestofk best-of-K, regex        (c) with a call per candidate (split_candidates on)
+    m  bestofk best-of-K, regex        (i) with one n=K request (split_candidates off)
     i  bestofk best-of-K, regex        the same, in-process engine
     d  bestofk best-of-K, unit_tests   sandboxed tests on top of (c)
     e  K sequential n=1 calls          the fallback of proxies that never send n
@@ -53,7 +53,7 @@ MODE_LABELS: dict[str, str] = {
     "a": "direct vLLM n=1",
     "b": "direct vLLM n=K",
     "c": "bestofk regex",
-    "n": "bestofk regex, n=K calls",
+    "n": "bestofk regex, a call per candidate",
     "m": "bestofk regex, in-process, n=K",
     "i": "bestofk regex, in-process",
     "d": "bestofk unit_tests",
@@ -152,9 +152,8 @@ class Endpoints:
     """bestofk with the ``openai`` engine in front of ``vllm``."""
     bestofk_local: str | None = None
     """bestofk with its own in-process engine (mode i); None skips (i)."""
-    bestofk_joint: str | None = None
-    """bestofk in front of ``vllm`` sending one ``n=K`` call a request (mode n); None skips
-    (n)."""
+    bestofk_split: str | None = None
+    """bestofk in front of ``vllm`` sending a call per candidate (mode n); None skips (n)."""
     bestofk_local_joint: str | None = None
     """bestofk with its own engine and one ``n=K`` request a request (mode m); None skips (m)."""
     model: str = "demo"
@@ -201,7 +200,7 @@ class Modes:
             "a": lambda client, k, i: self._direct(client, 1, i),
             "b": lambda client, k, i: self._direct(client, k, i),
             "c": lambda client, k, i: self._regex(client, k, i, self.ep.bestofk),
-            "n": self._regex_joint,
+            "n": self._regex_split,
             "m": self._regex_local_joint,
             "i": self._regex_local,
             "d": lambda client, k, i: self._unit_tests(client, k, i, self.ep.bestofk),
@@ -293,10 +292,10 @@ class Modes:
             raise ModeError("no in-process bestofk with split_candidates off was started")
         return await self._regex(client, k, i, self.ep.bestofk_local_joint)
 
-    async def _regex_joint(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
-        if self.ep.bestofk_joint is None:
-            raise ModeError("no bestofk with split_candidates off was started")
-        return await self._regex(client, k, i, self.ep.bestofk_joint)
+    async def _regex_split(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
+        if self.ep.bestofk_split is None:
+            raise ModeError("no bestofk with split_candidates on was started")
+        return await self._regex(client, k, i, self.ep.bestofk_split)
 
     async def unit_tests_local(self, client: httpx.AsyncClient, k: int, i: int) -> Outcome:
         """Mode (d)'s request, sent to the in-process bestofk."""

@@ -87,7 +87,7 @@ def started(
     local: bool = True,
     log: Callable[[str], None] = print,
     port: int | None = None,
-    joint: bool = False,
+    split: bool = False,
     local_joint: bool = False,
 ) -> Iterator[Stack]:
     """Start the servers (an OptiLLM per K in ``optillm_ks``; the in-process bestofk if
@@ -121,17 +121,17 @@ def started(
         stack.callback(service.stop)
         skipped: dict[str, str] = {}
         local_port = next(ports)
-        joint_service = None
-        if joint:
-            joint_service = start_bestofk(
-                logs / "bestofk-joint.log",
+        split_service = None
+        if split:
+            split_service = start_bestofk(
+                logs / "bestofk-split.log",
                 "--backend",
                 vllm.url,
-                env=engine_env(**SERVICE_ENV, BESTOFK_SPLIT_CANDIDATES="false"),
+                env=engine_env(**SERVICE_ENV, BESTOFK_SPLIT_CANDIDATES="true"),
                 port=next(ports),
             )
-            stack.callback(joint_service.stop)
-            joint_service.wait_ready(120)
+            stack.callback(split_service.stop)
+            split_service.wait_ready(120)
         proxies = _start_optillm(stack, vllm.url, optillm_ks, logs, skipped, log, ports)
         service.wait_ready(120)
         in_process = None
@@ -163,7 +163,7 @@ def started(
                 vllm=vllm.url,
                 bestofk=service.url,
                 bestofk_local=in_process.url if in_process else None,
-                bestofk_joint=joint_service.url if joint_service else None,
+                bestofk_split=split_service.url if split_service else None,
                 bestofk_local_joint=local_joint_server.url if local_joint_server else None,
                 model=SERVED_NAME,
                 optillm=proxies,
