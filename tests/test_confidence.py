@@ -10,6 +10,7 @@ load-aware K does not reach K=8 requests sent one at a time).
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import sys
@@ -199,6 +200,11 @@ def test_the_server_cuts_watched_candidates_below_the_warm_up(load_aware_server:
                 assert c["finish_reason"] == "abort" and c["verdicts"] == []
                 assert c["confidence"] < stats["confidence_threshold"]
     assert cut_total(load_aware_server) - before == len(cut)
+    # The trace page shows a request with cut candidates (unverified, without verdicts).
+    with_cut = next(body for body in bodies if body["stats"]["cut"])
+    page = httpx.get(f"{load_aware_server.url}/ui/requests/{with_cut['id']}", timeout=30)
+    cut_text = next(c["text"] for c in with_cut["candidates"] if c["cut"])
+    assert page.status_code == 200 and html.escape(cut_text[-8:]) in page.text
 
 
 def test_confidence_through_the_openai_client(load_aware_server: Server) -> None:
