@@ -23,6 +23,7 @@ from bestofk.service.engines.completer import EngineCompleter
 from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.load import LoadAwareK
 from bestofk.service.metrics import Metrics
 from bestofk.service.middleware import (
     ApiKeyMiddleware,
@@ -161,6 +162,9 @@ def create_app(
         ),
         metrics=metrics,
         recorder=Recorder.from_settings(settings, metrics) if settings.record_dir else None,
+        load=LoadAwareK(engine, settings.min_k, settings.load_aware_max_num_seqs, settings.workers)
+        if settings.load_aware_k
+        else None,
         history=History(settings.ui_history, settings.record_redact) if settings.ui else None,
     )
     recorder = runtime.recorder

@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bestofk.service.adaptive import AdaptiveConfig, Budget
+from bestofk.service.confidence import ConfidenceConfig
 from bestofk.service.defaults import Defaults
 from bestofk.service.engines.base import Engine, Prompt
 from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from bestofk.service.labels import Label, label_specs, no_verifier
 from bestofk.service.pipeline import RerankJob
 from bestofk.service.schemas.adaptive import Adaptive
+from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile, Settings
 from bestofk.service.tools import ToolChoice, ToolParsing
 from bestofk.verifiers.base import VerifierSpec
@@ -51,6 +53,9 @@ class JobRequest:
     profile's."""
     budget: Mapping[str, Any] | None = None
     """``Budget`` fields; None: the profile's."""
+    confidence: bool | Mapping[str, Any] | None = None
+    """Confidence-aware stopping: True, False, or its fields (``ConfidenceConfig``); None: the
+    profile's."""
     tool_choice: ToolChoice | None = None
     """With ``prompt.tools``: OpenAI's ``tool_choice``; None is ``auto``, as OpenAI's default."""
     given: Sequence[str] | None = None
@@ -145,6 +150,12 @@ class JobFactory:
                 specs.append(parse_spec({**check, "required": True}, ("tools",)))
                 parse = self.tools.parser_for(prompt.tools, choice)
                 sampling = replace(sampling, skip_special_tokens=False)
+        confidence = _confidence(req.confidence, profile)
+        if confidence is not None and req.given is None:
+            # Every candidate's top logprobs, for the watch and the warm-up's calibration; a
+            # client that asked fewer sees as many as it asked.
+            top = max(sampling.top_logprobs or 0, confidence.top_logprobs)
+            sampling = replace(sampling, top_logprobs=top)
         return RerankJob(
             request_id=request_id,
             prompt=prompt,
@@ -162,6 +173,7 @@ class JobFactory:
             or self.settings.reasoning_parser,
             adaptive=_adaptive(req.adaptive, profile),
             budget=_budget(req.budget, profile),
+            confidence=confidence if req.given is None else None,
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
 
@@ -236,6 +248,23 @@ def _adaptive(
     if isinstance(chosen, Adaptive):
         chosen = chosen.model_dump(exclude_unset=True)
     return AdaptiveConfig(**(base if chosen is True else base | dict(chosen)))
+
+
+def _confidence(
+    raw: bool | Mapping[str, Any] | None, profile: Profile | None
+) -> ConfidenceConfig | None:
+    """The request's confidence-aware stopping, else the profile's; its fields over the
+    profile's."""
+    chosen: bool | Mapping[str, Any] | Confidence | None = raw
+    if chosen is None and profile is not None:
+        chosen = profile.confidence
+    if chosen is None or chosen is False:
+        return None
+    tuned = profile.confidence if profile is not None else None
+    base = tuned.model_dump(exclude_unset=True) if isinstance(tuned, Confidence) else {}
+    if isinstance(chosen, Confidence):
+        chosen = chosen.model_dump(exclude_unset=True)
+    return ConfidenceConfig(**(base if chosen is True else base | dict(chosen)))
 
 
 def _budget(raw: Mapping[str, Any] | None, profile: Profile | None) -> Budget | None:

@@ -157,6 +157,16 @@ class Metrics:
             "bestofk_early_exits_total",
             "Requests whose generation was cut short by early exit.",
         )
+        self._load_reduced = counter(
+            "bestofk_load_reduced_requests_total",
+            "Requests given a smaller K than they asked because the engine was saturated "
+            "(load-aware K; stats.k < stats.k_requested).",
+        )
+        self._confidence_cut = counter(
+            "bestofk_confidence_cut_candidates_total",
+            "Candidates confidence-aware stopping cut short (their window confidence fell "
+            "below the warm-up wave's threshold).",
+        )
         self._inflight = gauge(
             "bestofk_inflight_requests",
             "Requests being processed now.",
@@ -220,6 +230,10 @@ class Metrics:
         """A request gave its in-flight slot back."""
         self._inflight.dec()
 
+    def load_reduced(self) -> None:
+        """Load-aware K gave a request fewer candidates than it asked for."""
+        self._load_reduced.inc()
+
     def observe(self, result: RerankResult) -> None:
         """Record everything one finished request says about candidates, verifiers, tokens."""
         timing = result.timing
@@ -258,6 +272,8 @@ class Metrics:
         self._selected_score.observe(result.chosen.score)
         if result.early_exit:
             self._early_exits.inc()
+        if cut := result.cut:
+            self._confidence_cut.inc(cut)
         self._prompt_tokens.inc(result.prompt_tokens)
         self._generated_tokens.inc(result.completion_tokens)
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bestofk.service.adaptive import AdaptiveConfig, Budget, StopReason, clear_majority
+from bestofk.service.confidence import ConfidenceConfig, ConfidenceWatch, lowest_group_confidence
 from bestofk.service.engines.base import (
     CandidateWatch,
     Engine,
@@ -97,6 +98,9 @@ class RerankJob:
     watch: CandidateWatch | None = None
     """Watches every candidate's tokens as they come and may cut one short (the engine's
     hook, passed on as it is)."""
+    confidence: ConfidenceConfig | None = None
+    """Confidence-aware stopping: a warm-up wave, then waves watched by a
+    :class:`~bestofk.service.confidence.ConfidenceWatch` calibrated on it."""
     arrived: float = field(default_factory=time.perf_counter)
 
 
@@ -144,6 +148,13 @@ class RerankResult:
     """Candidates started in the engine (finished, aborted or cut): ``stats.sampled``."""
     stopped_by: StopReason | None = None
     """Why sampling ended (None for ``/verify``, or when the deadline ended it)."""
+    threshold: float | None = None
+    """Confidence-aware stopping's threshold, as the warm-up wave set it."""
+
+    @property
+    def cut(self) -> int:
+        """Candidates a watch cut short (``Scored.cut``)."""
+        return sum(s.cut for s in self.candidates)
 
     @property
     def reasoning_tokens(self) -> int:
@@ -172,7 +183,7 @@ class RerankResult:
         for s in ranked(self.candidates, self.by_logprob):
             if len(out) >= n:
                 break
-            if s.candidate.text not in seen:
+            if s.candidate.text not in seen and not s.cut:
                 seen.add(s.candidate.text)
                 out.append(s)
         return out
@@ -253,6 +264,10 @@ class JobRun:
         """One per wave, in order."""
         self.sampled = 0
         self.stopped_by: StopReason | None = None
+        self.cut: dict[int, Sample] = {}
+        """Candidates a watch cut short: never verified, never in a ``vote``."""
+        self.watch: ConfidenceWatch | None = None
+        """Confidence-aware stopping's watch, once the warm-up wave has calibrated it."""
         self.answers: dict[int, str] = {}
         """For ``vote``: each candidate's answer key (none when the deadline came first)."""
 
@@ -431,17 +446,19 @@ class Pipeline:
         min_score = job.early_exit_min_score
         if adaptive is not None and not by_majority and min_score is None:
             min_score = ADAPTIVE_MIN_SCORE
-        for size in adaptive.waves(job.k) if adaptive is not None else [job.k]:
+        for size in _wave_sizes(job):
             if run.streams and (reason := await self._settled(run, by_majority)) is not None:
                 run.stopped_by = reason
                 return
+            if run.streams and job.confidence is not None and run.watch is None:
+                run.watch = _calibrated_watch(run, job.confidence)
             stream = self.engine.sample(
                 job.prompt,
                 size,
                 job.sampling,
                 job.request_id,
                 first_index=run.sampled,
-                watch=job.watch,
+                watch=run.watch or job.watch,
             )
             run.streams.append(stream)
             run.sampled += size
@@ -488,6 +505,9 @@ class Pipeline:
                     async for sample in stream:
                         run.first_candidate = run.first_candidate or time.perf_counter()
                         run.samples[sample.index] = sample
+                        if sample.cut:  # partial text: nothing to verify
+                            run.cut[sample.index] = sample
+                            continue
                         tasks.create_task(check(_candidate(sample, run.job, self.reasoning)))
                         # Let the check start now, even while the stream has more buffered.
                         await asyncio.sleep(0)
@@ -512,11 +532,20 @@ class Pipeline:
 
     def _result(self, run: JobRun, timed_out: bool) -> RerankResult:
         end = time.perf_counter()
-        candidates = [run.scored[i] for i in sorted(run.scored)]
+        job = run.job
+        verified = [run.scored[i] for i in sorted(run.scored)]
+        cut = [
+            Scored(_candidate(sample, job, self.reasoning), [], required_ok=False, cut=True)
+            for sample in run.cut.values()
+        ]
+        candidates = sorted(verified + cut, key=lambda s: s.candidate.index)
         for s in candidates:
             if (sample := run.samples.get(s.candidate.index)) is not None:
                 s.logprobs = sample.logprobs
-        job = run.job
+                if job.confidence is not None:
+                    s.confidence = lowest_group_confidence(
+                        sample.logprobs, job.confidence.window, job.confidence.top_logprobs
+                    )
         timing = Timing(
             queue_ms=(run.start - job.arrived) * 1000,
             first_candidate_ms=run.ms(run.first_candidate) if run.first_candidate else None,
@@ -527,7 +556,8 @@ class Pipeline:
         return RerankResult(
             request_id=job.request_id,
             model=self.engine.model_name,
-            chosen=select(candidates, job.selection, run.answers),
+            # Cut candidates are out of the choice (and of a vote) unless nothing else is in.
+            chosen=select(verified or cut, job.selection, run.answers),
             candidates=candidates,
             k=job.k,
             early_exit=run.early_exit,
@@ -544,4 +574,27 @@ class Pipeline:
             waves=len(run.streams),
             started=run.sampled,
             stopped_by=None if timed_out else run.stopped_by,
+            threshold=run.watch.threshold if run.watch is not None else None,
         )
+
+
+def _wave_sizes(job: RerankJob) -> list[int]:
+    """The waves' sizes: adaptive K's, else all K at once; with confidence-aware stopping the
+    first is the warm-up, and the rest (adaptive K's waves over what is left, else one) are
+    watched."""
+    adaptive, confidence = job.adaptive, job.confidence
+    if confidence is None:
+        return adaptive.waves(job.k) if adaptive is not None else [job.k]
+    warmup = confidence.warmup_size(job.k, adaptive.first_wave if adaptive else None)
+    rest = job.k - warmup
+    if not rest:
+        return [warmup]
+    return [warmup, *(adaptive.waves(rest) if adaptive is not None else [rest])]
+
+
+def _calibrated_watch(run: JobRun, confidence: ConfidenceConfig) -> ConfidenceWatch:
+    """The watch for the waves after the warm-up, its threshold from every warm-up candidate
+    (all of that wave, run to its end: never the first to finish alone)."""
+    threshold = confidence.threshold([s.logprobs for s in run.samples.values()])
+    log.debug("request %s: confidence threshold %s", run.job.request_id, threshold)
+    return ConfidenceWatch(threshold, confidence.window, confidence.top_logprobs)

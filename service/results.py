@@ -46,6 +46,8 @@ def candidate(scored: Scored, answer: str | None = None) -> dict[str, Any]:
         "ready_ms": scored.ready_ms,
         "verified_ms": scored.verified_ms,
         "answer": answer,
+        "cut": scored.cut,
+        "confidence": scored.confidence,
     }
 
 
@@ -84,6 +86,8 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
             "waves": result.waves,
             "sampled": result.started,
             "stopped_by": result.stopped_by,
+            "cut": result.cut,
+            "confidence_threshold": result.threshold,
         },
         "usage": {
             "prompt_tokens": result.prompt_tokens,

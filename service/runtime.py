@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from bestofk.service.admission import Admission
@@ -14,6 +14,7 @@ from bestofk.service.engines.base import Engine
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
+from bestofk.service.load import LoadAwareK
 from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
 from bestofk.service.records.recorder import Recorder
@@ -50,6 +51,8 @@ class Runtime:
     """Appends every result to the record files (``--record-dir``); None when not recording."""
     history: History | None = None
     """The recent results the trace pages show (``/ui``); None with ``--no-ui``."""
+    load: LoadAwareK | None = None
+    """Load-aware K (``--load-aware-k``): sizes each job's K to the engine's free slots."""
     draining: bool = False
     """Set at SIGTERM (:mod:`bestofk.service.shutdown`): new requests are refused with 503."""
     inflight: int = 0
@@ -100,9 +103,28 @@ class Runtime:
         """Run an admitted ``job``; cancel it (aborting generation and sandbox runs) if the
         client leaves (``gone`` returns) or the server cuts it at the end of its shutdown
         grace period."""
-        result = await self._guarded(self.pipeline.run(job, prepared), gone)
+        with self.sized(job) as job:
+            if prepared is not None:
+                prepared.job = job
+            result = await self._guarded(self.pipeline.run(job, prepared), gone)
         self._finished(job, result)
         return result
+
+    @contextlib.contextmanager
+    def sized(self, job: RerankJob) -> Iterator[RerankJob]:
+        """``job`` with the K the load allows (load-aware K), its candidates counted in flight
+        for the body of the ``with``; ``job`` itself when load-aware K is off."""
+        load = self.load
+        if load is None or job.given is not None:
+            yield job
+            return
+        k = load.choose(job.k, self.admission.waiting)
+        if k < job.k:
+            self.metrics.load_reduced()
+            log.info("request %s: K %d -> %d (engine saturated)", job.request_id, job.k, k)
+            job = replace(job, k=k)
+        with load.holding(k):
+            yield job
 
     def _finished(self, job: RerankJob, result: RerankResult) -> None:
         self.metrics.observe(result)
@@ -159,8 +181,10 @@ class Runtime:
         the client leaves."""
         needs_engine = any(job.given is None for job in jobs)
         async with self.admitted(needs_engine=needs_engine, openai=openai):
-            run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
-            results = await self._guarded(run, gone)
+            with contextlib.ExitStack() as held:
+                jobs = [held.enter_context(self.sized(job)) for job in jobs]
+                run = asyncio.gather(*(self.pipeline.run(job) for job in jobs))
+                results = await self._guarded(run, gone)
         for job, result in zip(jobs, results, strict=True):
             self._finished(job, result)
         return list(results)

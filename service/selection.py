@@ -59,6 +59,10 @@ class Scored:
     """When the candidate was finished (generated or given), in ms since the request arrived."""
     verified_ms: float | None = None
     """When its pointwise verifiers were done, in ms since the request arrived."""
+    cut: bool = False
+    """A watch cut it short (confidence-aware stopping): partial, unverified, not chosen."""
+    confidence: float | None = None
+    """Its lowest group confidence (DeepConf), with confidence-aware stopping."""
 
 
 def combine(scored: Scored, specs: Sequence[VerifierSpec]) -> None:

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from bestofk.service.bundled_model import DEMO_MODEL, is_demo_model
 from bestofk.service.engines.base import BYTES_PER_TOKEN, SamplingConfig
 from bestofk.service.schemas.adaptive import AdaptiveField, Budget
+from bestofk.service.schemas.confidence import ConfidenceField
 from bestofk.service.schemas.sampling import (
     MaxTokens,
     MinP,
@@ -137,6 +138,9 @@ class Profile(BaseModel):
     ``adaptive`` wins."""
     budget: Budget | None = None
     """The search's caps for this profile's requests; a request's ``budget`` wins."""
+    confidence: ConfidenceField = None
+    """Confidence-aware stopping for this profile's requests (``true``: the defaults); a
+    request's own ``confidence`` wins, its fields over the profile's."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser for this profile's requests (a model family's), over the
     server's ``reasoning_parser``."""
@@ -241,6 +245,18 @@ class Settings(BaseSettings):
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     """Server-wide sampling defaults, e.g. ``BESTOFK_SAMPLING__TEMPERATURE=0.6``: a request's
     fields win one by one, then its profile's."""
+    load_aware_k: bool = False
+    """Under load, sample fewer candidates instead of queueing them in the engine: a request
+    gets at most the engine's free sequence slots (``load_aware_max_num_seqs`` less the
+    candidates of the requests in flight), never fewer than ``min_k``; ``stats.k`` says how
+    many it got, ``stats.k_requested`` what it asked."""
+    min_k: int = Field(default=1, ge=1)
+    """Load-aware K's floor: a saturated engine still samples this many (or the K asked, if
+    fewer) for every request."""
+    load_aware_max_num_seqs: int | None = Field(default=None, ge=1)
+    """Candidate sequences the engine runs at once, for load-aware K. None: the in-process
+    engine's own ``max_num_seqs`` (vLLM's scheduler limit; the rest of a batch waits in its
+    queue); with backends it must be given (their ``max_num_seqs`` summed)."""
     split_candidates: bool | None = None
     """Each candidate its own engine request (``{id}-{i}``, seeded ``seed + i``), aborted alone
     when done with (True), or one ``n=K`` request per wave (False). None, the default: split
@@ -315,6 +331,16 @@ class Settings(BaseSettings):
                 self.tool_call_parser = DEMO_TOOL_CALL_PARSER
             if "enable_auto_tool_choice" not in self.model_fields_set:
                 self.enable_auto_tool_choice = True
+        return self
+
+    @model_validator(mode="after")
+    def _load_aware_capacity(self) -> Settings:
+        if self.load_aware_k and self.engine == "openai" and not self.load_aware_max_num_seqs:
+            raise ValueError(
+                "load_aware_k with backends needs load_aware_max_num_seqs "
+                "(--load-aware-max-num-seqs): the sequences the backends run at once, their "
+                "max_num_seqs summed"
+            )
         return self
 
     @property

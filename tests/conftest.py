@@ -131,3 +131,20 @@ def fake_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield backend
     finally:
         backend.stop()
+
+
+@pytest.fixture(scope="session")
+def load_aware_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """bestofk over its own in-process engine with load-aware K on: the engine runs at most 8
+    sequences at once (``max_num_seqs``), and a saturated one gives requests K=2."""
+    _require_vllm()
+    log = tmp_path_factory.mktemp("logs") / "bestofk-load-aware.log"
+    args = ("--load-aware-k", "--min-k", "2", "--engine-arg", "max_num_seqs=8")
+    server = start_bestofk(
+        log, "--model", model_path(), *args, env=engine_env(BESTOFK_CONFIG=str(CONFIG))
+    )
+    try:
+        server.wait_ready(ENGINE_START_S)
+        yield server
+    finally:
+        server.stop()

@@ -114,6 +114,26 @@ def serve(
             "model's; with --backend, BESTOFK_BACKEND_MODEL's).",
         ),
     ] = None,
+    load_aware_k: Annotated[
+        bool | None,
+        typer.Option(
+            "--load-aware-k",
+            show_default=False,
+            help="Under load, give new requests a smaller K (down to --min-k) instead of "
+            "queueing their candidates in the engine; stats.k says the K used.",
+        ),
+    ] = None,
+    min_k: Annotated[
+        int | None, typer.Option(metavar="K", help="The least K --load-aware-k gives (1).")
+    ] = None,
+    load_aware_max_num_seqs: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Candidates the engine runs at once, for --load-aware-k (default: the "
+            "in-process engine's max_num_seqs; with --backend, required).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -150,6 +170,9 @@ def serve(
         tokenizer=tokenizer,
         vllm=vllm or None,
         ui=False if no_ui else None,
+        load_aware_k=load_aware_k,
+        min_k=min_k,
+        load_aware_max_num_seqs=load_aware_max_num_seqs,
     )
     server.preflight(settings)
     if settings.workers > 1:

@@ -74,6 +74,10 @@ class CandidateRecord:
     output: str | None = None
     """The whole completion as generated (thinking, its end marker, answer), when split."""
     reasoning_tokens: int = 0
+    cut: bool = False
+    """Confidence-aware stopping cut it short: its text is partial, and it was not verified."""
+    confidence: float | None = None
+    """Its lowest group confidence (DeepConf), with confidence-aware stopping."""
 
     @property
     def completion(self) -> str:
@@ -117,6 +121,10 @@ class StatsRecord:
     stopped_by: str | None = None
     """Why sampling ended (``k``, ``early_exit``, ``majority``, ``budget_tokens``,
     ``budget_deadline``); None in older records."""
+    cut: int = 0
+    """Candidates confidence-aware stopping cut short."""
+    confidence_threshold: float | None = None
+    """The threshold the warm-up wave set, with confidence-aware stopping."""
 
 
 @dataclass(slots=True)

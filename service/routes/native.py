@@ -18,6 +18,7 @@ from bestofk.service.schemas.native import (
     RerankResponse,
     VerifyRequest,
     adaptive_fields,
+    confidence_field,
 )
 
 router = APIRouter()
@@ -55,6 +56,7 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
         sampling=body.sampling.sampling_fields(),
         early_exit_min_score=body.early_exit.min_score if body.early_exit else None,
         **adaptive_fields(body.adaptive, body.budget),
+        confidence=confidence_field(body.confidence),
     )
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)

@@ -184,6 +184,7 @@ class _ChatRenderer(_Renderer):
 
     def __init__(self, body: ChatCompletionRequest) -> None:
         super().__init__(body, body.logprobs)
+        self.top_n = body.top_logprobs or 0
 
     def choice(self, position: int, scored: Scored) -> dict[str, Any]:
         candidate = scored.candidate
@@ -251,7 +252,7 @@ class _ChatRenderer(_Renderer):
     def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any] | None:
         if not self.want_logprobs:
             return None
-        return {"content": [_chat_token(t) for t in tokens]}
+        return {"content": [_chat_token(t, self.top_n) for t in tokens]}
 
     def delta(
         self,
@@ -282,11 +283,23 @@ class _ChatRenderer(_Renderer):
         }
 
 
-def _chat_token(t: TokenLogprob) -> dict[str, Any]:
+def _chat_token(t: TokenLogprob, n: int) -> dict[str, Any]:
     def entry(token: str, logprob: float) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
-    return {**entry(t.token, t.logprob), "top_logprobs": [entry(tok, lp) for tok, lp in t.top]}
+    top = [entry(tok, lp) for tok, lp in client_top(t, n)]
+    return {**entry(t.token, t.logprob), "top_logprobs": top}
+
+
+def client_top(t: TokenLogprob, n: int) -> list[tuple[str, float]]:
+    """The alternatives a client asking ``n`` top logprobs sees, as vLLM sends them: the
+    ``n`` likeliest tokens but the sampled one (``n - 1`` when it is among them). The engine
+    may have computed more (confidence-aware stopping wants 20)."""
+    if len(t.top) <= n:  # what the engine computed is what the client asked
+        return list(t.top)
+    alternatives = sorted(t.top, key=lambda item: -item[1])
+    sampled_among = sum(lp > t.logprob for _, lp in alternatives) < n
+    return alternatives[: max(0, n - 1) if sampled_among else n]
 
 
 class _CompletionRenderer(_Renderer):
@@ -295,6 +308,7 @@ class _CompletionRenderer(_Renderer):
 
     def __init__(self, body: CompletionRequest) -> None:
         super().__init__(body, body.logprobs is not None)
+        self.top_n = body.logprobs or 0
         self._offsets: dict[int, int] = {}
         """Per choice: where the next streamed chunk starts in its text (``text_offset``)."""
 
@@ -318,7 +332,9 @@ class _CompletionRenderer(_Renderer):
         return {
             "tokens": [t.token for t in tokens],
             "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{t.token: t.logprob, **dict(t.top)} for t in tokens],
+            "top_logprobs": [
+                {t.token: t.logprob, **dict(client_top(t, self.top_n))} for t in tokens
+            ],
             "text_offset": offsets,
         }
 

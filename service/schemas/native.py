@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from bestofk.service.schemas.adaptive import Adaptive, AdaptiveField, Budget
+from bestofk.service.schemas.confidence import Confidence, ConfidenceField
 from bestofk.service.schemas.sampling import SamplingFields
 from bestofk.verifiers.base import VerifierSpec
 from bestofk.verifiers.registry import parse_spec
@@ -80,6 +81,8 @@ class BestOfKExtras(BaseModel):
     adaptive: AdaptiveField = None
     """Sample in waves up to ``best_of`` (``true``: the default tuning)."""
     budget: Budget | None = None
+    confidence: ConfidenceField = None
+    """Cut candidates whose confidence falls below a warm-up wave's (``true``: defaults)."""
     return_candidates: bool = True
 
     def job_fields(self) -> dict[str, Any]:
@@ -91,6 +94,7 @@ class BestOfKExtras(BaseModel):
             "selection": self.selection.fields() if self.selection else None,
             "early_exit_min_score": self.early_exit.min_score if self.early_exit else None,
             **adaptive_fields(self.adaptive, self.budget),
+            "confidence": confidence_field(self.confidence),
         }
 
 
@@ -102,6 +106,13 @@ def adaptive_fields(adaptive: bool | Adaptive | None, budget: Budget | None) -> 
         else adaptive,
         "budget": budget.model_dump(exclude_unset=True) if budget is not None else None,
     }
+
+
+def confidence_field(confidence: bool | Confidence | None) -> bool | dict[str, Any] | None:
+    """``JobRequest``'s ``confidence`` from the request's field."""
+    if isinstance(confidence, Confidence):
+        return confidence.model_dump(exclude_unset=True)
+    return confidence
 
 
 class _Common(Strict):
@@ -126,6 +137,10 @@ class GenerateRequest(_Common):
     """Sample in waves up to ``k`` (``true``: the default tuning); None: the profile's."""
     budget: Budget | None = None
     """Caps on the search's completion tokens and sampling time; None: the profile's."""
+    confidence: ConfidenceField = None
+    """Confidence-aware stopping (DeepConf): a warm-up wave, then watched waves whose
+    candidates are cut when their confidence falls below the warm-up's (``true``: the
+    defaults); None: the profile's."""
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
@@ -174,6 +189,12 @@ class CandidateOut(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     """The calls a tool parser read from ``text`` (OpenAI's shape), when tools were offered."""
     verdicts: list[VerdictOut]
+    cut: bool = False
+    """Confidence-aware stopping cut it short (finish_reason ``abort``): its text is partial,
+    it has no verdicts, and it is never chosen nor counted in a ``vote``."""
+    confidence: float | None = None
+    """Its lowest group confidence (DeepConf's: the least mean token confidence over a
+    window), with confidence-aware stopping; None otherwise."""
 
 
 class Stats(BaseModel):
@@ -182,7 +203,8 @@ class Stats(BaseModel):
     k: int
     """Candidates sampled (for ``/verify``: given)."""
     k_requested: int
-    """The K asked for, or the default; greedy sampling (temperature 0) samples 1."""
+    """The K asked for, or the default; greedy sampling (temperature 0) samples 1, and
+    load-aware K (``--load-aware-k``) fewer while the engine is saturated."""
     generated: int
     """Candidates the engine finished: fewer than ``k`` after early exit, 0 for ``/verify``."""
     passing: int
@@ -198,6 +220,11 @@ class Stats(BaseModel):
     """Why sampling ended: all K done, a candidate passed, one answer held a clear majority
     (adaptive K), the budget's tokens or deadline; None for ``/verify`` and when the
     request's deadline cut it (``partial``)."""
+    cut: int = 0
+    """Candidates confidence-aware stopping cut short (listed, marked ``cut``)."""
+    confidence_threshold: float | None = None
+    """The lowest group confidence below which candidates were cut, as the warm-up wave set
+    it; None without confidence-aware stopping (or before a watched wave)."""
 
 
 class Usage(BaseModel):
