@@ -12,7 +12,7 @@ from bestofk.service import metrics
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import render, runtime, trace_link
+from bestofk.service.routes.common import post_json, render_json, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import GenerateRequest, RerankResponse, VerifyRequest
 
@@ -41,8 +41,8 @@ def _job_request(
     )
 
 
-@router.post("/generate", response_model=RerankResponse)
-async def generate(body: GenerateRequest, request: Request, response: Response) -> RerankResponse:
+@post_json(router, "/generate", response_model=RerankResponse)
+async def generate(body: GenerateRequest, request: Request) -> Response:
     """Sample K candidates, verify each, return the best with every score behind it."""
     fields = _job_request(
         body,
@@ -53,18 +53,18 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
     )
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)
-    response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    result = await rt.execute(job, request)
+    return render_json(result, body.return_candidates, trace_link(rt, job.request_id))
 
 
-@router.post("/verify", response_model=RerankResponse)
-async def verify(body: VerifyRequest, request: Request, response: Response) -> RerankResponse:
+@post_json(router, "/verify", response_model=RerankResponse)
+async def verify(body: VerifyRequest, request: Request) -> Response:
     """Score and rank given completions; the engine is not touched."""
     fields = _job_request(body, time.perf_counter(), given=body.candidates)
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("ver"), fields)
-    response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, request), body.return_candidates)
+    result = await rt.execute(job, request)
+    return render_json(result, body.return_candidates, trace_link(rt, job.request_id))
 
 
 @router.get("/health")
