@@ -86,7 +86,7 @@ class SelectionDefaults(BaseModel):
 
     policy: Policy = "argmax"
     beta: float = 5.0
-    tie_break: TieBreak = "logprob"
+    tie_break: TieBreak = "index"
 
 
 class Profile(BaseModel):

@@ -39,8 +39,9 @@ REGEX = {"type": "regex", "pattern": r"^\s*42\s*$"}
 CELLS: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {
     "none": ([], None),
     "regex": ([REGEX], None),
-    # Ties by index only: the engine computes no logprobs, and bestofk parses none.
-    "regex, tie_break index": ([REGEX], {"tie_break": "index"}),
+    # Ties by mean logprob: the engine computes every sampled token's logprob, bestofk parses
+    # them (the fake backend sends them either way).
+    "regex, tie_break logprob": ([REGEX], {"tie_break": "logprob"}),
     "cheap": (
         [
             REGEX,
@@ -104,11 +105,11 @@ def _timed_loop(
 
 
 def _direct_body(k: int) -> dict[str, Any]:
-    # What bestofk sends for the same request: a streamed n=K completion with usage and logprobs
-    # (the default tie-break asks for them).
+    # What bestofk sends for the same request by default: a streamed n=K completion with usage
+    # and token ids, no logprobs (the default tie-break, by index, needs none).
     return {
         "model": "demo", "prompt": PROMPT, "n": k, "max_tokens": MAX_TOKENS, "stream": True,
-        "stream_options": {"include_usage": True}, "logprobs": 0,
+        "stream_options": {"include_usage": True}, "return_token_ids": True,
     }  # fmt: skip
 
 
