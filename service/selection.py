@@ -1,8 +1,9 @@
 """Combining verdicts into a score, ranking candidates and choosing one.
 
 Combined score = Σ wᵢ·sᵢ / Σ wᵢ. Candidates failing a required verifier rank below every
-candidate that passes all required ones. Ties: higher mean token logprob, then lower index
-(``tie_break="index"``: lower index only, and the engine skips computing logprobs).
+candidate that passes all required ones. Ties: the lower index (the K samples are drawn alike,
+so that is a fair draw among the tied, at no cost); ``tie_break="logprob"``: the higher mean
+token logprob first, which the engine must compute for every sampled token.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ class SelectionConfig:
     seed: int | None = None
     extract: str | None = None
     """Answer-extraction regex for ``vote`` (default: boxed, last number, stripped text)."""
-    tie_break: TieBreak = "logprob"
-    """Between equal scores: ``logprob`` prefers the higher mean token logprob (the engine
-    computes every sampled token's logprob for it: about a tenth of the demo model's generation
-    time on CPU), ``index`` the lower index only."""
+    tie_break: TieBreak = "index"
+    """Between equal scores: ``index`` the lower index (free: the engine computes nothing for
+    it), ``logprob`` the higher mean token logprob first (the engine computes every sampled
+    token's logprob for it: about a tenth of the demo model's generation time on CPU)."""
 
     @property
     def by_logprob(self) -> bool:

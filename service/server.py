@@ -115,6 +115,7 @@ def serve(settings: Any) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            access_log=not settings.disable_uvicorn_access_log,
             timeout_graceful_shutdown=settings.shutdown_grace_s,
             timeout_keep_alive=settings.keep_alive_s,
         )
@@ -138,6 +139,7 @@ def serve_workers(settings: Any) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            access_log=not settings.disable_uvicorn_access_log,
             timeout_graceful_shutdown=settings.shutdown_grace_s,
             timeout_keep_alive=settings.keep_alive_s,
         )

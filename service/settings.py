@@ -291,6 +291,9 @@ class Settings(BaseSettings):
     allow_any_verifier_target: bool = False
     """Let clients name any endpoint or model: only for trusted clients (tests, notebooks)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    disable_uvicorn_access_log: bool = False
+    """No line per request in uvicorn's access log (vLLM's ``--disable-uvicorn-access-log``):
+    formatting and writing it is about a twentieth of a short request's CPU."""
     reasoning_parser: str | None = None
     """vLLM's reasoning parser (``--reasoning-parser``, vLLM's names: ``deepseek_r1``,
     ``qwen3``…): each candidate is split into its reasoning and its answer, verifiers judge

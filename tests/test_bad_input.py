@@ -52,6 +52,26 @@ def test_malformed_json(server: Server) -> None:
     assert "JSON" in reply.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/generate", "/verify"])
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [(b"", "Field required"), (b'{"prompt": "x",', "not valid JSON"), (b"[1]", "object")],
+    ids=["empty", "cut short", "not an object"],
+)
+def test_a_body_that_is_no_request_object(
+    server: Server, path: str, raw: bytes, needle: str
+) -> None:
+    """The native routes validate the body's bytes straight into their model: what cannot be
+    one is still a 400 in the envelope, not a 422 or a 500."""
+    reply = httpx.post(
+        server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert needle in error["message"] and error["type"] == "invalid_request_error", error
+    assert error["param"] is None, error
+
+
 def test_body_too_large(server: Server) -> None:
     reply = httpx.post(
         server.url + "/verify",

@@ -122,7 +122,7 @@ def test_cpu_table_measures_bestofk_beside_the_direct_path(tmp_path: Path) -> No
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [(r["k"], r["verifiers"]) for r in rows] == [
-        (k, v) for k in (1, 8) for v in ("none", "regex", "regex, tie_break index", "cheap")
+        (k, v) for k in (1, 8) for v in ("none", "regex", "regex, tie_break logprob", "cheap")
     ]
     for row in rows:
         assert row["bestofk_ms"] > 0 and row["backend_direct_ms"] >= 0, row

@@ -42,7 +42,7 @@ def rank_key(c: dict[str, Any], specs: list[dict[str, Any]]) -> tuple[bool, floa
 
 
 def test_k8_every_candidate_verified_and_best_chosen(any_server: Server) -> None:
-    data = generate(any_server, verifiers=VERIFIERS)
+    data = generate(any_server, verifiers=VERIFIERS, selection={"tie_break": "logprob"})
     candidates = data["candidates"]
     assert sorted(c["index"] for c in candidates) == list(range(8))
     assert data["stats"]["k"] == 8 and data["stats"]["generated"] == 8
@@ -64,11 +64,11 @@ def test_k8_every_candidate_verified_and_best_chosen(any_server: Server) -> None
     assert timing["generate_ms"] <= timing["total_ms"]
 
 
-def test_index_tie_break_asks_the_engine_for_no_logprobs(any_server: Server) -> None:
-    """``tie_break: index``: no logprobs computed (mean_logprob null), tokens still counted,
-    and ties between equal scores go to the lower index."""
+def test_default_tie_break_asks_the_engine_for_no_logprobs(any_server: Server) -> None:
+    """The default ``tie_break: index``: no logprobs computed (mean_logprob null), tokens still
+    counted, and ties between equal scores go to the lower index."""
     specs = [{"type": "regex", "pattern": r"\d"}]
-    data = generate(any_server, verifiers=specs, selection={"tie_break": "index"})
+    data = generate(any_server, verifiers=specs)
     candidates = data["candidates"]
     assert all(c["mean_logprob"] is None for c in candidates)
     assert all(c["tokens"] > 0 for c in candidates)

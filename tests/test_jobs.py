@@ -43,11 +43,11 @@ def test_selection_layers_server_then_profile_then_request() -> None:
 
 def test_logprobs_are_asked_of_the_engine_only_for_the_logprob_tie_break() -> None:
     jobs = factory()
-    assert build(jobs).sampling.logprobs is True
-    index = build(jobs, selection={"tie_break": "index"}).sampling
-    assert index.logprobs is False and not index.wants_logprobs
+    default = build(jobs).sampling  # ties by index: the engine computes no logprobs
+    assert default.logprobs is False and not default.wants_logprobs
+    assert build(jobs, selection={"tie_break": "logprob"}).sampling.logprobs is True
     # A client that wants logprobs in the response still gets them.
-    shown = build(jobs, selection={"tie_break": "index"}, sampling={"top_logprobs": 2}).sampling
+    shown = build(jobs, sampling={"top_logprobs": 2}).sampling
     assert shown.wants_logprobs
 
 

@@ -41,23 +41,24 @@ def test_failing_required_ranks_below_every_passing_one() -> None:
     assert select([high_but_failing, low_but_passing], SelectionConfig()) is low_but_passing
 
 
-def test_ties_go_to_higher_logprob_then_lower_index() -> None:
+def test_logprob_tie_break_goes_to_higher_logprob_then_lower_index() -> None:
     specs = [A]
+    by_logprob = SelectionConfig(tie_break="logprob")
     a = scored(0, [1.0], specs, lp=-2.0)
     b = scored(1, [1.0], specs, lp=-1.0)
     c = scored(2, [1.0], specs, lp=-1.0)
-    assert select([a, b, c], SelectionConfig()) is b
+    assert select([a, b, c], by_logprob) is b
     d, e = scored(3, [1.0], specs), scored(4, [1.0], specs)
-    assert select([e, d], SelectionConfig()) is d
+    assert select([e, d], by_logprob) is d
 
 
-def test_index_tie_break_ignores_logprobs() -> None:
+def test_default_tie_break_is_the_index_and_ignores_logprobs() -> None:
     specs = [A]
     a = scored(0, [1.0], specs, lp=-2.0)
     b = scored(1, [1.0], specs, lp=-1.0)
     worse = scored(2, [0.0], specs, lp=-0.1)
-    assert select([worse, b, a], SelectionConfig(tie_break="index")) is a
-    assert select([worse, b, a], SelectionConfig()) is b
+    assert select([worse, b, a], SelectionConfig()) is a
+    assert select([worse, b, a], SelectionConfig(tie_break="logprob")) is b
 
 
 def test_sample_is_seeded_and_tilted_by_beta() -> None:

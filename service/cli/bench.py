@@ -61,13 +61,13 @@ def bench(
         ),
     ] = "code",
     tie_break: Annotated[
-        str,
+        str | None,
         typer.Option(
             metavar="NAME",
-            help="bestofk's selection.tie_break: `logprob` (the default) or `index` (the "
-            "engine computes no logprobs).",
+            help="bestofk's selection.tie_break: `index` or `logprob` (the engine computes "
+            "every sampled token's logprob); default: the server's.",
         ),
-    ] = "logprob",
+    ] = None,
     no_targets: Annotated[
         bool,
         typer.Option(
@@ -138,7 +138,7 @@ def bench(
         raise typer.BadParameter(f"unknown modes {unknown}; choose from {list(ALL_MODES)}")
     if workload not in WORKLOADS:
         raise typer.BadParameter(f"unknown workload {workload!r}; choose from {list(WORKLOADS)}")
-    if tie_break not in get_args(TieBreak):
+    if tie_break is not None and tie_break not in get_args(TieBreak):
         raise typer.BadParameter(f"--tie-break is one of {list(get_args(TieBreak))}")
     config = bench_lib.BenchConfig(
         concurrency=_int_list(concurrency, "--concurrency"),

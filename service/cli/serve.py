@@ -78,6 +78,15 @@ def serve(
     log_level: Annotated[
         LogLevel | None, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
     ] = None,
+    disable_uvicorn_access_log: Annotated[
+        bool,
+        typer.Option(
+            "--disable-uvicorn-access-log",
+            help="Log no line per request (as vLLM's flag; env "
+            "BESTOFK_DISABLE_UVICORN_ACCESS_LOG=true).",
+            show_default=False,
+        ),
+    ] = False,
     no_ui: Annotated[
         bool,
         typer.Option(
@@ -173,6 +182,7 @@ def serve(
         load_aware_k=load_aware_k,
         min_k=min_k,
         load_aware_max_num_seqs=load_aware_max_num_seqs,
+        disable_uvicorn_access_log=disable_uvicorn_access_log or None,
     )
     server.preflight(settings)
     if settings.workers > 1:

@@ -1,4 +1,5 @@
-"""What every route shares and no route owns: the app's runtime, and the native response.
+"""What every route shares and no route owns: the app's runtime, the native response, and the
+route class that parses a JSON body once.
 
 A route parses its body, hands the job to the runtime and renders the result; the helpers all
 of them use live here, so routes never import each other.
@@ -6,7 +7,15 @@ of them use live here, so routes never import each other.
 
 from __future__ import annotations
 
-from fastapi import Request
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.routing import request_response
 
 from bestofk.service import results
 from bestofk.service.pipeline import RerankResult
@@ -42,3 +51,68 @@ def trace_link(rt: Runtime, request_id: str) -> dict[str, str]:
 def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
     """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
     return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))
+
+
+def render_json(
+    result: RerankResult, return_candidates: bool, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The native response as a finished JSON response: validated into its model and
+    serialized once, by pydantic, so FastAPI has nothing left to check or encode."""
+    body = render(result, return_candidates).model_dump_json().encode()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+MISSING = "Field required"
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose endpoint takes ``(body, request)`` and returns a ``Response``: the body is
+    validated from its bytes straight into the endpoint's model (pydantic's own JSON parser,
+    no ``json.loads`` and no second walk over a dict), and no dependencies are solved. The
+    OpenAPI schema still comes from the endpoint's signature and ``response_model``.
+
+    What FastAPI would answer for a bad body is kept: a ``RequestValidationError`` whose
+    locations start with ``body``, which the app's handler turns into the API's 400.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        model = typing.get_type_hints(endpoint)["body"]
+        if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+            raise TypeError(f"{endpoint.__name__}: body must be a pydantic model, not {model}")
+        call: Callable[[Any, Request], Awaitable[Response]] = endpoint
+        validate = model.model_validate_json
+
+        async def handle(request: Request) -> Response:
+            raw = await request.body()
+            if not raw:  # as FastAPI words a missing required body
+                raise RequestValidationError(
+                    [{"type": "missing", "loc": ("body",), "msg": MISSING}]
+                )
+            try:
+                body = validate(raw)
+            except pydantic.ValidationError as exc:
+                errors = exc.errors(include_url=False)
+                for error in errors:
+                    error["loc"] = ("body", *error["loc"])
+                raise RequestValidationError(errors) from None
+            return await call(body, request)
+
+        # Starlette's wrapper: the request, the app's exception handlers, the response; none
+        # of FastAPI's per-request exit stacks, which only dependencies with yield need.
+        self.app = request_response(handle)
+
+
+E = typing.TypeVar("E", bound=Callable[..., Any])
+
+
+def post_json(router: APIRouter, path: str, **kwargs: Any) -> Callable[[E], E]:
+    """``@router.post(path, ...)`` for an endpoint served by :class:`JsonBodyRoute`."""
+
+    def register(endpoint: E) -> E:
+        router.add_api_route(
+            path, endpoint, methods=["POST"], route_class_override=JsonBodyRoute, **kwargs
+        )
+        return endpoint
+
+    return register

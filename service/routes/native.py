@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from bestofk.service.engines.base import EngineHealth, Prompt
 from bestofk.service.errors import retry_after
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.routes.common import client_gone, render, runtime, trace_link
+from bestofk.service.routes.common import client_gone, post_json, render_json, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import (
     GenerateRequest,
@@ -46,8 +46,8 @@ def _job_request(
     )
 
 
-@router.post("/generate", response_model=RerankResponse)
-async def generate(body: GenerateRequest, request: Request, response: Response) -> RerankResponse:
+@post_json(router, "/generate", response_model=RerankResponse)
+async def generate(body: GenerateRequest, request: Request) -> Response:
     """Sample K candidates, verify each, return the best with every score behind it."""
     fields = _job_request(
         body,
@@ -60,18 +60,18 @@ async def generate(body: GenerateRequest, request: Request, response: Response) 
     )
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("gen"), fields)
-    response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
+    result = await rt.execute(job, client_gone(request))
+    return render_json(result, body.return_candidates, trace_link(rt, job.request_id))
 
 
-@router.post("/verify", response_model=RerankResponse)
-async def verify(body: VerifyRequest, request: Request, response: Response) -> RerankResponse:
+@post_json(router, "/verify", response_model=RerankResponse)
+async def verify(body: VerifyRequest, request: Request) -> Response:
     """Score and rank given completions; the engine is not touched."""
     fields = _job_request(body, time.perf_counter(), given=body.candidates)
     rt = runtime(request)
     job = rt.jobs.build(new_request_id("ver"), fields)
-    response.headers.update(trace_link(rt, job.request_id))
-    return render(await rt.execute(job, client_gone(request)), body.return_candidates)
+    result = await rt.execute(job, client_gone(request))
+    return render_json(result, body.return_candidates, trace_link(rt, job.request_id))
 
 
 @router.get("/health")

@@ -56,8 +56,9 @@ class BenchConfig:
     modes: Sequence[str] = ALL_MODES
     workload: str = "code"
     """``code`` (the demo's code tasks, ~40-token answers) or ``short`` (2-3 token answers)."""
-    tie_break: str = "logprob"
-    """bestofk's ``selection.tie_break`` in its modes (``index``: no logprobs computed)."""
+    tie_break: str | None = None
+    """bestofk's ``selection.tie_break`` in its modes (``logprob``: the engine computes every
+    sampled token's logprob); None sends none, so the server's default applies."""
     tasks: Path = DEMO_TASKS
     targets: bool = True
     """Also run the early-exit, /health and memory phases."""

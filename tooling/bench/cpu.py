@@ -14,6 +14,14 @@ over the run, divided by the requests, is the figure; the verdict latency is the
 
     bestofk bench --cpu-only [--json OUT]
     python -m bestofk.tooling.bench.cpu [--requests 200] [--k 1,8,32] [--json OUT]
+
+A change is measured against another tree with ``--compare`` (repeatable): each names a tree's
+``src/`` (its code goes first on the server's ``PYTHONPATH``) and the server's extra flags. The
+servers run at once over one fake backend and take turns, K=8 with one regex verifier, so a
+busy machine slows them alike; the figure is each one's median over the rounds:
+
+    python -m bestofk.tooling.bench.cpu --rounds 12 --compare "before=/tmp/before/src" \
+        --compare "after=$PWD/src --disable-uvicorn-access-log"
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import tempfile
 import time
@@ -39,8 +48,9 @@ REGEX = {"type": "regex", "pattern": r"^\s*42\s*$"}
 CELLS: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {
     "none": ([], None),
     "regex": ([REGEX], None),
-    # Ties by index only: the engine computes no logprobs, and bestofk parses none.
-    "regex, tie_break index": ([REGEX], {"tie_break": "index"}),
+    # Ties by mean logprob: the engine computes every sampled token's logprob, bestofk parses
+    # them (the fake backend sends them either way).
+    "regex, tie_break logprob": ([REGEX], {"tie_break": "logprob"}),
     "cheap": (
         [
             REGEX,
@@ -104,11 +114,11 @@ def _timed_loop(
 
 
 def _direct_body(k: int) -> dict[str, Any]:
-    # What bestofk sends for the same request: a streamed n=K completion with usage and logprobs
-    # (the default tie-break asks for them).
+    # What bestofk sends for the same request by default: a streamed n=K completion with usage
+    # and token ids, no logprobs (the default tie-break, by index, needs none).
     return {
         "model": "demo", "prompt": PROMPT, "n": k, "max_tokens": MAX_TOKENS, "stream": True,
-        "stream_options": {"include_usage": True}, "logprobs": 0,
+        "stream_options": {"include_usage": True}, "return_token_ids": True,
     }  # fmt: skip
 
 
@@ -212,14 +222,63 @@ def run(ks: Sequence[int], requests: int, logs: Path | None = None) -> list[CpuR
         return measure(bestofk, backend, ks, requests)
 
 
+def compare(
+    trees: Sequence[str], rounds: int, requests: int, k: int = 8, warmup: int = 30
+) -> dict[str, list[float]]:
+    """CPU ms per ``/generate`` (K=``k``, one regex) of each tree, per round: ``trees`` are
+    ``"NAME=SRC [FLAG...]"``, the servers take turns, ``requests`` each per round."""
+    body = {"prompt": PROMPT, "k": k, "sampling": {"max_tokens": MAX_TOKENS}, "verifiers": [REGEX]}
+    with ExitStack() as stack, httpx.Client(timeout=60) as client:
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        backend = start_fake_backend(logs / "fake_backend.log")
+        stack.callback(backend.stop)
+        servers: dict[str, Server] = {}
+        for tree in trees:
+            head, *flags = shlex.split(tree)
+            name, _, src = head.partition("=")
+            env = engine_env(PYTHONPATH=str(Path(src).resolve()))
+            server = start_bestofk(logs / f"{name}.log", "--backend", backend.url, *flags, env=env)
+            stack.callback(server.stop)
+            servers[name] = server
+        for server in servers.values():
+            server.wait_ready(90)
+
+        def sender(server: Server) -> Callable[[], httpx.Response]:
+            return lambda: client.post(server.url + "/generate", json=body)
+
+        for server in servers.values():
+            _timed_loop(sender(server), warmup, [server.process.pid])
+        out: dict[str, list[float]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, server in servers.items():
+                (cpu,), _, _ = _timed_loop(sender(server), requests, [server.process.pid])
+                out[name].append(cpu * 1000 / requests)
+        return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m bestofk.tooling.bench.cpu``: print the table (and write it as JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="per cell (default 200)")
+    parser.add_argument(
+        "--requests", type=int, help="per cell (default 200); with --compare, per round (150)"
+    )
     parser.add_argument("--k", default="1,8,32", help="comma-separated K values")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--compare", action="append", metavar='"NAME=SRC [FLAG...]"',
+        help="a tree to measure beside the others (repeatable; see the module doc)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=12, help="with --compare (default 12)")
     args = parser.parse_args(argv)
-    rows = run([int(k) for k in args.k.split(",")], args.requests)
+    if args.compare:
+        figures = compare(args.compare, args.rounds, args.requests or 150)
+        for name, runs in figures.items():
+            print(f"{name}: median {statistics.median(runs):.2f} ms CPU per K=8 regex request "
+                  f"(rounds: {' '.join(f'{r:.2f}' for r in runs)})")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        return
+    rows = run([int(k) for k in args.k.split(",")], args.requests or 200)
     print(markdown(rows), end="")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

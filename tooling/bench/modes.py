@@ -109,8 +109,9 @@ class Workload:
     early_exit_max_tokens: int = 128
     seeded: bool = False
     """Seed every request, so each mode samples the same completions (see the module doc)."""
-    tie_break: str = "logprob"
-    """bestofk's ``selection.tie_break``: ``index`` spares the engine computing logprobs."""
+    tie_break: str | None = None
+    """bestofk's ``selection.tie_break`` (``logprob``: the engine computes every sampled
+    token's logprob); None: the server's default."""
 
     def seed(self, i: int, j: int = 0) -> int | None:
         """The seed of request ``i`` (its ``j``-th n=1 call, for e/f), or None if unseeded."""
@@ -264,8 +265,9 @@ class Modes:
             "k": k,
             "sampling": sampling,
             "verifiers": list(verifiers),
-            "selection": {"tie_break": self.w.tie_break},
         }
+        if self.w.tie_break is not None:
+            body["selection"] = {"tie_break": self.w.tie_break}
         if early_exit:
             body["early_exit"] = {"min_score": 1.0}
         start = time.perf_counter()
