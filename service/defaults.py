@@ -1,5 +1,6 @@
 """The one place a request's left-out fields get their values: the request's, else its
-profile's, else the server's, for K, ``max_tokens``, sampling, selection and the early exit.
+profile's, else the server's, for K, ``max_tokens``, sampling, selection, the early exit,
+adaptive K, the budget and confidence-aware stopping.
 
 As vLLM's ``to_sampling_params(max_tokens, default_sampling_params)`` with its single
 ``get_max_tokens``: the routes pass on what the client sent (None for what it did not), and
@@ -10,10 +11,14 @@ built-in values are the inner dataclasses' own (``SamplingConfig``, ``SelectionC
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel
+
+from bestofk.service.adaptive import AdaptiveConfig, Budget
+from bestofk.service.confidence import ConfidenceConfig
 from bestofk.service.engines.base import SamplingConfig
 from bestofk.service.errors import InvalidRequestError
 from bestofk.service.selection import SelectionConfig
@@ -26,7 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    """K, sampling, selection and the early exit, every default applied and limit checked."""
+    """K, sampling, selection, the early exit and how the search spends its compute, every
+    default applied and limit checked."""
 
     k: int
     """Candidates to sample (or given): 1 for greedy sampling, which has only one."""
@@ -35,6 +41,9 @@ class Resolved:
     sampling: SamplingConfig
     selection: SelectionConfig
     early_exit_min_score: float | None
+    adaptive: AdaptiveConfig | None = None
+    budget: Budget | None = None
+    confidence: ConfidenceConfig | None = None
 
 
 def get_max_tokens(requested: int | None, default: int, limit: int) -> int:
@@ -72,6 +81,9 @@ class Defaults:
             sampling=sampling,
             selection=selection,
             early_exit_min_score=min_score,
+            adaptive=switched(req.adaptive, profile and profile.adaptive, AdaptiveConfig),
+            budget=_budget(req.budget, profile),
+            confidence=switched(req.confidence, profile and profile.confidence, ConfidenceConfig),
         )
 
     def k(self, profile: Profile | None = None) -> int:
@@ -138,3 +150,30 @@ class Defaults:
             logprobs=selection.by_logprob,
             **fields,
         )
+
+
+Config = TypeVar("Config")
+
+
+def switched(
+    asked: bool | Mapping[str, Any] | None,
+    profiles: bool | BaseModel | None,
+    config: Callable[..., Config],
+) -> Config | None:
+    """A feature a request turns on with ``true`` or an object of tuning fields (``adaptive``,
+    ``confidence``): the request's, else the profile's; ``false`` turns the profile's off, and
+    the request's tuning fields go over the profile's one by one."""
+    chosen = profiles if asked is None else asked
+    if chosen is None or chosen is False:
+        return None
+    base = profiles.model_dump(exclude_unset=True) if isinstance(profiles, BaseModel) else {}
+    if isinstance(chosen, BaseModel):
+        chosen = chosen.model_dump(exclude_unset=True)
+    return config(**(base if chosen is True else base | dict(chosen)))
+
+
+def _budget(asked: Mapping[str, Any] | None, profile: Profile | None) -> Budget | None:
+    """The request's budget fields over the profile's."""
+    base = profile.budget.model_dump(exclude_unset=True) if profile and profile.budget else {}
+    fields = base | dict(asked or {})
+    return Budget(**fields) if fields else None

@@ -15,15 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bestofk.service.adaptive import AdaptiveConfig, Budget
-from bestofk.service.confidence import ConfidenceConfig
 from bestofk.service.defaults import Defaults
 from bestofk.service.engines.base import Engine, Prompt
 from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from bestofk.service.labels import Label, label_specs, no_verifier
 from bestofk.service.pipeline import RerankJob
-from bestofk.service.schemas.adaptive import Adaptive
-from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile, Settings
 from bestofk.service.tools import ToolChoice, ToolParsing
 from bestofk.verifiers.base import VerifierSpec
@@ -150,7 +146,7 @@ class JobFactory:
                 specs.append(parse_spec({**check, "required": True}, ("tools",)))
                 parse = self.tools.parser_for(prompt.tools, choice)
                 sampling = replace(sampling, skip_special_tokens=False)
-        confidence = _confidence(req.confidence, profile)
+        confidence = resolved.confidence
         if confidence is not None and req.given is None:
             # Every candidate's top logprobs, for the watch and the warm-up's calibration; a
             # client that asked fewer sees as many as it asked.
@@ -171,8 +167,8 @@ class JobFactory:
             profile=profile_name,
             reasoning_parser=(profile.reasoning_parser if profile else None)
             or self.settings.reasoning_parser,
-            adaptive=_adaptive(req.adaptive, profile),
-            budget=_budget(req.budget, profile),
+            adaptive=resolved.adaptive,
+            budget=resolved.budget,
             confidence=confidence if req.given is None else None,
             arrived=req.arrived if req.arrived is not None else time.perf_counter(),
         )
@@ -232,46 +228,6 @@ class JobFactory:
                     f"the limit is {limits.max_candidate_chars}",
                     param=f"candidates.{i}",
                 )
-
-
-def _adaptive(
-    raw: bool | Mapping[str, Any] | None, profile: Profile | None
-) -> AdaptiveConfig | None:
-    """The request's adaptive K, else the profile's; its tuning fields over the profile's."""
-    chosen: bool | Mapping[str, Any] | Adaptive | None = raw
-    if chosen is None and profile is not None:
-        chosen = profile.adaptive
-    if chosen is None or chosen is False:
-        return None
-    tuned = profile.adaptive if profile is not None else None
-    base = tuned.model_dump(exclude_unset=True) if isinstance(tuned, Adaptive) else {}
-    if isinstance(chosen, Adaptive):
-        chosen = chosen.model_dump(exclude_unset=True)
-    return AdaptiveConfig(**(base if chosen is True else base | dict(chosen)))
-
-
-def _confidence(
-    raw: bool | Mapping[str, Any] | None, profile: Profile | None
-) -> ConfidenceConfig | None:
-    """The request's confidence-aware stopping, else the profile's; its fields over the
-    profile's."""
-    chosen: bool | Mapping[str, Any] | Confidence | None = raw
-    if chosen is None and profile is not None:
-        chosen = profile.confidence
-    if chosen is None or chosen is False:
-        return None
-    tuned = profile.confidence if profile is not None else None
-    base = tuned.model_dump(exclude_unset=True) if isinstance(tuned, Confidence) else {}
-    if isinstance(chosen, Confidence):
-        chosen = chosen.model_dump(exclude_unset=True)
-    return ConfidenceConfig(**(base if chosen is True else base | dict(chosen)))
-
-
-def _budget(raw: Mapping[str, Any] | None, profile: Profile | None) -> Budget | None:
-    """The request's budget fields over the profile's."""
-    base = profile.budget.model_dump(exclude_unset=True) if profile and profile.budget else {}
-    fields = base | dict(raw or {})
-    return Budget(**fields) if fields else None
 
 
 def _parse_profile(name: str, profile: Profile) -> list[VerifierSpec]:

@@ -32,8 +32,8 @@ from bestofk.service.confidence import (
     percentile,
     token_confidence,
 )
+from bestofk.service.defaults import switched
 from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
-from bestofk.service.jobs import _confidence
 from bestofk.service.routes.openai import client_top
 from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile
@@ -268,12 +268,13 @@ def test_a_client_sees_the_top_logprobs_it_asked() -> None:
 
 
 def test_a_profile_turns_it_on_and_a_request_tunes_it() -> None:
-    profile = Profile(confidence=Confidence(keep="low", window=8))
-    assert _confidence(None, profile) == ConfidenceConfig(keep="low", window=8)
-    assert _confidence({"warmup": 2}, profile) == ConfidenceConfig(keep="low", warmup=2, window=8)
-    assert _confidence(False, profile) is None
-    assert _confidence(True, None) == ConfidenceConfig()
-    assert _confidence(None, None) is None
+    tuned = Profile(confidence=Confidence(keep="low", window=8)).confidence
+    assert switched(None, tuned, ConfidenceConfig) == ConfidenceConfig(keep="low", window=8)
+    asked = switched({"warmup": 2}, tuned, ConfidenceConfig)
+    assert asked == ConfidenceConfig(keep="low", warmup=2, window=8)
+    assert switched(False, tuned, ConfidenceConfig) is None
+    assert switched(True, None, ConfidenceConfig) == ConfidenceConfig()
+    assert switched(None, None, ConfidenceConfig) is None
 
 
 def test_the_warm_up_is_adaptive_ks_first_wave_else_half() -> None:

@@ -71,7 +71,8 @@ def test_sampling_layers_server_then_profile_then_request() -> None:
 
 def test_the_built_in_defaults_are_the_dataclasses_own() -> None:
     sampling = build(factory()).sampling
-    assert sampling == SamplingConfig(logprobs=True)
+    # The engine computes logprobs only when the tie-break reads them (index, by default).
+    assert sampling == SamplingConfig(logprobs=SelectionConfig().by_logprob)
     assert build(factory()).selection == SelectionConfig()
 
 
