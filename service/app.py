@@ -89,7 +89,13 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     param = ".".join(loc) or None
     message = str(err.get("msg", "invalid request"))
     if err.get("type") == "json_invalid":
-        message = f"the body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
+        why = str(err.get("ctx", {}).get("error", message))
+        message = (
+            # pydantic's JSON parser stops at a nesting depth where json.loads would go on.
+            f"the body is nested too deeply ({why})"
+            if why.startswith("recursion limit exceeded")
+            else f"the body is not valid JSON: {why}"
+        )
         param = None
     elif param:
         message = f"{param}: {message}"

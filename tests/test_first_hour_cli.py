@@ -201,7 +201,7 @@ def test_generate_and_eval_send_no_sampling_defaults_of_their_own(
         assert run.returncode == 0, run.stderr
         models = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
         assert models[0]["default_selection"] == {
-            "policy": "argmax", "beta": 2.5, "tie_break": "logprob",
+            "policy": "argmax", "beta": 2.5, "tie_break": "index",
         }  # fmt: skip
         server.stop()  # a graceful stop writes every record
     sampled = [r.sampling for r in read_records(records)]
