@@ -20,7 +20,8 @@ from bestofk.service import shutdown
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
 from bestofk.service.engines.completer import EngineCompleter
-from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError
+from bestofk.service.engines.errors import EngineError
+from bestofk.service.errors import BestOfKError, InvalidRequestError, NotFoundError, api_error
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
 from bestofk.service.load import LoadAwareK
@@ -43,43 +44,16 @@ from bestofk.verifiers.workers import WorkerLimits, WorkerPool
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The engine the settings ask for: remote backends if any are given, else in-process."""
+def build_engine(settings: Settings, metrics: Metrics) -> Engine:
+    """The engine the settings ask for: remote backends if any are given, else in-process;
+    it records its metrics (backends up, restarts) in ``metrics``."""
     if settings.engine == "openai":
-        from bestofk.service.engines.openai_remote import OpenAIEngine, RemoteOptions
+        from bestofk.service.engines.openai_remote import OpenAIEngine
 
-        return OpenAIEngine(
-            RemoteOptions(
-                urls=settings.backends,
-                model=settings.backend_model,
-                served_model_name=settings.served_model_name,
-                api_key=settings.backend_api_key,
-                supports_n=settings.backend_supports_n,
-                health_interval_s=settings.backend_health_interval_s,
-                max_failures=settings.backend_max_failures,
-                ejection_s=settings.backend_ejection_s,
-                first_token_timeout_s=settings.backend_first_token_timeout_s,
-                max_bytes_per_token=settings.limits.max_bytes_per_token,
-                split_candidates=bool(settings.split_candidates),
-            )
-        )
-    from bestofk.service.engines.vllm_local import VllmEngine, VllmOptions
+        return OpenAIEngine(settings, metrics)
+    from bestofk.service.engines.vllm_local import VllmEngine
 
-    v = settings.vllm
-    return VllmEngine(
-        VllmOptions(
-            model=settings.model,
-            served_model_name=settings.model_name,
-            max_model_len=v.max_model_len,
-            gpu_memory_utilization=v.gpu_memory_utilization,
-            enforce_eager=v.enforce_eager,
-            dtype=v.dtype,
-            seed=v.seed,
-            max_bytes_per_token=settings.limits.max_bytes_per_token,
-            split_candidates=settings.split_candidates is not False,
-            extra=v.engine_args,
-        )
-    )
+    return VllmEngine(settings, metrics)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -112,6 +86,12 @@ def _bestofk_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(request, exc)
 
 
+def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    """An engine's error that reached the edge outside a job (the runtime maps those)."""
+    assert isinstance(exc, EngineError)
+    return _error_response(request, api_error(exc))
+
+
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """The framework's own errors (unknown route, wrong method, unreadable body) in the API's
     envelope too, so clients meet one error shape."""
@@ -133,16 +113,19 @@ def create_app(
     engine: Engine | None = None,
     exit_on_engine_failure: bool = False,
     drain_on_signal: bool = False,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """An app serving ``settings``; ``engine`` overrides the one the settings would build.
+    """An app serving ``settings``; ``engine`` overrides the one the settings would build, and
+    ``metrics`` is then the recorder it was built with (the app's, so ``/metrics`` shows what
+    the engine records).
 
     ``exit_on_engine_failure``: a server process stops (SIGTERM to itself) when the engine
     cannot start, rather than answering 503 forever. ``drain_on_signal``: SIGTERM and SIGINT
     drain the server before uvicorn stops it (:mod:`bestofk.service.shutdown`); for the app of a
     server process, whose main thread runs the loop.
     """
-    engine = engine or build_engine(settings)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
+    engine = engine or build_engine(settings, metrics)
     resources = VerifierResources(
         completer=EngineCompleter(engine),
         # A judge endpoint or reward model named in a request is a URL or path the server
@@ -238,6 +221,7 @@ def create_app(
     app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BestOfKError, _bestofk_error)
+    app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(native.router)

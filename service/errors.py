@@ -21,12 +21,23 @@ with the status above; the Anthropic route (``/v1/messages``) as Anthropic's API
 plus ``Retry-After`` for the overload family and ``WWW-Authenticate`` for 401. ``code`` is
 always a string, as in OpenAI's API (``invalid_api_key``, ``model_not_found``…), never the
 status number: clients switch on it, the status is the HTTP status line.
+
+Engines raise their own errors (:mod:`bestofk.service.engines.errors`), which know nothing of
+HTTP; :func:`api_error` maps them to these, the one place that does.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any, ClassVar
+
+from bestofk.service.engines.errors import (
+    EngineError,
+    EngineFailedError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    RequestRejectedError,
+)
 
 
 class BestOfKError(Exception):
@@ -175,3 +186,17 @@ class DeadlineExceededError(BestOfKError):
     error_type = "timeout_error"
     default_code = "timeout"
     anthropic_type = "timeout_error"
+
+
+def api_error(exc: EngineError) -> BestOfKError:
+    """The client's error for what an engine raised: the one mapping of engine errors to
+    statuses, types, codes and Retry-After."""
+    if isinstance(exc, EngineUnavailableError):
+        return EngineNotReadyError(exc.message, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, RequestRejectedError):
+        return InvalidRequestError(exc.message, param=exc.param)
+    if isinstance(exc, EngineTimeoutError):
+        return DeadlineExceededError(exc.message)
+    if isinstance(exc, EngineFailedError):
+        return BackendError(exc.message)
+    return BestOfKError(f"internal error: {type(exc).__name__}")

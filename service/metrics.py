@@ -2,10 +2,10 @@
 
 Names follow Prometheus conventions: prefix ``bestofk_``, base units, ``_total`` counters. Each
 app makes one :class:`Metrics` (``app.state.metrics``, ``Runtime.metrics``) and hands it to what
-records: the request middleware, the runtime, the sandbox pool, the request recorder. Its
-metrics live in a registry of its own, so two apps in one process count apart; ``/metrics``
-renders that registry beside the process-wide one, which holds the in-process engine's
-``vllm:*`` metrics and the process collector's.
+records: the engine, the request middleware, the runtime, the sandbox pool, the request
+recorder. Its metrics live in a registry of its own, so two apps in one process count apart;
+``/metrics`` renders that registry beside the process-wide one, which holds the in-process
+engine's ``vllm:*`` metrics and the process collector's.
 
 With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` switches prometheus-client to its
 multiprocess mode. That variable is read when prometheus-client is imported, so it must be set
@@ -61,22 +61,6 @@ SANDBOX_OUTCOMES = ("ok", "fail", "timeout", "memory", "killed", "error")
 RECORD_DROP_REASONS = (
     "queue_full", "closed", "no_space", "read_only", "permission", "deleted", "too_large", "error",
 )  # fmt: skip
-
-# The engines' two metrics stay process-wide until the engines are handed the app's Metrics
-# (they write these directly today); Metrics.backend_up and Metrics.engine_restarted are the
-# API they will call, and these two definitions then move into Metrics.__init__.
-ENGINE_RESTARTS = Counter(
-    "bestofk_engine_restarts_total",
-    "Times the in-process vLLM engine died and was restarted.",
-)
-BACKEND_UP = Gauge(
-    "bestofk_backend_up",
-    '1 while a backend takes requests (healthy and not ejected), else 0; backend="in-process" '
-    "is the in-process engine. With several workers, the least of their views: 0 as soon as "
-    "one worker cannot use it.",
-    ["backend"],
-    multiprocess_mode="livemin",
-)
 
 
 class Metrics:
@@ -205,6 +189,19 @@ class Metrics:
             ["directory"],
             multiprocess_mode="livemin",
         )
+        # The engines (service/engines/): the app hands them this object when it builds them.
+        self._engine_restarts = counter(
+            "bestofk_engine_restarts_total",
+            "Times the in-process vLLM engine died and was restarted.",
+        )
+        self._backend_up = gauge(
+            "bestofk_backend_up",
+            "1 while a backend takes requests (healthy and not ejected), else 0; "
+            'backend="in-process" is the in-process engine. With several workers, the least '
+            "of their views: 0 as soon as one worker cannot use it.",
+            ["backend"],
+            multiprocess_mode="livemin",
+        )
         # Series with a known, closed label set exist from start-up at zero, so a rate() or an
         # alert on them has data (and a sandbox-timeout alert can fire on its first timeout,
         # not its second).
@@ -299,11 +296,11 @@ class Metrics:
 
     def backend_up(self, backend: str, up: bool) -> None:
         """Whether ``backend`` (a remote backend's label, or ``"in-process"``) takes requests."""
-        BACKEND_UP.labels(backend).set(1 if up else 0)
+        self._backend_up.labels(backend).set(1 if up else 0)
 
     def engine_restarted(self) -> None:
         """The in-process engine died and is being restarted."""
-        ENGINE_RESTARTS.inc()
+        self._engine_restarts.inc()
 
     # --- /metrics ----------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from bestofk.service.admission import Admission
 from bestofk.service.engines.base import Engine
-from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError
+from bestofk.service.engines.errors import EngineError
+from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError, api_error
 from bestofk.service.history import History
 from bestofk.service.jobs import JobFactory
 from bestofk.service.load import LoadAwareK
@@ -171,7 +172,12 @@ class Runtime:
             raise ShuttingDownError(
                 "the server shut down before this request finished; retry it", retry_after_s=1
             )
-        return task.result()
+        try:
+            return task.result()
+        except EngineError as exc:
+            # Engines speak their own errors; every job's leave here, so every route (a
+            # streaming one too, whose status line is out) meets the API's.
+            raise api_error(exc) from exc
 
     async def execute_batch(
         self, jobs: Sequence[RerankJob], gone: ClientGone | None = None, openai: bool = False

@@ -18,8 +18,10 @@ import pytest
 
 from bestofk.service.adaptive import AdaptiveConfig, Budget, clear_majority
 from bestofk.service.engines.base import Prompt, SamplingConfig, TokenLogprob
+from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import Pipeline
 from bestofk.service.selection import SelectionConfig
+from bestofk.service.settings import Settings
 from bestofk.tooling.procs import Server
 from bestofk.verifiers.base import VerifierResources
 from tests.conftest import post
@@ -190,10 +192,10 @@ class CutSecond:
 
 
 def test_watch_cuts_one_candidate_in_the_remote_engine(vllm_backend: Server) -> None:
-    from bestofk.service.engines.openai_remote import OpenAIEngine, RemoteOptions
+    from bestofk.service.engines.openai_remote import OpenAIEngine
 
     async def run() -> list[Any]:
-        engine = OpenAIEngine(RemoteOptions(urls=[vllm_backend.url]))
+        engine = OpenAIEngine(Settings(backends=[vllm_backend.url]), Metrics())
         await engine.start()
         try:
             watch = CutSecond()
@@ -352,9 +354,9 @@ def test_watch_cuts_one_candidate_in_the_in_process_engine(tmp_path: Path) -> No
 
 
 def test_later_waves_go_to_the_first_waves_backend() -> None:
-    from bestofk.service.engines.backends import BackendPool, RemoteOptions
+    from bestofk.service.engines.backends import BackendPool
 
-    pool = BackendPool(RemoteOptions(urls=["http://a", "http://b"]))
+    pool = BackendPool(Settings(backends=["http://a", "http://b"]), Metrics())
     for backend in pool.backends:
         backend.healthy = True
     first = pool.pick("req", continuing=False)

@@ -19,6 +19,7 @@ import pytest
 
 from bestofk.service.app import build_engine
 from bestofk.service.jobs import JobFactory, JobRequest
+from bestofk.service.metrics import Metrics
 from bestofk.service.settings import DEMO_MODEL, Settings
 from bestofk.tooling.procs import (
     Server,
@@ -73,9 +74,9 @@ def backend_requests(fake_backend: Server) -> int:
 
 def test_embedded_default_serves_as_demo_with_the_readme_profiles() -> None:
     settings = Settings()
-    assert build_engine(settings).model_name == "demo"
+    assert build_engine(settings, Metrics()).model_name == "demo"
     assert "digits" in settings.profiles
-    jobs = JobFactory(settings, build_engine(settings))
+    jobs = JobFactory(settings, build_engine(settings, Metrics()))
     # The README's `model="demo@digits"`, with no YAML written.
     job = jobs.build("id", JobRequest(prompt=None, model="demo@digits"))
     assert job.profile == "digits" and job.specs[0].type == "regex"
@@ -84,16 +85,21 @@ def test_embedded_default_serves_as_demo_with_the_readme_profiles() -> None:
 def test_a_model_path_serves_as_its_directory_name(tmp_path: Path) -> None:
     local = tmp_path / "Qwen2.5-0.5B-Instruct"
     local.mkdir()
-    assert build_engine(Settings(model=str(local))).model_name == "Qwen2.5-0.5B-Instruct"
-    assert build_engine(Settings(model="Qwen/Qwen2.5-0.5B")).model_name == "Qwen/Qwen2.5-0.5B"
+    assert build_engine(Settings(model=str(local)), Metrics()).model_name == "Qwen2.5-0.5B-Instruct"
+    assert (
+        build_engine(Settings(model="Qwen/Qwen2.5-0.5B"), Metrics()).model_name
+        == "Qwen/Qwen2.5-0.5B"
+    )
     named = Settings(model=str(DEMO_MODEL), served_model_name="mine")
-    assert build_engine(named).model_name == "mine"
+    assert build_engine(named, Metrics()).model_name == "mine"
     # Profiles the operator configures are the whole set, for the demo too.
     assert Settings(profiles={}).profiles == {}
 
 
 def test_served_model_name_names_a_remote_engine_too(fake_backend: Server) -> None:
-    engine = build_engine(Settings(backends=[fake_backend.url], served_model_name="public"))
+    engine = build_engine(
+        Settings(backends=[fake_backend.url], served_model_name="public"), Metrics()
+    )
     assert engine.model_name == "public"
 
 
@@ -208,7 +214,7 @@ def test_default_k_is_visible_and_n_raises_it(server: Server) -> None:
 def test_k_rules() -> None:
     jobs = JobFactory(
         Settings(default_k=6, limits={"max_k": 10}, profiles={"p": {"k": 3}}),
-        build_engine(Settings()),
+        build_engine(Settings(), Metrics()),
     )
 
     def job(**fields: Any) -> tuple[int, int | None]:

@@ -378,6 +378,10 @@ def test_two_workers_count_every_request_once(
                 assert value(samples, "bestofk_inflight_requests") == 0
 
         check_totals()
+        # The engine records through the app's Metrics too: both workers serve, so both see
+        # their backend up (livemin: the least of the live workers' views).
+        up = value(scrape(server), "bestofk_backend_up", backend=vllm_backend.url)
+        assert up == 1, server.log_tail()
         # A worker that exits (uvicorn restarts it) takes its live gauges with it; its counts
         # stay in the totals.
         victim = min(_workers(directory))

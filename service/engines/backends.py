@@ -2,19 +2,20 @@
 
 Two signals take a backend out of rotation:
 
-- active: its ``/v1/models`` probe fails (every ``health_interval_s``); it is back once a probe
-  passes.
-- passive, as Envoy's outlier detection: ``max_failures`` requests in a row that failed on it
-  (an error, a broken stream, or no first token within its first-token timeout) eject it for
-  ``ejection_s``, twice that for each repeated ejection, up to ``max_ejection_s``. Once the
-  cool-down ends it is on probation, one request at a time: the first failure ejects it again,
-  the first success clears its record. A backend that answers its probe but never sends a token
-  (wedged) is caught only by this. The last usable backend is never ejected: there would be
-  nowhere else to send the work.
+- active: its ``/v1/models`` probe fails (every ``backend_health_interval_s``); it is back once
+  a probe passes.
+- passive, as Envoy's outlier detection: ``backend_max_failures`` requests in a row that failed
+  on it (an error, a broken stream, or no first token within its first-token timeout) eject it
+  for ``backend_ejection_s``, twice that for each repeated ejection, up to ``MAX_EJECTION_S``.
+  Once the cool-down ends it is on probation, one request at a time: the first failure ejects
+  it again, the first success clears its record. A backend that answers its probe but never
+  sends a token (wedged) is caught only by this. The last usable backend is never ejected:
+  there would be nowhere else to send the work.
 
-The first-token timeout of a request is ``first_token_timeout_s``, or ``FIRST_TOKEN_FACTOR``
-times the usual time to first token of the other usable backends when that is longer. Without
-another usable backend there is no such timeout (nowhere to retry): the request deadline rules.
+The first-token timeout of a request is ``backend_first_token_timeout_s``, or
+``FIRST_TOKEN_FACTOR`` times the usual time to first token of the other usable backends when
+that is longer. Without another usable backend there is no such timeout (nowhere to retry):
+the request deadline rules.
 
 Each change of a backend between usable and not is logged and shown by ``bestofk_backend_up``.
 """
@@ -27,17 +28,20 @@ import re
 import statistics
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from bestofk.service import metrics
-from bestofk.service.engines.base import BYTES_PER_TOKEN, EngineHealth
-from bestofk.service.errors import BestOfKError, EngineNotReadyError
+from bestofk.service.engines.base import EngineHealth
+from bestofk.service.engines.errors import EngineError, EngineUnavailableError
 from bestofk.verifiers.openai_http import EndpointError, PooledClient, get_json
 
+if TYPE_CHECKING:
+    from bestofk.service.metrics import Metrics
+    from bestofk.service.settings import Settings
+
 log = logging.getLogger(__name__)
-E = TypeVar("E", bound=BestOfKError)
+E = TypeVar("E", bound=EngineError)
 
 FIRST_TOKEN_FACTOR = 10.0
 """How many times its peers' usual time to first token a backend may take before a request
@@ -48,36 +52,10 @@ PROBE_TIMEOUT_S = 5.0
 AFFINITY_SIZE = 4096
 """Requests whose backend is remembered, so a later wave of one goes where its first went
 (its prompt is in that backend's prefix cache); the oldest is forgotten first."""
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteOptions:
-    """Where the backends are, how to talk to them, and when to stop sending them work."""
-
-    urls: Sequence[str]
-    model: str | None = None
-    """Model name to send; None takes the first one the backend lists."""
-    served_model_name: str | None = None
-    """The name clients use; None: the model name sent."""
-    api_key: str | None = None
-    supports_n: bool | None = None
-    """None: try ``n=K`` and fall back on refusal; False: always K calls of ``n=1``."""
-    split_candidates: bool = False
-    """Each candidate its own ``n=1`` call (cancellable alone), or (False, the default) one
-    ``n=K`` call where the backend takes ``n``: K streamed calls cost the backend and this
-    process measurably more (README, "Candidate streams"). A watched request is always split."""
-    health_interval_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 600.0
-    max_failures: int = 3
-    """Requests in a row that fail on a backend before it is ejected."""
-    ejection_s: float = 30.0
-    """A first ejection's cool-down; each repeated one doubles it, up to ``max_ejection_s``."""
-    max_ejection_s: float = 300.0
-    first_token_timeout_s: float = 30.0
-    """The least a request waits for a backend's first token before it is retried elsewhere."""
-    max_bytes_per_token: int = BYTES_PER_TOKEN
-    """A candidate's byte cap per token (``base.max_candidate_bytes``)."""
+MAX_EJECTION_S = 300.0
+"""The longest cool-down a repeatedly ejected backend gets (each ejection doubles the last).
+No setting: five minutes bounds how long a recovered backend sits idle, whatever
+``backend_ejection_s`` is; raise it here if a use needs longer."""
 
 
 @dataclass(slots=True)
@@ -126,33 +104,34 @@ def _normalise(url: str) -> str:
 class BackendPool:
     """The backends, their health checks, outlier ejection and routing."""
 
-    def __init__(self, options: RemoteOptions) -> None:
-        if not options.urls:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        if not settings.backends:
             raise ValueError("the openai engine needs at least one backend URL")
-        self.options = options
+        self.settings = settings
+        self.metrics = metrics
         self.backends = [
-            Backend(_normalise(u), supports_n=options.supports_n) for u in options.urls
+            Backend(_normalise(u), supports_n=settings.backend_supports_n)
+            for u in settings.backends
         ]
         self._next_check: float | None = None
         """When the next round of health checks is due; None until the first one is done."""
         self._affinity: OrderedDict[str, Backend] = OrderedDict()
         """Each recent request's backend (:meth:`pick`)."""
         for backend in self.backends:
-            metrics.BACKEND_UP.labels(backend.label).set(0)
+            metrics.backend_up(backend.label, False)
 
     # --- routing ----------------------------------------------------------------------------
 
     def pick(self, request_id: str | None = None, continuing: bool = False) -> Backend:
         """The usable backend with the fewest requests in flight, or (``continuing``: a later
         wave of ``request_id``) the one that request's first wave went to while it is usable;
-        EngineNotReadyError (with the time the state can next change as Retry-After) when
-        there is none."""
+        EngineUnavailableError (with the time the state can next change) when there is none."""
         sticky = self._affinity.get(request_id) if continuing and request_id else None
         backend = sticky if sticky is not None and sticky.usable(time.monotonic()) else None
         backend = backend or self._least_busy(None)
         if backend is None:
             health = self.health()
-            raise EngineNotReadyError(
+            raise EngineUnavailableError(
                 f"the engine is not ready: {health.status} ({health.detail})",
                 retry_after_s=health.retry_after_s,
             )
@@ -188,7 +167,7 @@ class BackendPool:
             return None
         usual = [b.ttft_s for b in peers if b.ttft_s is not None]
         typical = statistics.median(usual) if usual else 0.0
-        return max(self.options.first_token_timeout_s, FIRST_TOKEN_FACTOR * typical)
+        return max(self.settings.backend_first_token_timeout_s, FIRST_TOKEN_FACTOR * typical)
 
     def health(self) -> EngineHealth:
         """``ready`` while a backend is usable; else why not, and when that can change."""
@@ -229,12 +208,12 @@ class BackendPool:
         if down:
             backend.healthy = False
         elif (
-            (backend.failures >= self.options.max_failures or backend.ejections)
+            (backend.failures >= self.settings.backend_max_failures or backend.ejections)
             and now >= backend.ejected_until
             and any(b.usable(now) for b in self.backends if b is not backend)
         ):
-            duration = min(self.options.ejection_s * 2**backend.ejections,
-                           self.options.max_ejection_s)  # fmt: skip
+            duration = min(self.settings.backend_ejection_s * 2**backend.ejections,
+                           MAX_EJECTION_S)  # fmt: skip
             backend.reason = (
                 f"ejected for {duration:g} s after {backend.failures} failed requests in a "
                 f"row (last: {backend.reason})"
@@ -254,7 +233,7 @@ class BackendPool:
         if up == backend.up:
             return
         backend.up = up
-        metrics.BACKEND_UP.labels(backend.label).set(int(up))
+        self.metrics.backend_up(backend.label, up)
         if up:
             log.warning("backend %s is up", backend.label)
         else:
@@ -265,7 +244,7 @@ class BackendPool:
     async def check(self, http: PooledClient, headers: Mapping[str, str]) -> None:
         """Probe ``/v1/models`` on every backend (it also tells the served model names)."""
         await asyncio.gather(*(self._probe(http, headers, b) for b in self.backends))
-        self._next_check = time.monotonic() + self.options.health_interval_s
+        self._next_check = time.monotonic() + self.settings.backend_health_interval_s
 
     async def _probe(
         self, http: PooledClient, headers: Mapping[str, str], backend: Backend

@@ -19,9 +19,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bestofk.service.engines.backends import Backend, BackendPool, RemoteOptions
+from bestofk.service.engines.backends import Backend, BackendPool
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
     CandidateWatch,
@@ -34,13 +34,12 @@ from bestofk.service.engines.base import (
     candidate_id,
     candidate_sampling,
 )
-from bestofk.service.engines.stream import EngineStream
-from bestofk.service.errors import (
-    BackendError,
-    BestOfKError,
-    DeadlineExceededError,
-    InvalidRequestError,
+from bestofk.service.engines.errors import (
+    EngineFailedError,
+    EngineTimeoutError,
+    RequestRejectedError,
 )
+from bestofk.service.engines.stream import EngineStream
 from bestofk.verifiers.openai_http import (
     ErrorReply,
     LogprobEntry,
@@ -56,8 +55,19 @@ from bestofk.verifiers.openai_http import (
     stream,
 )
 
+if TYPE_CHECKING:
+    from bestofk.service.metrics import Metrics
+    from bestofk.service.settings import Settings
+
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long connecting to a backend may take. No setting: a backend that takes longer to
+accept a connection is down, and the health checks take it out of rotation."""
+READ_TIMEOUT_S = 600.0
+"""How long a backend may go without sending a byte mid-request. No setting: the request
+deadline (``limits.request_timeout_s``, 300 s by default) usually ends a request first; this
+only ends a silent backend's stream when an operator sets a longer deadline."""
 DRAIN_S = 1.0
 """How long to wait for a backend to end its body after ``[DONE]`` before dropping it."""
 
@@ -78,7 +88,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                     handed_on = True
                     yield sample
             return
-        except BackendError as exc:
+        except EngineFailedError as exc:
             # Nothing of this request has left the engine yet: another backend can take it
             # whole, and the client never learns of the failure.
             retry = None if handed_on else pool.alternative(backend)
@@ -97,7 +107,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         engine = self.engine
         # One call of n=K where the operator chose it, the backend takes it, and nothing must
         # be cut alone; else a call per candidate.
-        joint = not engine.options.split_candidates and self.watch is None
+        joint = not engine.settings.split_candidates and self.watch is None
         backend.in_flight += 1
         try:
             if joint and backend.supports_n is not False and k > 1:
@@ -185,8 +195,8 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                     backend.url + path,
                     body,
                     engine.headers,
-                    connect_s=engine.options.connect_timeout_s,
-                    read_s=engine.options.read_timeout_s,
+                    connect_s=CONNECT_TIMEOUT_S,
+                    read_s=READ_TIMEOUT_S,
                 ) as response:
                     started = True
                     if response.status >= 400:
@@ -233,20 +243,20 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             ) from None
         except ReadTimeout as exc:
             raise pool.failed(
-                backend, DeadlineExceededError(f"backend {backend.label} timed out: {exc}")
+                backend, EngineTimeoutError(f"backend {backend.label} timed out: {exc}")
             ) from exc
         except TransportError as exc:
             # Out until a health check passes again.
             what = "broke mid-stream" if started else "is unreachable"
             raise pool.failed(
-                backend, BackendError(f"backend {backend.label} {what}: {exc}"), down=True
+                backend, EngineFailedError(f"backend {backend.label} {what}: {exc}"), down=True
             ) from exc
         except ProtocolError as exc:
             # It does not speak the protocol: out until a health check passes again.
             raise pool.failed(backend, _ProtocolError(str(exc)), down=True) from None
         except _ProtocolError as exc:
             raise pool.failed(backend, exc, down=True) from None
-        except BackendError as exc:
+        except EngineFailedError as exc:
             raise pool.failed(backend, exc) from None
         except (GeneratorExit, asyncio.CancelledError):
             if finished:  # closed by early exit or the deadline after candidates came: it works
@@ -256,7 +266,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             # Without this a stream that ends early would leave nothing to choose from.
             raise pool.failed(
                 backend,
-                BackendError(
+                EngineFailedError(
                     f"backend {backend.label} ended the stream with {finished} of {n} "
                     "candidates done"
                 ),
@@ -272,8 +282,8 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         backend: Backend,
         offset: int,
     ) -> list[Sample]:
-        """The candidates a stream line finishes (or the watch cuts); BackendError for a line
-        we cannot read."""
+        """The candidates a stream line finishes (or the watch cuts); a protocol error for a
+        line we cannot read."""
         try:
             samples = self._consume(parse_chunk(data), choices, chat, backend, offset)
             if any(not 0 <= s.index < n for s in samples):
@@ -351,11 +361,11 @@ class _NRefusedError(Exception):
     """The backend answered 400 to ``n > 1``."""
 
 
-class _ProtocolError(BackendError):
+class _ProtocolError(EngineFailedError):
     """The backend's stream is not the protocol (a malformed chunk, an endless line)."""
 
 
-class _NoFirstTokenError(BackendError):
+class _NoFirstTokenError(EngineFailedError):
     """No token came from the backend within the request's first-token timeout."""
 
 
@@ -443,31 +453,32 @@ def _refusal(reply: ErrorReply, n: int | None) -> Exception:
     if n is not None and reply.status == 400 and n > 1 and "n" in reply.message.lower().split("'"):
         return _NRefusedError(reply.message)
     if reply.rejected:
-        return InvalidRequestError(
+        return RequestRejectedError(
             f"the backend rejected the request: {reply.message}", param=reply.param
         )
     if n is None:
-        return BackendError(f"backend error mid-stream: {reply.detail}")
-    return BackendError(f"backend answered {reply.status}: {reply.message}")
+        return EngineFailedError(f"backend error mid-stream: {reply.detail}")
+    return EngineFailedError(f"backend answered {reply.status}: {reply.message}")
 
 
 class OpenAIEngine:
     """Routes each request to the least busy usable backend (:class:`BackendPool`)."""
 
-    def __init__(self, options: RemoteOptions) -> None:
-        self.options = options
-        self.pool = BackendPool(options)
-        self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.pool = BackendPool(settings, metrics)
+        key = settings.backend_api_key
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = PooledClient()
         self._health_task: asyncio.Task[None] | None = None
 
     @property
     def model_name(self) -> str:
         """The served name, else the configured model, else the first one a backend lists."""
-        if self.options.served_model_name:
-            return self.options.served_model_name
-        if self.options.model:
-            return self.options.model
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        if self.settings.backend_model:
+            return self.settings.backend_model
         for backend in self.pool.backends:
             if backend.models:
                 return backend.models[0]
@@ -480,7 +491,7 @@ class OpenAIEngine:
 
     def model_for(self, backend: Backend) -> str:
         """The model name to send to ``backend``."""
-        return self.options.model or (backend.models[0] if backend.models else "unknown")
+        return self.settings.backend_model or (backend.models[0] if backend.models else "unknown")
 
     async def start(self) -> None:
         """Check every backend once, then keep checking in the background."""
@@ -501,7 +512,7 @@ class OpenAIEngine:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.health_interval_s)
+            await asyncio.sleep(self.settings.backend_health_interval_s)
             await self.check_health()
 
     def sample(
@@ -520,10 +531,10 @@ class OpenAIEngine:
             k,
             sampling,
             request_id,
-            self.options.max_bytes_per_token,
+            self.settings.limits.max_bytes_per_token,
             first_index,
             watch,
         )
 
 
-__all__ = ["BestOfKError", "OpenAIEngine", "RemoteOptions"]
+__all__ = ["OpenAIEngine"]

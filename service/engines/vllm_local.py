@@ -19,12 +19,9 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bestofk.service import metrics
 from bestofk.service.engines.base import (
-    BYTES_PER_TOKEN,
     STREAM_INTERVAL,
     CandidateWatch,
     EngineHealth,
@@ -37,8 +34,16 @@ from bestofk.service.engines.base import (
     candidate_id,
     candidate_sampling,
 )
+from bestofk.service.engines.errors import (
+    EngineFailedError,
+    EngineUnavailableError,
+    RequestRejectedError,
+)
 from bestofk.service.engines.stream import EngineStream
-from bestofk.service.errors import BackendError, EngineNotReadyError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from bestofk.service.metrics import Metrics
+    from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)
 LOAD_S = 5.0
@@ -54,26 +59,6 @@ mid-teardown ("force killing remaining processes"), leaving their shared memory 
 semaphores to the resource tracker's warning at exit."""
 
 
-@dataclass(frozen=True, slots=True)
-class VllmOptions:
-    """How to build the in-process engine (a subset of vLLM's engine args, plus a passthrough)."""
-
-    model: str
-    served_model_name: str | None = None
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
-    dtype: str = "auto"
-    seed: int = 0
-    max_bytes_per_token: int = BYTES_PER_TOKEN
-    """A candidate's byte cap per token (``base.max_candidate_bytes``)."""
-    split_candidates: bool = True
-    """Each candidate its own ``n=1`` engine request (cancellable alone, seeded per
-    candidate), rather than one ``n=K`` request; a watched stream is always split."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Any other ``AsyncEngineArgs`` field, passed through unchanged."""
-
-
 class VllmStream(EngineStream["VllmEngine"]):
     """The K candidates of one request, in the order they finish."""
 
@@ -84,13 +69,13 @@ class VllmStream(EngineStream["VllmEngine"]):
         if sampling.max_tokens > limit:
             # As vLLM's OpenAI server refuses it, so both engines answer alike (vLLM itself
             # would quietly stop each candidate at the context length).
-            raise InvalidRequestError(
+            raise RequestRejectedError(
                 f"max_tokens={sampling.max_tokens} cannot be greater than the model's "
                 f"max_model_len={limit}",
                 param="max_tokens",
             )
         engine_input = await engine.render(self.prompt)
-        split = engine.options.split_candidates or self.watch is not None
+        split = engine.split_candidates or self.watch is not None
         try:
             # vLLM validates here and again in generate (against the model: vocabulary,
             # context length): a value it refuses is the client's error, never a 500.
@@ -238,18 +223,22 @@ class VllmEngine:
     with backoff; a liveness probe on ``/health`` is the last resort above it.
     """
 
-    def __init__(self, options: VllmOptions) -> None:
-        self.options = options
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.split_candidates = settings.split_candidates is not False
+        """Each candidate its own ``n=1`` engine request (cancellable alone, seeded per
+        candidate) unless the operator turned it off; a watched stream is always split."""
         self._llm: Any = None
         self._status: HealthStatus = "loading"
         self._dead = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
+        metrics.backend_up(BACKEND_LABEL, False)
 
     @property
     def model_name(self) -> str:
         """The served name, or the model path/name."""
-        return self.options.served_model_name or self.options.model
+        return self.settings.model_name or self.settings.model
 
     @property
     def health(self) -> EngineHealth:
@@ -267,34 +256,34 @@ class VllmEngine:
 
     @property
     def llm(self) -> Any:
-        """The ``AsyncLLM``; raises EngineNotReadyError unless it can take a request."""
+        """The ``AsyncLLM``; raises EngineUnavailableError unless it can take a request."""
         health = self.health
         if not health.ready:
-            raise EngineNotReadyError(health.detail, retry_after_s=health.retry_after_s)
+            raise EngineUnavailableError(health.detail, retry_after_s=health.retry_after_s)
         return self._llm
 
     def translate(self, exc: Exception) -> Exception:
-        """The bestofk error for an exception out of vLLM while serving a request."""
+        """The engine error for an exception out of vLLM while serving a request."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if isinstance(exc, EngineDeadError) or (self._llm is not None and self._llm.errored):
             self._dead.set()
-            return EngineNotReadyError(
+            return EngineUnavailableError(
                 "the vLLM engine died while serving this request; it is being restarted, "
                 "retry shortly",
                 retry_after_s=LOAD_S,
             )
         if isinstance(exc, VLLMClientError | ValueError):
             param = getattr(exc, "parameter", None)
-            return InvalidRequestError(f"the engine rejected the request: {exc}", param=param)
-        return BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
+            return RequestRejectedError(f"the engine rejected the request: {exc}", param=param)
+        return EngineFailedError(f"the vLLM engine failed: {type(exc).__name__}: {exc}")
 
     async def start(self) -> None:
         """Load the engine (the server answers /health meanwhile), then supervise it."""
         self._llm = await self._build()
         self._status = "ready"
-        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
+        self.metrics.backend_up(BACKEND_LABEL, True)
         log.info("vLLM engine ready: %s", self.model_name)
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -309,9 +298,9 @@ class VllmEngine:
 
     async def _restart(self) -> None:
         self._status = "engine_dead"
-        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(0)
+        self.metrics.backend_up(BACKEND_LABEL, False)
         died = time.monotonic()
-        metrics.ENGINE_RESTARTS.inc()
+        self.metrics.engine_restarted()
         log.error("the vLLM engine died; restarting it (requests meanwhile get 503)")
         dead, self._llm = self._llm, None
         if dead is not None:
@@ -330,7 +319,7 @@ class VllmEngine:
             break
         self._dead.clear()
         self._status = "ready"
-        metrics.BACKEND_UP.labels(BACKEND_LABEL).set(1)
+        self.metrics.backend_up(BACKEND_LABEL, True)
         log.warning("vLLM engine restarted, %.1f s after it died", time.monotonic() - died)
 
     async def _build(self) -> Any:
@@ -338,22 +327,22 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        opts = self.options
-        if opts.enforce_eager:
+        v = self.settings.vllm
+        if v.enforce_eager:
             # Eager means no compilation, but vLLM still torch.compiles a helper or two (the
             # logprob rank count) with inductor: on CPU that is seconds of g++ in the engine's
             # step loop, again for each new batch shape, stalling every request meanwhile.
             # The engine's processes start below and read this from the environment.
             os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
         kwargs: dict[str, Any] = {
-            "model": opts.model,
+            "model": self.settings.model,
             "served_model_name": [self.model_name],
-            "max_model_len": opts.max_model_len,
-            "gpu_memory_utilization": opts.gpu_memory_utilization,
-            "enforce_eager": opts.enforce_eager,
-            "dtype": opts.dtype,
-            "seed": opts.seed,
-            **opts.extra,
+            "max_model_len": v.max_model_len,
+            "gpu_memory_utilization": v.gpu_memory_utilization,
+            "enforce_eager": v.enforce_eager,
+            "dtype": v.dtype,
+            "seed": v.seed,
+            **v.engine_args,
         }
         args = AsyncEngineArgs(**kwargs)
         return await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -387,7 +376,7 @@ class VllmEngine:
             else:
                 rendered = await renderer.render_cmpl_async([{"prompt": prompt.text}])
         except Exception as exc:
-            raise InvalidRequestError(
+            raise RequestRejectedError(
                 f"could not render the prompt: {exc}",
                 param="messages" if prompt.messages is not None else "prompt",
             ) from exc
@@ -440,7 +429,7 @@ class VllmEngine:
             k,
             sampling,
             request_id,
-            self.options.max_bytes_per_token,
+            self.settings.limits.max_bytes_per_token,
             first_index,
             watch,
         )

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from bestofk.service.engines.base import Prompt, SamplingConfig, TokenLogprob
-from bestofk.service.engines.vllm_local import VllmEngine, VllmOptions
+from bestofk.service.engines.vllm_local import VllmEngine
+from bestofk.service.metrics import Metrics
+from bestofk.service.settings import Settings
 
 
 class CutFive:
@@ -20,7 +22,8 @@ class CutFive:
 
 
 async def main(model: str) -> None:
-    engine = VllmEngine(VllmOptions(model=model, gpu_memory_utilization=0.3, enforce_eager=True))
+    # The settings' vLLM defaults are the CPU build's (gpu_memory_utilization 0.3, eager).
+    engine = VllmEngine(Settings(model=model), Metrics())
     await engine.start()
     try:
         sampling = SamplingConfig(temperature=1.0, max_tokens=120, min_tokens=100, seed=5)
