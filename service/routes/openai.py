@@ -377,7 +377,7 @@ class _CompletionRenderer(_Renderer):
 def visible_logprobs(scored: Scored) -> list[TokenLogprob]:
     """The logprobs of the tokens the text shows: a trailing end-of-sequence token (which
     vLLM reports, decoded as e.g. ``</s>``) is not part of the completion's text."""
-    tokens = list(scored.logprobs)
+    tokens = list(scored.candidate.logprobs)
     candidate = scored.candidate
     text = candidate.output if candidate.output is not None else candidate.text
     shown = "".join(t.token for t in tokens)
