@@ -18,7 +18,6 @@ from bestofk.service.engines.base import (
     CandidateWatch,
     Engine,
     Prompt,
-    Sample,
     SampleStream,
     SamplingConfig,
 )
@@ -189,46 +188,47 @@ class RerankResult:
         return out
 
 
-def _candidate(sample: Sample, job: RerankJob, reasoning: ReasoningParsers | None) -> Candidate:
-    """The candidate to verify: with a reasoning parser, split into reasoning and answer; with
-    tools, the answer's tool calls read by the tool parser."""
-    candidate = Candidate(
-        index=sample.index,
-        text=sample.text,
-        finish_reason=sample.finish_reason,
-        tokens=sample.tokens,
-        mean_logprob=sample.mean_logprob,
-        stop_reason=sample.stop_reason,
-    )
+def _candidate(
+    candidate: Candidate, job: RerankJob, reasoning: ReasoningParsers | None
+) -> Candidate:
+    """The candidate to verify, from the engine's: with a reasoning parser, split into
+    reasoning and answer; with tools, the answer's tool calls read by the tool parser."""
     if job.reasoning_parser is not None and reasoning is not None:
-        candidate = _split(candidate, sample, job, job.reasoning_parser, reasoning)
+        candidate = _split(candidate, job, job.reasoning_parser, reasoning)
+    elif candidate.reasoning is not None:
+        # A backend's parser sent thinking apart, but this job reads none: the text is the
+        # candidate, as without a parser anywhere.
+        candidate = replace(candidate, reasoning=None)
     if job.parse_calls is not None and candidate.answered:
         candidate = replace(candidate, calls=job.parse_calls(candidate.text))
     return candidate
 
 
 def _split(
-    candidate: Candidate, sample: Sample, job: RerankJob, name: str, reasoning: ReasoningParsers
+    candidate: Candidate, job: RerankJob, name: str, reasoning: ReasoningParsers
 ) -> Candidate:
-    """``candidate`` split into reasoning and answer: by the remote backend when it sent them
-    apart, else here with the same parser."""
+    """``candidate`` (as the engine finished it) split into reasoning and answer: by the
+    remote backend when it sent them apart (its ``reasoning``), else here with the same
+    parser."""
     start, end = reasoning.markers(name)
-    if sample.reasoning or (
+    if candidate.reasoning or (
         # A backend that splits sent this one with nothing thought: unless its markers are in
         # the text, for then the backend did not split it (another server behind the URL).
-        sample.reasoning is not None and not any(m and m in sample.text for m in (start, end))
+        candidate.reasoning is not None and not any(m and m in candidate.text for m in (start, end))
     ):
         # The backend's own parser split it; its end marker is gone, so the whole output is
         # told back as vLLM's parsers read it: reasoning, the marker, the answer.
         split = Split(
-            sample.reasoning,
-            sample.text or None,
-            reasoning.reasoning_tokens(sample.tokens, sample.text),
+            candidate.reasoning,
+            candidate.text or None,
+            reasoning.reasoning_tokens(candidate.tokens, candidate.text),
         )
-        output = (sample.reasoning or "") + end + sample.text
+        output = (candidate.reasoning or "") + end + candidate.text
     else:
-        split = reasoning.split(name, sample.text, sample.tokens, job.prompt.chat_template_kwargs)
-        output = sample.text
+        split = reasoning.split(
+            name, candidate.text, candidate.tokens, job.prompt.chat_template_kwargs
+        )
+        output = candidate.text
     return replace(
         candidate,
         text=split.answer or "",
@@ -254,7 +254,8 @@ class JobRun:
             prompt=job.prompt.as_text, messages=job.prompt.messages, request_id=job.request_id
         )
         self.scored: dict[int, Scored] = {}
-        self.samples: dict[int, Sample] = {}
+        self.samples: dict[int, Candidate] = {}
+        """Every finished candidate by index, as the engine handed it on."""
         self.first_candidate: float | None = None
         self.generated_at: float | None = None
         self.verify_start: float | None = None
@@ -264,7 +265,7 @@ class JobRun:
         """One per wave, in order."""
         self.sampled = 0
         self.stopped_by: StopReason | None = None
-        self.cut: dict[int, Sample] = {}
+        self.cut: dict[int, Candidate] = {}
         """Candidates a watch cut short: never verified, never in a ``vote``."""
         self.watch: ConfidenceWatch | None = None
         """Confidence-aware stopping's watch, once the warm-up wave has calibrated it."""
@@ -393,7 +394,7 @@ class Pipeline:
         try:
             async with asyncio.timeout(job.timeout_s - (run.start - job.arrived)):
                 if job.given is not None:
-                    given = [Sample(i, t, None, 0) for i, t in enumerate(job.given)]
+                    given = [Candidate(i, t) for i, t in enumerate(job.given)]
                     await asyncio.gather(
                         *(run.verify(_candidate(g, job, self.reasoning)) for g in given)
                     )
@@ -535,16 +536,15 @@ class Pipeline:
         job = run.job
         verified = [run.scored[i] for i in sorted(run.scored)]
         cut = [
-            Scored(_candidate(sample, job, self.reasoning), [], required_ok=False, cut=True)
+            Scored(_candidate(sample, job, self.reasoning), [], required_ok=False)
             for sample in run.cut.values()
         ]
         candidates = sorted(verified + cut, key=lambda s: s.candidate.index)
-        for s in candidates:
-            if (sample := run.samples.get(s.candidate.index)) is not None:
-                s.logprobs = sample.logprobs
-                if job.confidence is not None:
+        if job.confidence is not None:
+            for s in candidates:
+                if s.candidate.logprobs:
                     s.confidence = lowest_group_confidence(
-                        sample.logprobs, job.confidence.window, job.confidence.top_logprobs
+                        s.candidate.logprobs, job.confidence.window, job.confidence.top_logprobs
                     )
         timing = Timing(
             queue_ms=(run.start - job.arrived) * 1000,

@@ -1,10 +1,14 @@
 """A finished request as plain data: the one conversion from :class:`RerankResult`.
 
-The native response (``routes/common.render``) validates this into its pydantic models at the
-HTTP edge; the record writer (``records/format.build``) loads it into the record's dataclasses.
-Each dict holds every field either of them keeps, and each keeps the fields it declares: the
-response leaves out a verdict's ``tokens`` and a candidate's ``required_ok``, ``ready_ms``,
-``verified_ms`` and ``answer``, the record the stats' ``k_requested``.
+The output family is one set of fields, declared once by the native response's models
+(``schemas/native``: ``RerankResponse``, ``CandidateOut``, ``VerdictOut``, ``Stats``,
+``Usage``, ``TimingOut``). :func:`as_data` gives exactly that shape, key for key, so the
+OpenAI and Anthropic routes embed it as their ``bestofk`` block with nothing to validate, and
+the native route validates it into the models once at its edge. The record
+(``records/format.build``) takes the same fields and, with ``record=True``, what only a record
+keeps: a verdict's ``tokens``, a candidate's ``required_ok``, ``ready_ms``, ``verified_ms``,
+its ``vote`` ``answer`` and its whole ``output``. ``tests/test_records.py`` holds the two to
+the response models' fields.
 """
 
 from __future__ import annotations
@@ -19,36 +23,54 @@ if TYPE_CHECKING:
     from bestofk.verifiers.base import ToolCall, Verdict
 
 
-def _plain(value: Verdict | Timing) -> dict[str, Any]:
-    # The fields are plain values, so a shallow copy is the whole of it; dataclasses.asdict
-    # deep-copies field by field, and ran K x verifiers times a request (a tenth of its CPU).
+def _plain(value: Timing) -> dict[str, Any]:
+    # The fields are plain values, so a shallow copy is the whole of it (dataclasses.asdict
+    # deep-copies field by field).
     return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
-def candidate(scored: Scored, answer: str | None = None) -> dict[str, Any]:
-    """A scored candidate, flat: the candidate's fields, its combined score and verdicts, when
-    it was ready and verified, and its ``vote`` answer key (``answer``)."""
+def verdict(v: Verdict, *, record: bool = False) -> dict[str, Any]:
+    """A verdict as ``VerdictOut`` has it; ``record``: with the verifier's own ``tokens``."""
+    out = {
+        "verifier": v.verifier,
+        "score": v.score,
+        "passed": v.passed,
+        "detail": v.detail,
+        "latency_ms": v.latency_ms,
+        "error": v.error,
+    }
+    if record:
+        out["tokens"] = v.tokens
+    return out
+
+
+def candidate(scored: Scored, answer: str | None = None, *, record: bool = False) -> dict[str, Any]:
+    """A scored candidate as ``CandidateOut`` has it: the candidate's fields, its combined
+    score and verdicts; ``record``: also when it was ready and verified, its ``vote`` answer
+    key (``answer``) and its whole output."""
     c = scored.candidate
-    return {
+    out = {
         "index": c.index,
         "text": c.text,
         "reasoning": c.reasoning,
-        "output": c.output,
         "reasoning_tokens": c.reasoning_tokens,
         "score": scored.score,
         "passed": scored.passed,
-        "required_ok": scored.required_ok,
         "finish_reason": c.finish_reason,
         "tokens": c.tokens,
         "mean_logprob": c.mean_logprob,
         "tool_calls": openai_tool_calls(c.calls.calls) if c.calls is not None else None,
-        "verdicts": [_plain(v) for v in scored.verdicts],
-        "ready_ms": scored.ready_ms,
-        "verified_ms": scored.verified_ms,
-        "answer": answer,
-        "cut": scored.cut,
+        "verdicts": [verdict(v, record=record) for v in scored.verdicts],
+        "cut": c.cut,
         "confidence": scored.confidence,
     }
+    if record:
+        out["required_ok"] = scored.required_ok
+        out["ready_ms"] = scored.ready_ms
+        out["verified_ms"] = scored.verified_ms
+        out["answer"] = answer
+        out["output"] = c.output
+    return out
 
 
 def openai_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -59,8 +81,11 @@ def openai_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
-def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
-    """The result in the native response's shape; ``candidates=False`` leaves them out (None)."""
+def as_data(
+    result: RerankResult, *, candidates: bool = True, record: bool = False
+) -> dict[str, Any]:
+    """The result in the native response's shape (``RerankResponse``); ``candidates=False``
+    leaves them out (None); ``record``: with what only a record keeps (:func:`candidate`)."""
     chosen = result.chosen
     return {
         "id": result.request_id,
@@ -71,7 +96,8 @@ def as_data(result: RerankResult, *, candidates: bool = True) -> dict[str, Any]:
         "score": chosen.score,
         "passed": chosen.passed,
         "candidates": [
-            candidate(s, result.answers.get(s.candidate.index)) for s in result.candidates
+            candidate(s, result.answers.get(s.candidate.index), record=record)
+            for s in result.candidates
         ]
         if candidates
         else None,

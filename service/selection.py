@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bestofk.service.engines.base import TokenLogprob
 from bestofk.verifiers.answers import answer_keys
 from bestofk.verifiers.base import Candidate, Verdict, VerifierSpec
 
@@ -54,16 +53,17 @@ class Scored:
     """Every verifier passed (and there was at least one)."""
     required_ok: bool = True
     """Every required verifier passed."""
-    logprobs: Sequence[TokenLogprob] = ()
-    """Per-token logprobs, when the request asked for them."""
     ready_ms: float | None = None
     """When the candidate was finished (generated or given), in ms since the request arrived."""
     verified_ms: float | None = None
     """When its pointwise verifiers were done, in ms since the request arrived."""
-    cut: bool = False
-    """A watch cut it short (confidence-aware stopping): partial, unverified, not chosen."""
     confidence: float | None = None
     """Its lowest group confidence (DeepConf), with confidence-aware stopping."""
+
+    @property
+    def cut(self) -> bool:
+        """A watch cut it short (confidence-aware stopping): partial, unverified, not chosen."""
+        return self.candidate.cut
 
 
 def combine(scored: Scored, specs: Sequence[VerifierSpec]) -> None:

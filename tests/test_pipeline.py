@@ -16,7 +16,6 @@ from bestofk.service.engines.base import (
     CandidateWatch,
     EngineHealth,
     Prompt,
-    Sample,
     SamplingConfig,
 )
 from bestofk.service.errors import DeadlineExceededError
@@ -43,18 +42,18 @@ class ScriptedStream:
         self.aborted = False
         self._gen = self._run()
 
-    def __aiter__(self) -> AsyncIterator[Sample]:
+    def __aiter__(self) -> AsyncIterator[Candidate]:
         return self._gen
 
     async def aclose(self) -> None:
         await self._gen.aclose()
 
-    async def _run(self) -> AsyncGenerator[Sample, None]:
+    async def _run(self) -> AsyncGenerator[Candidate, None]:
         try:
             for index, (delay, text) in enumerate(self.script, start=self.first_index):
                 await asyncio.sleep(delay)
                 self.completion_tokens += len(text)
-                yield Sample(index, text, "stop", len(text), -1.0 * len(text))
+                yield Candidate(index, text, "stop", len(text), -1.0 if text else None)
         except GeneratorExit:
             self.aborted = True
             raise

@@ -21,14 +21,14 @@ import openai
 import pytest
 from pydantic import ValidationError
 
-from bestofk.service.engines.base import EngineHealth, Prompt, Sample, SamplingConfig
+from bestofk.service.engines.base import EngineHealth, Prompt, SamplingConfig
 from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import Pipeline, RerankJob
 from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
 from bestofk.service.settings import Settings
 from bestofk.tooling.fake_backend import THOUGHT
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
-from bestofk.verifiers.base import VerifierResources
+from bestofk.verifiers.base import Candidate, VerifierResources
 from bestofk.verifiers.registry import parse_spec
 from tests.conftest import post
 
@@ -167,19 +167,19 @@ def test_serve_over_backends_needs_a_tokenizer() -> None:
 
 
 class _Stream:
-    def __init__(self, samples: Sequence[Sample]) -> None:
+    def __init__(self, samples: Sequence[Candidate]) -> None:
         self.prompt_tokens = 3
         self.completion_tokens = sum(s.tokens for s in samples)
         self._gen = self._run(samples)
 
-    def __aiter__(self) -> AsyncIterator[Sample]:
+    def __aiter__(self) -> AsyncIterator[Candidate]:
         return self._gen
 
     async def aclose(self) -> None:
         await self._gen.aclose()
 
     @staticmethod
-    async def _run(samples: Sequence[Sample]) -> AsyncGenerator[Sample, None]:
+    async def _run(samples: Sequence[Candidate]) -> AsyncGenerator[Candidate, None]:
         for sample in samples:
             yield sample
 
@@ -188,7 +188,7 @@ class _Engine:
     model_name = "scripted"
     health = EngineHealth("ready")
 
-    def __init__(self, samples: Sequence[Sample]) -> None:
+    def __init__(self, samples: Sequence[Candidate]) -> None:
         self.samples = samples
 
     async def start(self) -> None:
@@ -210,10 +210,10 @@ class _Engine:
 
 
 OUTPUTS = [
-    Sample(0, "<think>4! is 24</think>24", "stop", 8),
-    Sample(1, "<think>5! is 120</think>120", "stop", 8),
-    Sample(2, "<think>5! is 120, so", "length", 8),  # cut by max_tokens
-    Sample(3, "<think>5! = 120</think>The answer is \\boxed{120}.", "stop", 12),
+    Candidate(0, "<think>4! is 24</think>24", "stop", 8),
+    Candidate(1, "<think>5! is 120</think>120", "stop", 8),
+    Candidate(2, "<think>5! is 120, so", "length", 8),  # cut by max_tokens
+    Candidate(3, "<think>5! = 120</think>The answer is \\boxed{120}.", "stop", 12),
 ]
 
 

@@ -7,6 +7,7 @@ in seconds, no second engine) and drive it over real HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,11 +25,26 @@ from typing import Any
 import httpx
 import pytest
 
+from bestofk.service import results
 from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.pipeline import RerankJob, RerankResult, Timing
-from bestofk.service.records.format import Record, RecordFormatError, build
+from bestofk.service.records.format import (
+    CandidateRecord,
+    Record,
+    RecordFormatError,
+    StatsRecord,
+    build,
+)
 from bestofk.service.records.reader import complete_lines, read_records, record_files
 from bestofk.service.records.recorder import Recorder
+from bestofk.service.schemas.native import (
+    CandidateOut,
+    RerankResponse,
+    Stats,
+    TimingOut,
+    Usage,
+    VerdictOut,
+)
 from bestofk.service.selection import Scored
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
 from bestofk.tooling.records.export import ExportOptions, export
@@ -170,6 +186,35 @@ def test_reader_skips_a_trailing_partial_line_and_rejects_corruption(tmp_path: P
 
 # ---------------------------------------------------------------------------------------------
 # Export and stats on synthetic records
+
+
+def test_response_and_record_share_one_field_set() -> None:
+    job, result = make("q", [("1", True, 1.0), ("2", False, 0.0)], error_at=1)
+    data = results.as_data(result)
+    # The response's shape key for key, so the OpenAI and Anthropic routes embed it as it is.
+    assert RerankResponse.model_validate(data).model_dump() == data
+    rec = build(job, result, profile=None, finished_at=time.time())
+    pairs: list[tuple[type[Any], type[Any]]] = [
+        (CandidateOut, CandidateRecord),
+        (VerdictOut, Verdict),
+        (Stats, StatsRecord),
+        (TimingOut, Timing),
+    ]
+    for model, kept in pairs:
+        missing = set(model.model_fields) - {f.name for f in dataclasses.fields(kept)}
+        assert not missing, f"{kept.__name__} lacks {model.__name__}'s {missing}"
+    assert set(rec.usage) == set(Usage.model_fields)
+    assert rec.stats.k_requested == 2 and rec.candidates[1].verdicts[0].error
+    # What only a record keeps rides along.
+    assert rec.candidates[0].required_ok and rec.candidates[0].answer is None
+    # A record written before k_requested and tool_calls were kept still loads.
+    old = rec.to_dict()
+    del old["stats"]["k_requested"]
+    for c in old["candidates"]:
+        del c["tool_calls"]
+    back = Record.from_json(json.dumps(old).encode())
+    assert back.stats.k_requested is None and back.candidates[0].tool_calls is None
+    assert Record.from_json(rec.to_line()) == rec
 
 
 def test_export_rules(tmp_path: Path) -> None:

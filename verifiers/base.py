@@ -29,11 +29,25 @@ VerifierInput = Literal["answer", "reasoning", "full"]
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its logprob and, if asked, the top alternatives."""
+
+    token: str
+    logprob: float
+    top: Sequence[tuple[str, float]] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One completion to be judged, as the engine (or a /verify client) produced it.
 
     With a reasoning parser, ``text`` is the answer and ``reasoning`` the thinking before it;
     ``output`` keeps the whole completion. Without one, ``text`` is the whole completion.
+
+    The engine hands it on as it finished: ``text`` as generated, or the answer alone with the
+    thinking in ``reasoning`` when a remote backend's reasoning parser sent them apart (and
+    ``output`` None either way); the pipeline then splits it (``reasoning``, ``output``,
+    ``answered``) and reads its tool calls (``calls``).
     """
 
     index: int
@@ -41,8 +55,13 @@ class Candidate:
     finish_reason: str | None = None
     tokens: int = 0
     mean_logprob: float | None = None
+    """Mean token logprob, the tie-breaker between equally scored candidates; None when the
+    engine computed no logprobs (or it has no tokens)."""
+    logprobs: Sequence[TokenLogprob] = ()
+    """Per-token logprobs, when the request asked for them (the response's, confidence's)."""
     reasoning: str | None = None
-    """The thinking, split off by the reasoning parser; None without one (or no thinking)."""
+    """The thinking, split off by the reasoning parser (or sent apart by the backend's); None
+    without one (or no thinking)."""
     output: str | None = None
     """The whole completion as generated, when a reasoning parser split it (else ``text``)."""
     answered: bool = True
@@ -54,6 +73,9 @@ class Candidate:
     """The stop string that ended it, if one did."""
     calls: ParsedCalls | None = None
     """Its tool calls, when the request offered tools and a tool parser read the text."""
+    cut: bool = False
+    """A watch cut it short (confidence-aware stopping; finish_reason ``abort``): its text is
+    partial, and it is never verified nor chosen while another is in."""
 
     @property
     def truncated(self) -> bool:

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from bestofk.verifiers.base import Candidate as Candidate
+from bestofk.verifiers.base import TokenLogprob as TokenLogprob
+
 STREAM_INTERVAL = 16
 """Tokens vLLM batches into one delta of a candidate (``SamplingParams.stream_interval``, also
 a request field of its OpenAI server); the first and the final delta always go at once. The
@@ -106,41 +109,6 @@ class SamplingConfig:
         return self.logprobs or self.top_logprobs is not None
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """One generated token with its logprob and, if asked, the top alternatives."""
-
-    token: str
-    logprob: float
-    top: Sequence[tuple[str, float]] = ()
-
-
-@dataclass(slots=True)
-class Sample:
-    """One finished candidate."""
-
-    index: int
-    text: str
-    finish_reason: str | None
-    tokens: int
-    cumulative_logprob: float | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    reasoning: str | None = None
-    """The thinking, when a remote backend's reasoning parser sent it apart (``text`` is then
-    the answer); None when the text is the whole completion."""
-    stop_reason: str | None = None
-    """The stop string that ended it (vLLM's ``stop_reason``), if one did."""
-    cut: bool = False
-    """A :class:`CandidateWatch` cut it short (finish_reason ``abort``): its text is partial."""
-
-    @property
-    def mean_logprob(self) -> float | None:
-        """Mean token logprob, the tie-breaker between equally scored candidates."""
-        if self.cumulative_logprob is None or self.tokens == 0:
-            return None
-        return self.cumulative_logprob / self.tokens
-
-
 def candidate_id(request_id: str, index: int) -> str:
     """The engine request id of candidate ``index`` of request ``request_id``."""
     return f"{request_id}-{index}"
@@ -203,18 +171,22 @@ class PartialSample:
     reasoning: list[str] | None = None
     """The reasoning deltas a remote backend sent apart from the content (None: it sent none)."""
 
-    def finish(self, index: int, finish_reason: str, stop_reason: Any = None) -> Sample:
+    def finish(
+        self, index: int, finish_reason: str, stop_reason: Any = None, *, cut: bool = False
+    ) -> Candidate:
         """The finished candidate; ``stop_reason`` as vLLM reports it (a stop string, a stop
-        token id, or None), of which a string is kept."""
-        return Sample(
+        token id, or None), of which a string is kept; ``cut``: a watch cut it short."""
+        return Candidate(
             index=index,
             text="".join(self.text),
             finish_reason=finish_reason,
             tokens=self.tokens,
-            cumulative_logprob=self.logprob if self.has_logprobs else None,
+            # The cumulative logprob is kept as its mean, all the tie-break reads.
+            mean_logprob=self.logprob / self.tokens if self.has_logprobs and self.tokens else None,
             logprobs=self.logprobs,
             reasoning=None if self.reasoning is None else "".join(self.reasoning),
             stop_reason=stop_reason if isinstance(stop_reason, str) else None,
+            cut=cut,
         )
 
 
@@ -225,7 +197,7 @@ class CandidateWatch(Protocol):
     alternatives when ``sampling.top_logprobs`` asks for them; none when the request computes
     no logprobs); a True answer aborts that candidate alone in the engine, which hands it on at
     once with what it has so far (this delta included), finished with finish_reason ``abort``
-    and ``Sample.cut`` set. A delta that finishes its candidate is not offered. It must be
+    and ``Candidate.cut`` set. A delta that finishes its candidate is not offered. It must be
     cheap: it runs on the event loop for every delta of every candidate.
     """
 
@@ -235,13 +207,15 @@ class CandidateWatch(Protocol):
 
 
 class SampleStream(Protocol):
-    """K candidates in the order they finish. ``aclose`` aborts whatever is unfinished."""
+    """K candidates in the order they finish, each the verifiers' :class:`Candidate` as
+    generated (not yet split into reasoning and answer). ``aclose`` aborts whatever is
+    unfinished."""
 
     prompt_tokens: int
     completion_tokens: int
     """Tokens generated so far over all K, finished or not (aborted work counts too)."""
 
-    def __aiter__(self) -> AsyncIterator[Sample]: ...
+    def __aiter__(self) -> AsyncIterator[Candidate]: ...
 
     async def aclose(self) -> None: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bestofk.service.engines.base import Engine, Prompt, Sample, SamplingConfig
+from bestofk.service.engines.base import Candidate, Engine, Prompt, SamplingConfig
 from bestofk.verifiers.base import Completion
 
 
@@ -37,7 +37,7 @@ class EngineCompleter:
 
     async def _one(self, prompt: str, sampling: SamplingConfig, request_id: str) -> Completion:
         stream = self.engine.sample(Prompt(text=prompt), 1, sampling, request_id)
-        sample: Sample | None = None
+        sample: Candidate | None = None
         try:
             async for first in stream:  # k=1: the one and only sample
                 sample = first

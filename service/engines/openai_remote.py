@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from bestofk.service.engines.backends import Backend, BackendPool
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
+    Candidate,
     CandidateWatch,
     EngineHealth,
     PartialSample,
     Prompt,
-    Sample,
     SamplingConfig,
     TokenLogprob,
     candidate_id,
@@ -75,7 +75,7 @@ DRAIN_S = 1.0
 class RemoteStream(EngineStream["OpenAIEngine"]):
     """K candidates from one backend, in the order they finish."""
 
-    async def _samples(self) -> AsyncGenerator[Sample, None]:
+    async def _samples(self) -> AsyncGenerator[Candidate, None]:
         pool = self.engine.pool
         backend = pool.pick(self.request_id, continuing=self.first_index > 0)
         first_token_s = pool.first_token_timeout(backend)
@@ -102,7 +102,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
 
     async def _attempt(
         self, backend: Backend, first_token_s: float | None
-    ) -> AsyncGenerator[Sample, None]:
+    ) -> AsyncGenerator[Candidate, None]:
         k = self.k
         engine = self.engine
         # One call of n=K where the operator chose it, the backend takes it, and nothing must
@@ -137,9 +137,9 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
 
     async def _fan_out(
         self, backend: Backend, first_token_s: float | None
-    ) -> AsyncGenerator[Sample, None]:
+    ) -> AsyncGenerator[Candidate, None]:
         k = self.k
-        queue: asyncio.Queue[Sample | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[Candidate | BaseException] = asyncio.Queue()
 
         async def one(index: int) -> None:
             try:
@@ -166,7 +166,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
 
     async def _call(
         self, backend: Backend, n: int, index_offset: int, first_token_s: float | None
-    ) -> AsyncGenerator[Sample, None]:
+    ) -> AsyncGenerator[Candidate, None]:
         """One streamed call of candidates ``index_offset`` … ``+ n - 1``; ``first_token_s``:
         give up on the backend (``_NoFirstTokenError``) if no token has come by then."""
         engine = self.engine
@@ -221,7 +221,6 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                                 data, choices, chat, n, backend, index_offset
                             ):
                                 finished += 1
-                                sample.index += index_offset
                                 cut = cut or sample.cut
                                 yield sample
                             if cut and n == 1:
@@ -281,12 +280,12 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         n: int,
         backend: Backend,
         offset: int,
-    ) -> list[Sample]:
+    ) -> list[Candidate]:
         """The candidates a stream line finishes (or the watch cuts); a protocol error for a
         line we cannot read."""
         try:
             samples = self._consume(parse_chunk(data), choices, chat, backend, offset)
-            if any(not 0 <= s.index < n for s in samples):
+            if any(not offset <= s.index < offset + n for s in samples):
                 raise ValueError(f"choice index out of range for n={n}")
         except ErrorReply as reply:
             raise _refusal(reply, None) from None
@@ -304,11 +303,11 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
         chat: bool,
         backend: Backend,
         offset: int,
-    ) -> list[Sample]:
+    ) -> list[Candidate]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
-        finished: list[Sample] = []
+        finished: list[Candidate] = []
         for raw in chunk.get("choices") or ():
             index = int(raw.get("index", 0))
             acc = choices.setdefault(index, PartialSample())
@@ -335,7 +334,7 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
                     "ended there with finish_reason length",
                     backend.label, index, self.sampling.max_tokens, self.max_bytes,
                 )  # fmt: skip
-                finished.append(acc.finish(index, "length"))
+                finished.append(acc.finish(index + offset, "length"))
                 continue
             _add_logprobs(acc, entries)
             if isinstance(thought, str):
@@ -346,14 +345,14 @@ class RemoteStream(EngineStream["OpenAIEngine"]):
             if raw.get("finish_reason") is not None:
                 if chat and acc.reasoning is None and backend.splits_reasoning:
                     acc.reasoning = []  # split by the backend, with nothing thought
-                finished.append(acc.finish(index, raw["finish_reason"], raw.get("stop_reason")))
+                finished.append(
+                    acc.finish(index + offset, raw["finish_reason"], raw.get("stop_reason"))
+                )
             elif self.watch is not None and self.watch.delta(
                 index + offset, acc.logprobs[len(acc.logprobs) - len(entries) :]
             ):
                 acc.capped = True  # what comes of it later is dropped
-                sample = acc.finish(index, "abort")
-                sample.cut = True
-                finished.append(sample)
+                finished.append(acc.finish(index + offset, "abort", cut=True))
         return finished
 
 

@@ -1,6 +1,6 @@
 """The shell every engine's :class:`~bestofk.service.engines.base.SampleStream` shares.
 
-Both engines stream K candidates the same way: an async generator of finished samples behind
+Both engines stream K candidates the same way: an async generator of finished candidates behind
 ``__aiter__``/``aclose`` (closing it is what aborts the unfinished work), token counts for
 ``usage``, and per-candidate caps that end a runaway candidate with finish_reason ``length``.
 What differs is only where the deltas come from (vLLM's ``RequestOutput`` or a backend's SSE
@@ -14,10 +14,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Generic, TypeVar
 
 from bestofk.service.engines.base import (
+    Candidate,
     CandidateWatch,
     PartialSample,
     Prompt,
-    Sample,
     SamplingConfig,
     max_candidate_bytes,
 )
@@ -55,10 +55,10 @@ class EngineStream(ABC, Generic[E]):
         self._gen = self._samples()
 
     @abstractmethod
-    def _samples(self) -> AsyncGenerator[Sample, None]:
+    def _samples(self) -> AsyncGenerator[Candidate, None]:
         """The engine-specific part: generate, and yield each candidate as it finishes."""
 
-    def __aiter__(self) -> AsyncIterator[Sample]:
+    def __aiter__(self) -> AsyncIterator[Candidate]:
         return self._gen
 
     async def aclose(self) -> None:

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
+    Candidate,
     CandidateWatch,
     EngineHealth,
     HealthStatus,
     PartialSample,
     Prompt,
-    Sample,
     SamplingConfig,
     TokenLogprob,
     candidate_id,
@@ -62,7 +62,7 @@ semaphores to the resource tracker's warning at exit."""
 class VllmStream(EngineStream["VllmEngine"]):
     """The K candidates of one request, in the order they finish."""
 
-    async def _samples(self) -> AsyncGenerator[Sample, None]:
+    async def _samples(self) -> AsyncGenerator[Candidate, None]:
         engine, sampling = self.engine, self.sampling
         llm = engine.llm
         limit = llm.model_config.max_model_len
@@ -100,7 +100,7 @@ class VllmStream(EngineStream["VllmEngine"]):
             async for sample in finished:
                 yield sample
 
-    async def _joint(self, engine_input: Any, params: Any) -> AsyncGenerator[Sample, None]:
+    async def _joint(self, engine_input: Any, params: Any) -> AsyncGenerator[Candidate, None]:
         """One ``n=K`` request: vLLM fans it out into K children; closing aborts them all."""
         partial: dict[int, PartialSample] = {}
         outputs = self.engine.llm.generate(engine_input, params, self.request_id)
@@ -116,7 +116,7 @@ class VllmStream(EngineStream["VllmEngine"]):
         finally:
             await outputs.aclose()
 
-    async def _split(self, engine_input: Any, params: list[Any]) -> AsyncGenerator[Sample, None]:
+    async def _split(self, engine_input: Any, params: list[Any]) -> AsyncGenerator[Candidate, None]:
         """K requests of ``n=1`` (ids ``{request_id}-{index}``), merged as their deltas come;
         each one ends (is aborted in the engine, if unfinished) once its candidate is handed
         on, and closing aborts every one still running."""
@@ -162,7 +162,7 @@ class VllmStream(EngineStream["VllmEngine"]):
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
-    def _delta(self, partial: dict[int, PartialSample], index: int, child: Any) -> Sample | None:
+    def _delta(self, partial: dict[int, PartialSample], index: int, child: Any) -> Candidate | None:
         """Add one child's delta to candidate ``index``; the candidate if this finishes it
         (done, capped or cut by the watch), else None. Deltas after that are dropped."""
         sampling, watch = self.sampling, self.watch
@@ -192,9 +192,7 @@ class VllmStream(EngineStream["VllmEngine"]):
             return acc.finish(index, child.finish_reason, child.stop_reason)
         if watch is not None and watch.delta(index, new):
             acc.capped = True
-            sample = acc.finish(index, "abort")
-            sample.cut = True
-            return sample
+            return acc.finish(index, "abort", cut=True)
         return None
 
 

@@ -9,8 +9,11 @@ fields it does not know, so a newer writer stays readable by an older reader as 
 ``version`` is not bumped.
 
 Version history: 1, the first. Fields added since without a version bump (older readers ignore
-them, this reader defaults them): a candidate's ``ready_ms``, ``verified_ms`` and ``answer``,
-the selection's ``tie_break``.
+them, this reader defaults them): a candidate's ``ready_ms``, ``verified_ms``, ``answer`` and
+``tool_calls``, the selection's ``tie_break``, the stats' ``k_requested``.
+
+The candidates, their verdicts, the stats, usage and timing hold the native response's fields
+(``results.as_data``, one conversion for both) and the few only a record keeps.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class CandidateRecord:
     output: str | None = None
     """The whole completion as generated (thinking, its end marker, answer), when split."""
     reasoning_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+    """The calls a tool parser read from ``text`` (OpenAI's shape), when tools were offered;
+    None in older records."""
     cut: bool = False
     """Confidence-aware stopping cut it short: its text is partial, and it was not verified."""
     confidence: float | None = None
@@ -114,6 +120,9 @@ class StatsRecord:
     first_sample_passed: bool
     early_exit: bool
     partial: bool
+    k_requested: int | None = None
+    """The K asked for or defaulted (greedy sampling and load-aware K sample fewer); None in
+    records written before it was kept: ``k``."""
     waves: int = 1
     """Engine streams the candidates came in (adaptive K's waves; 1 in older records)."""
     sampled: int | None = None
@@ -286,7 +295,7 @@ def build(
     text = redact(prompt.text, redactions) if prompt.text is not None else None
     sel = job.selection
     generated = job.given is None
-    data = results.as_data(result)
+    data = results.as_data(result, record=True)
     return Record(
         id=result.request_id,
         timestamp=datetime.fromtimestamp(finished_at, UTC).isoformat(timespec="milliseconds"),

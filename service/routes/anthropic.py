@@ -25,7 +25,8 @@ from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.routes.common import client_gone, render, runtime
+from bestofk.service.results import as_data
+from bestofk.service.routes.common import client_gone, runtime
 from bestofk.service.runtime import Runtime
 from bestofk.service.selection import Scored
 from bestofk.verifiers.base import ToolCall
@@ -117,7 +118,7 @@ async def messages(
     message["content"] = _content(result.chosen, body)
     message |= _stop(result.chosen, body)
     message["usage"] = _usage(result)
-    message["bestofk"] = render(result, body.return_candidates).model_dump()
+    message["bestofk"] = as_data(result, candidates=body.return_candidates)
     return JSONResponse(message, headers=headers)
 
 
@@ -222,7 +223,7 @@ async def _stream(rt: Runtime, job: RerankJob, body: MessagesRequest) -> AsyncIt
         yield _event("content_block_delta", {"index": index, "delta": _delta(block)})
         yield _event("content_block_stop", {"index": index})
     delta = _stop(result.chosen, body)
-    native = render(result, body.return_candidates).model_dump()
+    native = as_data(result, candidates=body.return_candidates)
     yield _event("message_delta", {"delta": delta, "usage": _usage(result), "bestofk": native})
     yield _event("message_stop", {})
 

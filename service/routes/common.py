@@ -49,7 +49,8 @@ def trace_link(rt: Runtime, request_id: str) -> dict[str, str]:
 
 
 def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
-    """The native response for a result (also embedded in OpenAI responses as ``bestofk``)."""
+    """The native response for a result: its data (``results.as_data``, which the OpenAI and
+    Anthropic routes embed as ``bestofk`` as it is) validated into the response's model."""
     return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))
 
 

@@ -20,8 +20,8 @@ from bestofk.service.engines.base import Prompt, TokenLogprob
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
 from bestofk.service.pipeline import RerankJob, RerankResult
-from bestofk.service.results import openai_tool_calls
-from bestofk.service.routes.common import client_gone, render, runtime, trace_link
+from bestofk.service.results import as_data, openai_tool_calls
+from bestofk.service.routes.common import client_gone, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
@@ -377,7 +377,7 @@ class _CompletionRenderer(_Renderer):
 def visible_logprobs(scored: Scored) -> list[TokenLogprob]:
     """The logprobs of the tokens the text shows: a trailing end-of-sequence token (which
     vLLM reports, decoded as e.g. ``</s>``) is not part of the completion's text."""
-    tokens = list(scored.logprobs)
+    tokens = list(scored.candidate.logprobs)
     candidate = scored.candidate
     text = candidate.output if candidate.output is not None else candidate.text
     shown = "".join(t.token for t in tokens)
@@ -439,7 +439,7 @@ async def _respond(
         for i, s in enumerate(result.top(body.n))
     ]
     out["usage"] = _usage(results)
-    natives = [render(r, body.return_candidates).model_dump() for r in results]
+    natives = [as_data(r, candidates=body.return_candidates) for r in results]
     # One prompt: its native response; a batch: one per prompt, in prompt order.
     out["bestofk"] = natives[0] if len(natives) == 1 else natives
     return JSONResponse(out, headers=headers)
@@ -547,7 +547,7 @@ def _chunks(
                 yield {**base, "choices": [delta]}
         last = {**base, "choices": [renderer.finish(position, scored)]}
         if position == prompt_index * body.n + len(top) - 1:
-            last["bestofk"] = render(result, body.return_candidates).model_dump()
+            last["bestofk"] = as_data(result, candidates=body.return_candidates)
         yield last
 
 
