@@ -1,14 +1,13 @@
 """A finished request as plain data: the one conversion from :class:`RerankResult`.
 
-The output family is one set of fields, declared once by the native response's models
-(``schemas/native``: ``RerankResponse``, ``CandidateOut``, ``VerdictOut``, ``Stats``,
-``Usage``, ``TimingOut``). :func:`as_data` gives exactly that shape, key for key, so the
-OpenAI and Anthropic routes embed it as their ``bestofk`` block with nothing to validate, and
-the native route validates it into the models once at its edge. The record
-(``records/format.build``) takes the same fields and, with ``record=True``, what only a record
-keeps: a verdict's ``tokens``, a candidate's ``required_ok``, ``ready_ms``, ``verified_ms``,
-its ``vote`` ``answer`` and its whole ``output``. ``tests/test_records.py`` holds the two to
-the response models' fields.
+The output family is one set of fields, declared once by its models (``schemas/output.py``:
+``RerankResponse``, ``CandidateOut``, ``VerdictOut``, ``Stats``, ``Usage``, ``TimingOut``).
+:func:`as_data` gives exactly that shape, key for key, so the OpenAI and Anthropic routes embed
+it as their ``bestofk`` block with nothing to validate, and the native route validates it into
+the models once at its edge. With ``record=True`` it adds what only a record keeps (a
+verdict's ``tokens``, a candidate's ``required_ok``, ``ready_ms``, ``verified_ms``, its
+``vote`` ``answer`` and its whole ``output``): the fields the record's models
+(``records/format.py``) add to the family's, validated into them once by ``format.build``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,8 @@ def _plain(value: Timing) -> dict[str, Any]:
 
 
 def verdict(v: Verdict, *, record: bool = False) -> dict[str, Any]:
-    """A verdict as ``VerdictOut`` has it; ``record``: with the verifier's own ``tokens``."""
+    """A verdict as ``VerdictOut`` has it; ``record``: as ``VerdictRecord``, with the
+    verifier's own ``tokens``."""
     out = {
         "verifier": v.verifier,
         "score": v.score,
@@ -46,8 +46,8 @@ def verdict(v: Verdict, *, record: bool = False) -> dict[str, Any]:
 
 def candidate(scored: Scored, answer: str | None = None, *, record: bool = False) -> dict[str, Any]:
     """A scored candidate as ``CandidateOut`` has it: the candidate's fields, its combined
-    score and verdicts; ``record``: also when it was ready and verified, its ``vote`` answer
-    key (``answer``) and its whole output."""
+    score and verdicts; ``record``: as ``CandidateRecord``, also when it was ready and
+    verified, its ``vote`` answer key (``answer``) and its whole output."""
     c = scored.candidate
     out = {
         "index": c.index,

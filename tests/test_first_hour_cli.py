@@ -9,7 +9,6 @@ pass@k); ``serve`` takes vLLM's flag names; start-up errors come before the engi
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import itertools
 import json
@@ -249,10 +248,12 @@ def test_export_leaves_out_verify_records_judge_only_records_and_other_profiles(
     tmp_path: Path,
 ) -> None:
     sampled = record("4!?", ("24", True, 1.0), ("25", False, 0.0))
-    given = dataclasses.replace(record("5!?", ("120", True, 1.0), ("24", False, 0.0)),
-                                source="verify")  # fmt: skip
-    judged = dataclasses.replace(record("6!?", ("720", True, 1.0), ("719", False, 0.0)),
-                                 verifiers=[{"type": "judge"}], profile="noisy")  # fmt: skip
+    given = record("5!?", ("120", True, 1.0), ("24", False, 0.0)).model_copy(
+        update={"source": "verify"}
+    )
+    judged = record("6!?", ("720", True, 1.0), ("719", False, 0.0)).model_copy(
+        update={"verifiers": [{"type": "judge"}], "profile": "noisy"}
+    )
     chat = record([{"role": "user", "content": "3!?"}], ("6", True, 1.0), ("5", False, 0.0))
     path = _write([sampled, given, judged, chat], tmp_path / "records.jsonl")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -28,23 +29,10 @@ import pytest
 from bestofk.service import results
 from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.pipeline import RerankJob, RerankResult, Timing
-from bestofk.service.records.format import (
-    CandidateRecord,
-    Record,
-    RecordFormatError,
-    StatsRecord,
-    build,
-)
+from bestofk.service.records.format import Record, RecordFormatError, build
 from bestofk.service.records.reader import complete_lines, read_records, record_files
 from bestofk.service.records.recorder import Recorder
-from bestofk.service.schemas.native import (
-    CandidateOut,
-    RerankResponse,
-    Stats,
-    TimingOut,
-    Usage,
-    VerdictOut,
-)
+from bestofk.service.schemas.output import RerankResponse
 from bestofk.service.selection import Scored
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
 from bestofk.tooling.records.export import ExportOptions, export
@@ -188,33 +176,101 @@ def test_reader_skips_a_trailing_partial_line_and_rejects_corruption(tmp_path: P
 # Export and stats on synthetic records
 
 
-def test_response_and_record_share_one_field_set() -> None:
+def test_the_response_and_the_record_keep_every_field_as_data_gives() -> None:
     job, result = make("q", [("1", True, 1.0), ("2", False, 0.0)], error_at=1)
+    result.answers = {0: "1"}
+    result.candidates[0].ready_ms = 3.0
     data = results.as_data(result)
     # The response's shape key for key, so the OpenAI and Anthropic routes embed it as it is.
     assert RerankResponse.model_validate(data).model_dump() == data
+    # The record's models extend the response's: as_data(record=True) fills every field of
+    # theirs and no other. A key it gives that a model lacks would be dropped without a word
+    # (records ignore unknown fields), and a field it does not give would keep its default.
+    full = results.as_data(result, record=True)
     rec = build(job, result, profile=None, finished_at=time.time())
-    pairs: list[tuple[type[Any], type[Any]]] = [
-        (CandidateOut, CandidateRecord),
-        (VerdictOut, Verdict),
-        (Stats, StatsRecord),
-        (TimingOut, Timing),
-    ]
-    for model, kept in pairs:
-        missing = set(model.model_fields) - {f.name for f in dataclasses.fields(kept)}
-        assert not missing, f"{kept.__name__} lacks {model.__name__}'s {missing}"
-    assert set(rec.usage) == set(Usage.model_fields)
-    assert rec.stats.k_requested == 2 and rec.candidates[1].verdicts[0].error
-    # What only a record keeps rides along.
-    assert rec.candidates[0].required_ok and rec.candidates[0].answer is None
-    # A record written before k_requested and tool_calls were kept still loads.
-    old = rec.to_dict()
-    del old["stats"]["k_requested"]
-    for c in old["candidates"]:
-        del c["tool_calls"]
-    back = Record.from_json(json.dumps(old).encode())
-    assert back.stats.k_requested is None and back.candidates[0].tool_calls is None
+    kept = rec.model_dump(include={"candidates", "stats", "usage", "timing"})
+    assert kept == {key: full[key] for key in kept}
+    assert rec.candidates[0].answer == "1" and rec.candidates[1].verdicts[0].error
     assert Record.from_json(rec.to_line()) == rec
+
+
+def test_the_response_schema_marks_every_field_required() -> None:
+    # Every response has every key; a default is for record lines written before a field was.
+    schema = RerankResponse.model_json_schema(mode="serialization")
+    for model in [schema, *schema["$defs"].values()]:
+        assert set(model["required"]) == set(model["properties"]), model["title"]
+
+
+def test_a_first_version_line_loads_with_the_fields_added_since_defaulted() -> None:
+    # As the first writer wrote it: none of the fields the version history lists as added.
+    line = json.dumps({
+        "id": "gen-1", "timestamp": "2025-11-25T00:00:00.000+00:00", "model": "demo",
+        "source": "generate", "prompt": "q", "messages": None, "profile": None,
+        "verifiers": [{"type": "exact", "reference": "1"}],
+        "selection": {"policy": "argmax", "chosen": 0, "beta": None, "seed": None,
+                      "extract": None},
+        "stats": {"k": 2, "generated": 2, "passing": 1, "first_sample_passed": True,
+                  "early_exit": False, "partial": False},
+        "candidates": [
+            {"index": i, "text": text, "score": float(i == 0), "passed": i == 0,
+             "required_ok": True, "finish_reason": "stop", "tokens": 3, "mean_logprob": -0.5,
+             "verdicts": [{"verifier": "exact", "score": float(i == 0), "passed": i == 0,
+                           "detail": "", "latency_ms": 0.1, "error": None, "tokens": 0}]}
+            for i, text in enumerate(["1", "2"])
+        ],
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 16, "min_tokens": 0,
+                     "stop": [], "seed": None, "presence_penalty": 0.0,
+                     "frequency_penalty": 0.0},
+        "usage": {"prompt_tokens": 5, "completion_tokens": 6, "verifier_tokens": 0},
+        "timing": {"queue_ms": 0.1, "first_candidate_ms": 2.0, "generate_ms": 3.0,
+                   "verify_ms": 0.5, "total_ms": 4.0},
+        "version": 1,
+    }).encode()  # fmt: skip
+    rec = Record.from_json(line)
+    # Before k_requested and sampled were kept, a request asked for and started all K.
+    assert (rec.stats.k_requested, rec.stats.sampled, rec.stats.waves) == (2, 2, 1)
+    assert rec.stats.stopped_by is None and rec.stats.cut == 0
+    first = rec.candidates[0]
+    assert first.reasoning is None and first.tool_calls is None and not first.cut
+    assert first.completion == "1" and first.answer is None and first.ready_ms is None
+    assert rec.usage is not None and rec.usage.reasoning_tokens == 0
+    assert rec.timing is not None and rec.timing.total_ms == 4.0
+    assert rec.selection.tie_break is None
+    assert Record.from_json(rec.to_line()) == rec
+    # A newer writer's line: fields this reader does not know are ignored, and a stop reason
+    # it does not know is kept.
+    newer = Record.from_json(
+        line.replace(
+            b'"partial": false', b'"partial": false, "stopped_by": "a newer reason", "unknown": 1'
+        )
+    )
+    assert newer.stats.stopped_by == "a newer reason"
+
+
+def test_a_line_of_the_wrong_shape_is_described_in_one_line() -> None:
+    good = json.loads(record("q", ("1", True, 1.0)).to_line())
+    cases = [
+        ({**good, "stats": 5}, "not a record: stats: Input should be an object"),
+        # Strict: a number in a string is not a number.
+        ({**good, "candidates": [{**good["candidates"][0], "score": "1"}]},
+         "not a record: candidates.0.score: Input should be a valid number"),
+        ({**good, "version": 2, "candidates": 1}, "record version 2 is not one"),
+    ]  # fmt: skip
+    for raw, reason in cases:
+        with pytest.raises(RecordFormatError) as caught:
+            Record.from_json(json.dumps(raw).encode())
+        assert str(caught.value).startswith(reason) and "\n" not in str(caught.value)
+
+
+def test_non_finite_floats_are_written_as_null() -> None:
+    job, result = make("q", [("1", True, 1.0), ("2", False, 0.0)])
+    first = result.candidates[0]
+    first.candidate = dataclasses.replace(first.candidate, mean_logprob=-math.inf)
+    first.confidence = math.nan
+    line = build(job, result, profile=None, finished_at=time.time()).to_line()
+    assert b"NaN" not in line and b"Infinity" not in line  # json.loads would read them
+    assert json.loads(line)["candidates"][0]["mean_logprob"] is None
+    assert Record.from_json(line).candidates[0].confidence is None
 
 
 def test_export_rules(tmp_path: Path) -> None:

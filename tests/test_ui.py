@@ -27,7 +27,13 @@ from bestofk.service import server as server_process
 from bestofk.service.app import create_app
 from bestofk.service.history import History
 from bestofk.service.middleware import UI_COOKIE, ui_token
-from bestofk.service.records.format import CandidateRecord, Record, SelectionRecord, StatsRecord
+from bestofk.service.records.format import (
+    CandidateRecord,
+    Record,
+    SelectionRecord,
+    StatsRecord,
+    VerdictRecord,
+)
 from bestofk.service.records.reader import complete_lines, complete_lines_reversed, read_records
 from bestofk.service.routes.common import trace_link
 from bestofk.service.settings import Settings
@@ -35,7 +41,6 @@ from bestofk.service.ui import views
 from bestofk.service.ui.routes import _next
 from bestofk.tooling.procs import Server, engine_env, start_bestofk
 from bestofk.tooling.records import stats
-from bestofk.verifiers.base import Verdict
 from tests.conftest import CONFIG, post
 
 pytestmark = pytest.mark.vllm
@@ -358,7 +363,7 @@ def _record(scores: list[float], logprobs: list[float | None], **selection: Any)
             score=s,
             passed=s == 1.0,
             mean_logprob=lp,
-            verdicts=[Verdict("exact", s, s == 1.0, "detail")],
+            verdicts=[VerdictRecord(verifier="exact", score=s, passed=s == 1.0, detail="detail")],
             answer=selection.pop(f"answer{i}", None),
         )
         for i, (s, lp) in enumerate(zip(scores, logprobs, strict=True))
@@ -374,7 +379,14 @@ def _record(scores: list[float], logprobs: list[float | None], **selection: Any)
         profile=None,
         verifiers=[],
         selection=SelectionRecord(chosen=chosen, **{"policy": "argmax", **selection}),
-        stats=StatsRecord(len(scores), len(scores), 0, False, False, False),
+        stats=StatsRecord(
+            k=len(scores),
+            generated=len(scores),
+            passing=0,
+            first_sample_passed=False,
+            early_exit=False,
+            partial=False,
+        ),
         candidates=candidates,
     )
 

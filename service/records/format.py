@@ -9,29 +9,30 @@ fields it does not know, so a newer writer stays readable by an older reader as 
 ``version`` is not bumped.
 
 Version history: 1, the first. Fields added since without a version bump (older readers ignore
-them, this reader defaults them): a candidate's ``ready_ms``, ``verified_ms``, ``answer`` and
-``tool_calls``, the selection's ``tie_break``, the stats' ``k_requested``.
+them, this reader defaults them): a candidate's ``ready_ms``, ``verified_ms``, ``answer``,
+``reasoning``, ``output``, ``reasoning_tokens``, ``tool_calls``, ``cut`` and ``confidence``,
+the usage's ``reasoning_tokens``, the selection's ``tie_break``, the stats' ``k_requested``
+and ``sampled`` (read as ``k``), ``waves`` (1), ``stopped_by``, ``cut`` and
+``confidence_threshold``.
 
-The candidates, their verdicts, the stats, usage and timing hold the native response's fields
-(``results.as_data``, one conversion for both) and the few only a record keeps.
+The candidates, their verdicts, the stats, usage and timing are the output family's models
+(``schemas/output.py``, the native response's), which ``results.as_data`` fills for both;
+the record classes here extend them with the few fields only a record keeps.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
+from pydantic import BaseModel, Field, model_validator
 
 from bestofk.service import results
-from bestofk.verifiers.base import Verdict
+from bestofk.service.schemas.output import CandidateOut, Stats, TimingOut, Usage, VerdictOut
 
 if TYPE_CHECKING:
     from bestofk.service.pipeline import RerankJob, RerankResult
@@ -51,39 +52,29 @@ class RecordFormatError(ValueError):
     future."""
 
 
-@dataclass(slots=True)
-class CandidateRecord:
-    """One candidate with its verdicts and what they add up to."""
+class VerdictRecord(VerdictOut):
+    """A verdict as the response has it, and what the verifier itself spent."""
 
-    index: int
-    text: str
-    """The answer when a reasoning parser split the output, else the whole output."""
-    score: float
-    passed: bool
-    """Every verifier passed (and there was at least one)."""
-    required_ok: bool = True
-    finish_reason: str | None = None
     tokens: int = 0
-    mean_logprob: float | None = None
-    verdicts: list[Verdict] = field(default_factory=list)
+    """Tokens the verifier itself generated (an LLM judge); counted in usage.verifier_tokens."""
+
+
+class CandidateRecord(CandidateOut):
+    """A candidate as the response has it, and what only a record keeps."""
+
+    # The response's verdicts, each with its tokens (mypy: a list's item type is invariant).
+    verdicts: list[VerdictRecord] = Field(default_factory=list)  # type: ignore[assignment]
+    required_ok: bool = True
+    """Every required verifier passed (a candidate that did not ranks below every one that
+    did)."""
     ready_ms: float | None = None
     """When it was finished (generated or given), in ms since the request arrived."""
     verified_ms: float | None = None
     """When its pointwise verifiers were done, in ms since the request arrived."""
     answer: str | None = None
     """Its answer key under the ``vote`` policy: candidates with the same one form a cluster."""
-    reasoning: str | None = None
-    """The thinking before the answer, when a reasoning parser split the output."""
     output: str | None = None
     """The whole completion as generated (thinking, its end marker, answer), when split."""
-    reasoning_tokens: int = 0
-    tool_calls: list[dict[str, Any]] | None = None
-    """The calls a tool parser read from ``text`` (OpenAI's shape), when tools were offered;
-    None in older records."""
-    cut: bool = False
-    """Confidence-aware stopping cut it short: its text is partial, and it was not verified."""
-    confidence: float | None = None
-    """Its lowest group confidence (DeepConf), with confidence-aware stopping."""
 
     @property
     def completion(self) -> str:
@@ -96,8 +87,7 @@ class CandidateRecord:
         return any(v.error for v in self.verdicts)
 
 
-@dataclass(slots=True)
-class SelectionRecord:
+class SelectionRecord(BaseModel):
     """The selection policy and what it chose."""
 
     policy: str
@@ -110,34 +100,22 @@ class SelectionRecord:
     """``logprob`` or ``index`` (None in records written before it was kept)."""
 
 
-@dataclass(slots=True)
-class StatsRecord:
-    """The request's counts, as the response's ``stats`` reports them."""
+class StatsRecord(Stats):
+    """The request's stats, as the response reports them."""
 
-    k: int
-    generated: int
-    passing: int
-    first_sample_passed: bool
-    early_exit: bool
-    partial: bool
-    k_requested: int | None = None
-    """The K asked for or defaulted (greedy sampling and load-aware K sample fewer); None in
-    records written before it was kept: ``k``."""
-    waves: int = 1
-    """Engine streams the candidates came in (adaptive K's waves; 1 in older records)."""
-    sampled: int | None = None
-    """Candidates started (None in records written before it was kept: ``k``)."""
-    stopped_by: str | None = None
-    """Why sampling ended (``k``, ``early_exit``, ``majority``, ``budget_tokens``,
-    ``budget_deadline``); None in older records."""
-    cut: int = 0
-    """Candidates confidence-aware stopping cut short."""
-    confidence_threshold: float | None = None
-    """The threshold the warm-up wave set, with confidence-aware stopping."""
+    # Any string, where the response's is the enum: a newer writer's reason stays readable.
+    stopped_by: str | None = None  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older(cls, data: Any) -> Any:
+        # Before they were kept, every request started and asked for the K it sampled.
+        if isinstance(data, dict) and "k" in data:
+            return {"k_requested": data["k"], "sampled": data["k"], **data}
+        return data
 
 
-@dataclass(slots=True)
-class Record:
+class Record(BaseModel):
     """One request: prompt, candidates, verdicts, choice, stats, timing."""
 
     id: str
@@ -159,8 +137,10 @@ class Record:
     """In index order."""
     sampling: dict[str, Any] | None = None
     """The sampling settings (None for ``verify``, where nothing was sampled)."""
-    usage: dict[str, int] = field(default_factory=dict)
-    timing: dict[str, float | None] = field(default_factory=dict)
+    usage: Usage | None = None
+    """None only in a record written by hand: bestofk always keeps it."""
+    timing: TimingOut | None = None
+    """None only in a record written by hand: bestofk always keeps it."""
     version: int = SCHEMA_VERSION
 
     @property
@@ -180,15 +160,11 @@ class Record:
         """Some verifier judged the candidates (a request without verifiers has no labels)."""
         return any(c.verdicts for c in self.candidates)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to the record file (non-finite floats become null)."""
-        out: dict[str, Any] = _finite(dataclasses.asdict(self))
-        return out
-
     def to_line(self) -> bytes:
-        """One complete JSONL line, newline included."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        return (text + "\n").encode()
+        """One complete JSONL line, newline included. Non-finite floats are written as null
+        (pydantic's default, ``ser_json_inf_nan``): NaN and infinities are not JSON, and
+        pyarrow (``datasets``) and most readers reject them."""
+        return self.model_dump_json().encode() + b"\n"
 
     @classmethod
     def from_json(cls, line: bytes) -> Record:
@@ -196,18 +172,12 @@ class Record:
         ignored, a field of the wrong type is an error."""
         try:
             # Strict: a string where a number belongs is not coerced into one.
-            record = _adapter().validate_json(line, strict=True)
+            record = cls.model_validate_json(line, strict=True)
         except pydantic.ValidationError as exc:
             raise RecordFormatError(_describe(line, exc)) from None
         if record.version > SCHEMA_VERSION:
             raise RecordFormatError(_too_new(record.version))
         return record
-
-
-@functools.cache
-def _adapter() -> pydantic.TypeAdapter[Record]:
-    # Built on first read, not at import: the server imports this module and never reads.
-    return pydantic.TypeAdapter(Record)
 
 
 def _too_new(version: int) -> str:
@@ -219,7 +189,7 @@ def _describe(line: bytes, exc: pydantic.ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return f"not JSON ({first['msg']})"
-    if first["type"] == "dataclass_type" or not first["loc"]:
+    if not first["loc"]:
         return "not a record (a JSON object with id, candidates, stats...)"
     # A newer writer's record fails on its new shape: say the version, not the field.
     version = json.loads(line).get("version")
@@ -228,28 +198,6 @@ def _describe(line: bytes, exc: pydantic.ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"not a record: {where}: {first['msg']}{more}"
-
-
-def _candidate(raw: Mapping[str, Any]) -> CandidateRecord:
-    verdicts = [_load(Verdict, v) for v in raw.get("verdicts") or []]
-    record: CandidateRecord = _load(CandidateRecord, raw, verdicts=verdicts)
-    return record
-
-
-def _load(cls: type[Any], raw: Mapping[str, Any], **override: Any) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)} - override.keys()
-    return cls(**{k: v for k, v in raw.items() if k in known}, **override)
-
-
-def _finite(value: Any) -> Any:
-    # NaN and infinities are not JSON; pyarrow (``datasets``) and most readers reject them.
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def compile_redactions(patterns: Sequence[str]) -> list[re.Pattern[str]]:
@@ -313,8 +261,8 @@ def build(
             extract=sel.extract,
             tie_break=sel.tie_break,
         ),
-        stats=_load(StatsRecord, data["stats"]),
-        candidates=[_candidate(c) for c in data["candidates"]],
+        stats=data["stats"],
+        candidates=data["candidates"],
         sampling=_sampling(job) if generated else None,
         usage=data["usage"],
         timing=data["timing"],

@@ -20,7 +20,7 @@ from starlette.routing import request_response
 from bestofk.service import results
 from bestofk.service.pipeline import RerankResult
 from bestofk.service.runtime import ClientGone, Runtime
-from bestofk.service.schemas.native import RerankResponse
+from bestofk.service.schemas.output import RerankResponse
 
 
 def runtime(request: Request) -> Runtime:

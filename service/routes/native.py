@@ -15,11 +15,11 @@ from bestofk.service.routes.common import client_gone, post_json, render_json, r
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.native import (
     GenerateRequest,
-    RerankResponse,
     VerifyRequest,
     adaptive_fields,
     confidence_field,
 )
+from bestofk.service.schemas.output import RerankResponse
 
 router = APIRouter()
 

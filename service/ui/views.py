@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bestofk.service.records.format import CandidateRecord, Record, redact
+from bestofk.service.records.format import CandidateRecord, Record, VerdictRecord, redact
 from bestofk.service.selection import (
     Scored,
     SelectionConfig,
@@ -22,7 +22,7 @@ from bestofk.service.selection import (
     ranked,
     vote_clusters,
 )
-from bestofk.verifiers.base import Candidate, Verdict
+from bestofk.verifiers.base import Candidate
 
 Outcome = Literal["passed", "failed"]
 NO_PROFILE = "-"
@@ -95,7 +95,7 @@ def summary(record: Record) -> Summary:
         winner_index=winner.index,
         winner_score=winner.score,
         winner_passed=winner.passed,
-        total_ms=record.timing.get("total_ms"),
+        total_ms=record.timing.total_ms if record.timing is not None else None,
         policy=record.selection.policy,
         early_exit=record.stats.early_exit,
         partial=record.stats.partial,
@@ -126,7 +126,7 @@ class CandidateView:
     finish_reason: str | None
     tokens: int
     mean_logprob: float | None
-    verdicts: list[Verdict]
+    verdicts: list[VerdictRecord]
     answer: str | None
     chance: float | None
     """Under ``sample``: the chance this candidate was drawn."""
@@ -218,7 +218,8 @@ def trace(record: Record, patterns: Sequence[re.Pattern[str]] = ()) -> Trace:
 
 def _scored(c: CandidateRecord) -> Scored:
     candidate = Candidate(c.index, c.text, c.finish_reason, c.tokens, c.mean_logprob)
-    return Scored(candidate, c.verdicts, c.score, c.passed, c.required_ok)
+    # The ranking reads the combined score; the cards show the record's verdicts.
+    return Scored(candidate, [], c.score, c.passed, c.required_ok)
 
 
 _DEFAULT_SELECTION = SelectionConfig()
@@ -242,17 +243,12 @@ def _card(
     chances: dict[int, float],
     patterns: Sequence[re.Pattern[str]],
 ) -> CandidateView:
-    # The reasoning field arrives with reasoning models' support; older records have none.
-    reasoning: str | None = getattr(c, "reasoning", None)
     verdicts = [
-        Verdict(
-            v.verifier,
-            v.score,
-            v.passed,
-            redact(v.detail, patterns),
-            v.latency_ms,
-            redact(v.error, patterns) if v.error else v.error,
-            v.tokens,
+        v.model_copy(
+            update={
+                "detail": redact(v.detail, patterns),
+                "error": redact(v.error, patterns) if v.error else v.error,
+            }
         )
         for v in c.verdicts
     ]
@@ -261,7 +257,7 @@ def _card(
         rank=rank,
         winner=c.index == record.selection.chosen,
         text=redact(c.text, patterns),
-        reasoning=redact(reasoning, patterns) if reasoning else None,
+        reasoning=redact(c.reasoning, patterns) if c.reasoning else None,
         score=c.score,
         passed=c.passed,
         required_ok=c.required_ok,
@@ -376,19 +372,18 @@ def _ties(record: Record, order: list[Scored], winner: Scored) -> list[str]:
 def waterfall(record: Record) -> Waterfall | None:
     """The timeline: queue, generation, each candidate's generation and verification."""
     t = record.timing
-    total = t.get("total_ms")
-    if not total:
+    if t is None or not t.total_ms:
         return None
-    queue = t.get("queue_ms") or 0.0
+    queue = t.queue_ms
     lanes = [Lane("queue", [Segment("queue", 0.0, queue, f"queue {queue:.1f} ms")])]
-    generate = t.get("generate_ms") or 0.0
+    generate = t.generate_ms
     if record.source == "generate":
         end = queue + generate
         lanes.append(
             Lane("generation", [Segment("generate", queue, end, f"generation {generate:.1f} ms")])
         )
     ready = [c.ready_ms for c in record.candidates if c.ready_ms is not None]
-    verify = t.get("verify_ms") or 0.0
+    verify = t.verify_ms
     if ready:
         start = min(ready)
         title = f"verification, set-level verifiers included: {verify:.1f} ms"
@@ -408,7 +403,7 @@ def waterfall(record: Record) -> Waterfall | None:
         )
         lanes.append(Lane(f"#{c.index}", segments))
     early = queue + generate if record.stats.early_exit else None
-    return Waterfall(lanes, float(total), early)
+    return Waterfall(lanes, t.total_ms, early)
 
 
 @dataclass(frozen=True, slots=True)
