@@ -9,8 +9,8 @@ added here, not in the routes.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -66,7 +66,7 @@ class JobRequest:
 
 def new_request_id(prefix: str) -> str:
     """A fresh id such as ``gen-3f2a…``."""
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{secrets.token_hex(16)}"
 
 
 class JobFactory:

@@ -205,8 +205,8 @@ class Metrics:
         # Series with a known, closed label set exist from start-up at zero, so a rate() or an
         # alert on them has data (and a sandbox-timeout alert can fire on its first timeout,
         # not its second).
-        for stage in STAGES:
-            self._stage_duration.labels(stage)
+        # Kept: a request observes every stage, and labels() takes a lock and a lookup.
+        self._stages = {stage: self._stage_duration.labels(stage) for stage in STAGES}
         for outcome in SANDBOX_OUTCOMES:
             self._sandbox_runs.labels(outcome)
         for reason in RECORD_DROP_REASONS:
@@ -234,11 +234,11 @@ class Metrics:
     def observe(self, result: RerankResult) -> None:
         """Record everything one finished request says about candidates, verifiers, tokens."""
         timing = result.timing
-        stages = self._stage_duration
-        stages.labels("queue").observe(timing.queue_ms / 1000)
-        stages.labels("generate").observe(timing.generate_ms / 1000)
-        stages.labels("verify").observe(timing.verify_ms / 1000)
-        stages.labels("total").observe(timing.total_ms / 1000)
+        stages = self._stages
+        stages["queue"].observe(timing.queue_ms / 1000)
+        stages["generate"].observe(timing.generate_ms / 1000)
+        stages["verify"].observe(timing.verify_ms / 1000)
+        stages["total"].observe(timing.total_ms / 1000)
         if timing.generate_ms:
             self._generation_duration.observe(timing.generate_ms / 1000)
         self._k.observe(result.k)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from bestofk.service.adaptive import AdaptiveConfig, Budget, StopReason, clear_majority
 from bestofk.service.confidence import ConfidenceConfig, ConfidenceWatch, lowest_group_confidence
@@ -246,8 +247,13 @@ class JobRun:
         self.job = job
         self.start = time.perf_counter()
         built = registry.build(job.specs, pipeline.resources)
-        self.pointwise = [v for v in built if isinstance(v, Verifier)]
-        self.set_level = [v for v in built if not isinstance(v, Verifier)]
+        self.pointwise: list[Verifier] = []
+        self.set_level: list[SetVerifier] = []
+        for verifier in built:
+            if registry.scores_one(verifier):
+                self.pointwise.append(verifier)
+            else:
+                self.set_level.append(cast(SetVerifier, verifier))
         # Verdicts are stored in this order, so specs line up with them for combining.
         self.specs = [v.spec for v in self.pointwise] + [v.spec for v in self.set_level]
         self.ctx = RequestContext(
@@ -318,7 +324,6 @@ class JobRun:
             return
         ordered = [self.scored[i] for i in sorted(self.scored)]
         for verifier in self.set_level:
-            assert isinstance(verifier, SetVerifier)
             part = verifier.spec.input
             # Candidates without an answer fail an answer verifier unseen; the rest are judged
             # together (a vote among the answers there are).

@@ -151,33 +151,35 @@ class Runtime:
         task = asyncio.ensure_future(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        waiters: set[asyncio.Future[Any]] = {task}
         watcher = None
         if gone is not None:
+            # The client's leaving cancels the work by a callback, so awaiting the work alone
+            # (no asyncio.wait, and its futures, per request) sees both.
             watcher = asyncio.create_task(gone())
-            waiters.add(watcher)
+            watcher.add_done_callback(lambda _: task.cancel())
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this request itself was cancelled (awaiting cancelled the work too)
+            if watcher is not None and watcher.done() and not watcher.cancelled():
                 log.info("client disconnected; request cancelled")
-                raise ClientDisconnectedError("client disconnected")
-        if task.cancelled() and self._cutting:
-            log.warning("request cut at the end of the shutdown grace period")
-            raise ShuttingDownError(
-                "the server shut down before this request finished; retry it", retry_after_s=1
-            )
-        try:
-            return task.result()
+                raise ClientDisconnectedError("client disconnected") from None
+            if self._cutting:
+                log.warning("request cut at the end of the shutdown grace period")
+                raise ShuttingDownError(
+                    "the server shut down before this request finished; retry it",
+                    retry_after_s=1,
+                ) from None
+            raise
         except EngineError as exc:
             # Engines speak their own errors; every job's leave here, so every route (a
             # streaming one too, whose status line is out) meets the API's.
             raise api_error(exc) from exc
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     async def execute_batch(
         self, jobs: Sequence[RerankJob], gone: ClientGone | None = None, openai: bool = False

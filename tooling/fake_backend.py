@@ -28,6 +28,9 @@ test module:
     script         candidate i is ``texts[i % len(texts)]`` (``POST /control {"mode": "script",
                    "texts": [...]}``), each in one delta: recorded model outputs, tool calls
 
+Like vLLM, a chunk carries each token's logprobs only when the request asks for them
+(``logprobs``), and its token ids when it sets ``return_token_ids``.
+
 ``GET /control`` reports what it has seen: every completion request's ``n``, ``stream``, client
 port (one per TCP connection), ``messages`` and tool fields (``tools``, ``tool_choice``,
 ``skip_special_tokens``) when sent, and how many streams the client closed before they ended
@@ -43,6 +46,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -86,18 +90,41 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def _choice(chat: bool, index: int, token: str, finish: str | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What a request asked to get back with each token, as vLLM reads it: logprobs only when
+    asked for (``logprobs``), token ids when ``return_token_ids`` is set."""
+
+    logprobs: bool = False
+    token_ids: bool = False
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Wire:
+        """The request body's wishes."""
+        logprobs = body.get("logprobs")
+        return cls(logprobs not in (None, False), bool(body.get("return_token_ids")))
+
+
+def _choice(wire: Wire, chat: bool, index: int, token: str, finish: str | None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "finish_reason": finish}
     if chat:
-        logprobs: dict[str, Any] = {
-            "content": [{"token": token, "logprob": -0.1, "top_logprobs": []}]
-        }
-        return {"index": index, "delta": {"content": token}, "logprobs": logprobs,
-                "finish_reason": finish}  # fmt: skip
-    logprobs = {"tokens": [token], "token_logprobs": [-0.1], "top_logprobs": [{token: -0.1}]}
-    return {"index": index, "text": token, "logprobs": logprobs, "finish_reason": finish}
+        choice["delta"] = {"content": token}
+        if wire.logprobs:
+            choice["logprobs"] = {
+                "content": [{"token": token, "logprob": -0.1, "top_logprobs": []}]
+            }
+    else:
+        choice["text"] = token
+        if wire.logprobs:
+            choice["logprobs"] = {
+                "tokens": [token], "token_logprobs": [-0.1], "top_logprobs": [{token: -0.1}]
+            }  # fmt: skip
+    if wire.token_ids:
+        choice["token_ids"] = [0]  # one token per delta
+    return choice
 
 
-def _thinking(chat: bool, mode: str, n: int) -> list[dict[str, Any]]:
+def _thinking(wire: Wire, chat: bool, mode: str, n: int) -> list[dict[str, Any]]:
     """The chunks of the ``think`` modes: each token of every candidate, thinking first."""
     field = {"think": "reasoning", "think_cut": "reasoning"}.get(mode, "reasoning_content")
     if mode == "think_inline" or not chat:  # inline: the markers are tokens of the content
@@ -113,7 +140,7 @@ def _thinking(chat: bool, mode: str, n: int) -> list[dict[str, Any]]:
         finish = ("length" if mode == "think_cut" else "stop") if last else None
         choices = []
         for i in range(n):
-            choice = _choice(chat, i, token, finish)
+            choice = _choice(wire, chat, i, token, finish)
             if chat and where != "content":
                 choice["delta"] = {where: token}
             choices.append(choice)
@@ -177,8 +204,8 @@ def build_app(state: State) -> Starlette:
         if mode == "refuse_n" and n > 1:
             return _error(400, "'n' > 1 is not supported by this backend")
         if not stream:
-            return _whole(body, chat, mode)
-        events = _stream(state, mode, chat, n)
+            return _whole(Wire.of(body), body, chat, mode)
+        events = _stream(state, Wire.of(body), mode, chat, n)
         return StreamingResponse(events, media_type="text/event-stream")
 
     return Starlette(
@@ -191,17 +218,17 @@ def build_app(state: State) -> Starlette:
     )
 
 
-def _whole(body: dict[str, Any], chat: bool, mode: str) -> Response:
+def _whole(wire: Wire, body: dict[str, Any], chat: bool, mode: str) -> Response:
     """A non-streamed answer (what a judge endpoint is asked for): " yes" per prompt."""
     if mode.startswith("garbage") or mode == "die":
         return Response("<html>not an API</html>", media_type="text/html")
     prompts = body.get("prompt")
     count = len(prompts) if isinstance(prompts, list) else 1
-    choices = [_choice(chat, i, " yes", "length") for i in range(count)]
+    choices = [_choice(wire, chat, i, " yes", "length") for i in range(count)]
     return JSONResponse(_chunk(chat, choices, count))
 
 
-async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[bytes]:
+async def _stream(state: State, wire: Wire, mode: str, chat: bool, n: int) -> AsyncIterator[bytes]:
     finished = False
     try:
         if mode == "garbage":
@@ -210,38 +237,40 @@ async def _stream(state: State, mode: str, chat: bool, n: int) -> AsyncIterator[
             yield _sse({"choices": "not a list of choices"})
             yield _sse({"choices": [{"index": "first", "text": 42}]})
         elif mode == "die":
-            yield _sse(_chunk(chat, [_choice(chat, i, ANSWER[0], None) for i in range(n)], n))
+            yield _sse(_chunk(chat, [_choice(wire, chat, i, ANSWER[0], None) for i in range(n)], n))
             await asyncio.sleep(0.3)  # the first bytes are on the wire: now die mid-stream
             os._exit(1)
         elif mode == "wedge":
             await asyncio.Event().wait()  # headers are out; the body never starts
         elif mode == "flood":
             if n > 1:
-                done = [_choice(chat, i, "".join(ANSWER), "stop") for i in range(1, n)]
+                done = [_choice(wire, chat, i, "".join(ANSWER), "stop") for i in range(1, n)]
                 yield _sse(_chunk(chat, done, 2 * (n - 1)))
             generated = 2 * (n - 1)
             while True:  # until the client goes away
                 generated += 1
-                yield _sse(_chunk(chat, [_choice(chat, 0, FLOOD_DELTA, None)], generated))
+                yield _sse(_chunk(chat, [_choice(wire, chat, 0, FLOOD_DELTA, None)], generated))
                 await asyncio.sleep(0)
         elif mode == "script":
             texts = state.texts
             for i in range(n):
-                yield _sse(_chunk(chat, [_choice(chat, i, texts[i % len(texts)], "stop")], i + 1))
+                yield _sse(
+                    _chunk(chat, [_choice(wire, chat, i, texts[i % len(texts)], "stop")], i + 1)
+                )
         elif mode in ("slow", "slow_tail"):
             answered = 1 if mode == "slow_tail" else 0
             if answered:
-                yield _sse(_chunk(chat, [_choice(chat, 0, "".join(ANSWER), "stop")], 2))
+                yield _sse(_chunk(chat, [_choice(wire, chat, 0, "".join(ANSWER), "stop")], 2))
             while True:  # until the client goes away
                 yield _sse(_chunk(chat, [], 2 * answered))
                 await asyncio.sleep(TRICKLE_S)
         elif mode.startswith("think"):
-            for chunk in _thinking(chat, mode, n):
+            for chunk in _thinking(wire, chat, mode, n):
                 yield _sse(chunk)
         elif mode != "empty":
             for position, token in enumerate(ANSWER):
                 finish = "stop" if position == len(ANSWER) - 1 else None
-                choices = [_choice(chat, i, token, finish) for i in range(n)]
+                choices = [_choice(wire, chat, i, token, finish) for i in range(n)]
                 yield _sse(_chunk(chat, choices, n * (position + 1)))
         yield _sse("[DONE]")
         finished = True

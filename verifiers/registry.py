@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import ValidationError
 
@@ -101,3 +101,17 @@ def build(
 ) -> list[Verifier | SetVerifier]:
     """Instantiate verifiers from validated specs."""
     return [verifier_class(spec.type)(spec, resources) for spec in specs]
+
+
+_POINTWISE: dict[type, bool] = {}
+
+
+def scores_one(verifier: Verifier | SetVerifier) -> TypeGuard[Verifier]:
+    """Whether ``verifier`` scores one candidate at a time (a :class:`Verifier`), not the whole
+    set (a :class:`SetVerifier`). Decided once per class: a runtime protocol check walks the
+    protocol's members on every call, and every request asks for each of its verifiers."""
+    cls = type(verifier)
+    pointwise = _POINTWISE.get(cls)
+    if pointwise is None:
+        pointwise = _POINTWISE[cls] = isinstance(verifier, Verifier)
+    return pointwise

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pydantic
+import pydantic_core
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -20,7 +21,6 @@ from starlette.routing import request_response
 from bestofk.service import results
 from bestofk.service.pipeline import RerankResult
 from bestofk.service.runtime import ClientGone, Runtime
-from bestofk.service.schemas.output import RerankResponse
 
 
 def runtime(request: Request) -> Runtime:
@@ -48,18 +48,14 @@ def trace_link(rt: Runtime, request_id: str) -> dict[str, str]:
     return {"Link": f'</ui/requests/{request_id}>; rel="describedby"'}
 
 
-def render(result: RerankResult, return_candidates: bool) -> RerankResponse:
-    """The native response for a result: its data (``results.as_data``, which the OpenAI and
-    Anthropic routes embed as ``bestofk`` as it is) validated into the response's model."""
-    return RerankResponse.model_validate(results.as_data(result, candidates=return_candidates))
-
-
 def render_json(
     result: RerankResult, return_candidates: bool, headers: Mapping[str, str] | None = None
 ) -> Response:
-    """The native response as a finished JSON response: validated into its model and
-    serialized once, by pydantic, so FastAPI has nothing left to check or encode."""
-    body = render(result, return_candidates).model_dump_json().encode()
+    """The native response (``RerankResponse``) as a finished JSON response: its data
+    (``results.as_data``, which the OpenAI and Anthropic routes embed as ``bestofk`` as it is)
+    serialized once by pydantic's encoder, so FastAPI has nothing left to check or encode.
+    Not validated again here: ``tests/test_records.py`` holds ``as_data`` to the model."""
+    body = pydantic_core.to_json(results.as_data(result, candidates=return_candidates))
     return Response(body, media_type="application/json", headers=headers)
 
 
