@@ -7,8 +7,6 @@ clients expect it, 503 on the native API), rather than queueing without limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 from bestofk.service.errors import OverloadedError, RateLimitedError
 
@@ -23,11 +21,14 @@ class Admission:
         self._slots = asyncio.Semaphore(max_inflight)
         self.waiting = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self, rate_limit_status: bool = False) -> AsyncIterator[None]:
-        """Hold one in-flight slot for the body of the ``async with``."""
+    async def acquire(self, rate_limit_status: bool = False) -> None:
+        """Take one in-flight slot (give it back with :meth:`release`), waiting at most
+        ``queue_timeout_s`` behind at most ``max_queued`` others; else refuse."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken at once, no timer to arm
+            return
         error = RateLimitedError if rate_limit_status else OverloadedError
-        if self._slots.locked() and self.waiting >= self.max_queued:
+        if self.waiting >= self.max_queued:
             raise error(
                 f"server is at capacity ({self.max_inflight} in flight, "
                 f"{self.waiting} waiting); retry later",
@@ -44,7 +45,7 @@ class Admission:
             ) from None
         finally:
             self.waiting -= 1
-        try:
-            yield
-        finally:
-            self._slots.release()
+
+    def release(self) -> None:
+        """Give back a slot :meth:`acquire` took."""
+        self._slots.release()

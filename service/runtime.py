@@ -79,17 +79,18 @@ class Runtime:
                 f"the engine is not ready: {health.status} ({health.detail})",
                 retry_after_s=health.retry_after_s,
             )
-        async with self.admission.slot(rate_limit_status=openai):
-            self.metrics.admitted()
-            self.inflight += 1
-            self._idle.clear()
-            try:
-                yield
-            finally:
-                self.inflight -= 1
-                self.metrics.released()
-                if not self.inflight:
-                    self._idle.set()
+        await self.admission.acquire(rate_limit_status=openai)
+        self.metrics.admitted()
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.admission.release()
+            self.metrics.released()
+            if not self.inflight:
+                self._idle.set()
 
     async def execute(
         self, job: RerankJob, gone: ClientGone | None = None, openai: bool = False
