@@ -57,7 +57,10 @@ def generate(
     model: ModelOption = None,
     temperature: Annotated[float | None, typer.Option(metavar="T", help=SERVER_DEFAULT)] = None,
     max_tokens: Annotated[int | None, typer.Option(metavar="N", help=SERVER_DEFAULT)] = None,
-    seed: Annotated[int | None, typer.Option(metavar="N")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Sampling seed, for the same candidates again."),
+    ] = None,
 ) -> None:
     """One request; prints every candidate with its verdicts and marks the winner."""
     body: dict[str, Any] = {

@@ -82,8 +82,7 @@ def serve(
         bool,
         typer.Option(
             "--disable-uvicorn-access-log",
-            help="Log no line per request (as vLLM's flag; env "
-            "BESTOFK_DISABLE_UVICORN_ACCESS_LOG=true).",
+            help="Log no line per request (vLLM's flag of the same name).",
             show_default=False,
         ),
     ] = False,
