@@ -400,6 +400,15 @@ def test_the_explanation_names_the_tie_break() -> None:
     assert any("lower index" in line for line in by_index.why)
 
 
+def test_the_explanation_names_required_verifiers_only_when_there_are_some() -> None:
+    unrequired = views.trace(_record([1.0, 0.5], [None, None], chosen=0))
+    assert not any("required" in line for line in unrequired.why), unrequired.why
+    record = _record([1.0, 0.5], [None, None], chosen=0)
+    record.verifiers = [{"type": "exact", "reference": "x", "required": True}]
+    required = views.trace(record)
+    assert any("passes every required verifier" in line for line in required.why), required.why
+
+
 def test_sample_chances_and_vote_clusters_come_from_the_selection_code() -> None:
     sample = views.trace(_record([1.0, 0.0], [None, None], chosen=0, policy="sample", beta=2.0))
     chances = {c.index: c.chance for c in sample.candidates}

@@ -336,9 +336,14 @@ def _explain(
             )
             why.append(f"Tied in weight with answer {runner.answer!r}; {how} won.")
     else:
+        any_required = any(spec.get("required") for spec in record.verifiers)
         why.append(
             f"argmax: #{sel.chosen} has the highest combined score ({winner.score:.3f})"
-            + (" and passes every required verifier." if winner.required_ok else ".")
+            + (
+                " and passes every required verifier."
+                if any_required and winner.required_ok
+                else "."
+            )
         )
     why.extend(_ties(record, order, winner))
     return why, clusters
