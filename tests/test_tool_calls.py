@@ -580,7 +580,10 @@ def test_demo_tools_family_best_of_8_beats_one_sample(server: Server) -> None:
     for row in rows * ROUNDS:
         question = row["prompt"].split("</tools>\n", 1)[1]
         expected = row["expected_call"]
-        extra = {"best_of": 8, "temperature": 1.0}
+        # The task's own verifier (a regex over the right call), as every family's best-of-8
+        # is measured: the automatic tool_calls verdict tells a valid call from an invalid
+        # one, not the right call from a wrong valid one, nor from a text answer.
+        extra = {"best_of": 8, "temperature": 1.0, "verifiers": row["verifiers"]}
         reply = sdk.chat.completions.create(
             model="demo", messages=[{"role": "user", "content": question}], tools=row["tools"],
             max_tokens=64, extra_body=extra,
@@ -617,6 +620,9 @@ def test_demo_tools_family_best_of_8_beats_one_sample(server: Server) -> None:
             f"pass@8 {t['any'] / t['n']:.2f} over {t['n']} requests"
         )
         assert t["chosen"] / t["n"] >= t["first"] / t["n"] + 0.2, counts
+        # Verified: best-of-8 finds the right call whenever a candidate made it (the regex
+        # wants the call's JSON as the model writes it, so allow a reordered one to slip).
+        assert t["chosen"] >= t["any"] - 2, counts
 
 
 def test_demo_tool_round_trip_with_every_client(server: Server) -> None:
