@@ -65,16 +65,19 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     message = str(err.get("msg", "invalid request"))
     if err.get("type") == "json_invalid":
         why = str(err.get("ctx", {}).get("error", message))
-        message = (
-            # pydantic's JSON parser stops at a nesting depth where json.loads would go on.
-            f"the body is nested too deeply ({why})"
-            if why.startswith("recursion limit exceeded")
-            else f"the body is not valid JSON: {why}"
-        )
+        # pydantic's JSON parser stops at a nesting depth where json.loads would go on.
+        if why.startswith("recursion limit exceeded"):
+            return _error_response(request, _nested_too_deeply(why))
+        message = f"the body is not valid JSON: {why}"
         param = None
     elif param:
         message = f"{param}: {message}"
     return _error_response(request, InvalidRequestError(message, param=param))
+
+
+def _nested_too_deeply(why: str) -> InvalidRequestError:
+    """The error for a body past a JSON parser's nesting depth, whichever parser read it."""
+    return InvalidRequestError(f"the body is nested too deeply ({why})")
 
 
 def _error_response(request: Request, exc: BestOfKError) -> JSONResponse:
@@ -97,6 +100,10 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """The framework's own errors (unknown route, wrong method, unreadable body) in the API's
     envelope too, so clients meet one error shape."""
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, RecursionError):
+        # FastAPI parses the OpenAI and Anthropic bodies with json.loads, which gives up past the
+        # interpreter's recursion limit; its "There was an error parsing the body" hides why.
+        return _error_response(request, _nested_too_deeply(str(exc.__cause__)))
     error = NotFoundError if exc.status_code == 404 else InvalidRequestError
     # The phrase as a code, in OpenAI's string form: 405 -> "method_not_allowed".
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")

@@ -72,6 +72,38 @@ def test_a_body_that_is_no_request_object(
     assert error["param"] is None, error
 
 
+DEEP = "[" * 10_000 + "]" * 10_000
+"""Past the interpreter's recursion limit, where json.loads gives up (FastAPI parses the OpenAI
+and Anthropic bodies with it), not only past pydantic's parser's depth (the native routes')."""
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/generate", '{"prompt": "x", "x": ' + DEEP + "}"),
+        ("/v1/completions", '{"model": "demo", "prompt": "x", "x": ' + DEEP + "}"),
+        ("/v1/chat/completions",
+         '{"model": "demo", "messages": [{"role": "user", "content": ' + DEEP + "}]}"),
+        ("/v1/messages",
+         '{"model": "demo", "max_tokens": 8, "messages": [{"role": "user", "content": '
+         + DEEP + "}]}"),
+    ],
+    ids=["native", "completions", "chat", "messages"],
+)  # fmt: skip
+def test_a_body_nested_too_deeply_says_so(server: Server, path: str, raw: str) -> None:
+    reply = httpx.post(
+        server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert reply.status_code == 400, reply.text
+    body = reply.json()
+    error = body["error"]
+    assert "the body is nested too deeply" in error["message"], error
+    assert error["type"] == "invalid_request_error", error
+    if path == "/v1/messages":
+        assert body["type"] == "error", body  # Anthropic's envelope
+    assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+
+
 def test_body_too_large(server: Server) -> None:
     reply = httpx.post(
         server.url + "/verify",
