@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bestofk.service.engines.base import TokenLogprob
+from bestofk.verifiers.base import TokenLogprob
 
 TOP_LOGPROBS = 20
 """Alternatives per token the confidence is the mean over: DeepConf's reference code (and the

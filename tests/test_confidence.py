@@ -33,11 +33,12 @@ from bestofk.service.confidence import (
     token_confidence,
 )
 from bestofk.service.defaults import switched
-from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
+from bestofk.service.engines.base import STREAM_INTERVAL
 from bestofk.service.routes.openai import client_top
 from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile
 from bestofk.tooling.procs import Server
+from bestofk.verifiers.base import TokenLogprob
 
 DATA = Path(__file__).parent / "data" / "confidence_logprobs.json"
 SEEDS = (1, 2, 3, 4)
