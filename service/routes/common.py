@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import request_response
 
 from bestofk.service import results
-from bestofk.service.pipeline import RerankResult
+from bestofk.service.rerank import RerankResult
 from bestofk.service.runtime import ClientGone, Runtime
 
 
