@@ -7,12 +7,13 @@ finishes, the set-level verifiers once all are in, and what the pipeline reads b
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from bestofk.service.adaptive import StopReason
-from bestofk.service.confidence import ConfidenceWatch
+from bestofk.service.confidence import ConfidenceConfig, ConfidenceWatch
 from bestofk.service.engines.base import SampleStream
 from bestofk.service.rerank import RerankJob
 from bestofk.service.selection import Scored, combine
@@ -26,6 +27,8 @@ from bestofk.verifiers.base import (
     VerifierCapacityError,
     VerifierResources,
 )
+
+log = logging.getLogger(__name__)
 
 
 async def timed(name: str, check: Callable[[], Awaitable[Verdict]]) -> Verdict:
@@ -81,8 +84,31 @@ class JobRun:
         """Candidates a watch cut short: never verified, never in a ``vote``."""
         self.watch: ConfidenceWatch | None = None
         """Confidence-aware stopping's watch, once the warm-up wave has calibrated it."""
+        self.confidence: dict[int, float | None] = {}
+        """The warm-up candidates' lowest group confidences, as the calibration computed them."""
         self.answers: dict[int, str] = {}
         """For ``vote``: each candidate's answer key (none when the deadline came first)."""
+
+    def calibrate(self, confidence: ConfidenceConfig) -> None:
+        """Set :attr:`watch` for the waves after the warm-up, its threshold from every warm-up
+        candidate (all of that wave, run to its end: never the first to finish alone)."""
+        for index, sample in self.samples.items():
+            self.confidence[index] = confidence.lowest(sample.logprobs)
+        threshold = confidence.threshold(self.confidence.values())
+        log.debug("request %s: confidence threshold %s", self.job.request_id, threshold)
+        self.watch = ConfidenceWatch(threshold, confidence.window, confidence.top_logprobs)
+
+    def lowest_confidence(self, candidate: Candidate, confidence: ConfidenceConfig) -> float | None:
+        """``candidate``'s lowest group confidence (None without logprobs), computed once: the
+        calibration's for a warm-up candidate, the watch's (given the tokens of the delta that
+        finished it, which a watch is not offered) for a watched one, else from its logprobs."""
+        if not candidate.logprobs:
+            return None
+        if candidate.index in self.confidence:
+            return self.confidence[candidate.index]
+        if self.watch is not None:
+            return self.watch.finish(candidate.index, candidate.logprobs)
+        return confidence.lowest(candidate.logprobs)
 
     def ms(self, at: float | None) -> float:
         return 0.0 if at is None else (at - self.job.arrived) * 1000

@@ -14,7 +14,6 @@ import time
 
 from bestofk.service.adaptive import StopReason, clear_majority
 from bestofk.service.candidates import to_verify
-from bestofk.service.confidence import ConfidenceConfig, ConfidenceWatch, lowest_group_confidence
 from bestofk.service.engines.base import Engine, SampleStream
 from bestofk.service.errors import DeadlineExceededError, InvalidRequestError, OverloadedError
 from bestofk.service.job_run import JobRun
@@ -134,7 +133,7 @@ class Pipeline:
                 run.stopped_by = reason
                 return
             if run.streams and job.confidence is not None and run.watch is None:
-                run.watch = _calibrated_watch(run, job.confidence)
+                run.calibrate(job.confidence)
             stream = self.engine.sample(
                 job.prompt,
                 size,
@@ -224,10 +223,7 @@ class Pipeline:
         candidates = sorted(verified + cut, key=lambda s: s.candidate.index)
         if job.confidence is not None:
             for s in candidates:
-                if s.candidate.logprobs:
-                    s.confidence = lowest_group_confidence(
-                        s.candidate.logprobs, job.confidence.window, job.confidence.top_logprobs
-                    )
+                s.confidence = run.lowest_confidence(s.candidate, job.confidence)
         timing = Timing(
             queue_ms=(run.start - job.arrived) * 1000,
             first_candidate_ms=run.ms(run.first_candidate) if run.first_candidate else None,
@@ -272,11 +268,3 @@ def _wave_sizes(job: RerankJob) -> list[int]:
     if not rest:
         return [warmup]
     return [warmup, *(adaptive.waves(rest) if adaptive is not None else [rest])]
-
-
-def _calibrated_watch(run: JobRun, confidence: ConfidenceConfig) -> ConfidenceWatch:
-    """The watch for the waves after the warm-up, its threshold from every warm-up candidate
-    (all of that wave, run to its end: never the first to finish alone)."""
-    threshold = confidence.threshold([s.logprobs for s in run.samples.values()])
-    log.debug("request %s: confidence threshold %s", run.job.request_id, threshold)
-    return ConfidenceWatch(threshold, confidence.window, confidence.top_logprobs)
