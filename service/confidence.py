@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bestofk.service.engines.base import TokenLogprob
+from bestofk.verifiers.base import TokenLogprob
 
 TOP_LOGPROBS = 20
 """Alternatives per token the confidence is the mean over: DeepConf's reference code (and the
@@ -141,15 +141,16 @@ class ConfidenceConfig:
         size = self.warmup or first_wave or math.ceil(k / 2)
         return max(1, min(size, k))
 
-    def threshold(self, traces: Iterable[Sequence[TokenLogprob]]) -> float | None:
-        """The threshold from the warm-up's finished ``traces`` (each its tokens' logprobs);
-        None when none has a token (nothing is cut then)."""
-        lowest = [
-            v
-            for trace in traces
-            if (v := lowest_group_confidence(trace, self.window, self.top_logprobs)) is not None
-        ]
-        return calibrate(lowest, self.keep) if lowest else None
+    def lowest(self, trace: Iterable[TokenLogprob]) -> float | None:
+        """A finished trace's lowest group confidence, by this window and ``top_logprobs``."""
+        return lowest_group_confidence(trace, self.window, self.top_logprobs)
+
+    def threshold(self, lowest: Iterable[float | None]) -> float | None:
+        """The threshold from the warm-up's finished traces' lowest group confidences
+        (:meth:`lowest`; None for a trace without tokens); None when none has a token (nothing
+        is cut then)."""
+        values = [v for v in lowest if v is not None]
+        return calibrate(values, self.keep) if values else None
 
 
 class ConfidenceWatch:
@@ -176,9 +177,7 @@ class ConfidenceWatch:
         """Add candidate ``index``'s newest tokens; True (cut it) when a window they complete
         is below the threshold. Every window is checked, not only the last, as DeepConf checks
         each token: a delta brings several."""
-        groups = self._groups.get(index)
-        if groups is None:
-            groups = self._groups[index] = GroupConfidence(self.window)
+        groups = self._group(index)
         below = False
         for token in logprobs:
             group = groups.add(token_confidence(token, self.top_logprobs))
@@ -188,7 +187,23 @@ class ConfidenceWatch:
             self.cut.add(index)
         return below
 
+    def _group(self, index: int) -> GroupConfidence:
+        groups = self._groups.get(index)
+        if groups is None:
+            groups = self._groups[index] = GroupConfidence(self.window)
+        return groups
+
     def lowest(self, index: int) -> float | None:
         """Candidate ``index``'s lowest group confidence over the tokens watched so far."""
         groups = self._groups.get(index)
         return None if groups is None else groups.lowest
+
+    def finish(self, index: int, logprobs: Sequence[TokenLogprob]) -> float | None:
+        """Finished candidate ``index``'s lowest group confidence over all its ``logprobs``, of
+        which the watch saw the first ones: only the rest (the delta that finished it, which
+        a watch is not offered) is added, so the figure is :func:`lowest_group_confidence`'s
+        for the whole trace."""
+        groups = self._group(index)
+        for token in logprobs[groups.tokens :]:
+            groups.add(token_confidence(token, self.top_logprobs))
+        return groups.lowest

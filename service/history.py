@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from bestofk.service.records.format import Record, build, compile_redactions
 
 if TYPE_CHECKING:
-    from bestofk.service.pipeline import RerankJob, RerankResult
+    from bestofk.service.rerank import RerankJob, RerankResult
 
 
 class _Entry:

@@ -19,7 +19,7 @@ from bestofk.service.defaults import Defaults
 from bestofk.service.engines.base import Engine, Prompt
 from bestofk.service.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from bestofk.service.labels import Label, label_specs, no_verifier
-from bestofk.service.pipeline import RerankJob
+from bestofk.service.rerank import RerankJob
 from bestofk.service.settings import Profile, Settings
 from bestofk.service.tools import ToolChoice, ToolParsing
 from bestofk.verifiers.base import VerifierSpec

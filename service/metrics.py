@@ -38,7 +38,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from bestofk.service.pipeline import RerankResult
+    from bestofk.service.rerank import RerankResult
 
 # From 1 ms to 10 minutes: a queue wait, a /verify of regexes and a best-of-64 on a long prompt
 # (the default request deadline is 300 s) all land inside the buckets, not in +Inf.

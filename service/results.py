@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bestofk.service.pipeline import RerankResult, Timing
+    from bestofk.service.rerank import RerankResult, Timing
     from bestofk.service.selection import Scored
     from bestofk.verifiers.base import ToolCall, Verdict
 

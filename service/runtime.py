@@ -14,11 +14,13 @@ from bestofk.service.engines.base import Engine
 from bestofk.service.engines.errors import EngineError
 from bestofk.service.errors import BestOfKError, EngineNotReadyError, ShuttingDownError, api_error
 from bestofk.service.history import History
+from bestofk.service.job_run import JobRun
 from bestofk.service.jobs import JobFactory
 from bestofk.service.load import LoadAwareK
 from bestofk.service.metrics import Metrics
-from bestofk.service.pipeline import JobRun, Pipeline, RerankJob, RerankResult
+from bestofk.service.pipeline import Pipeline
 from bestofk.service.records.recorder import Recorder
+from bestofk.service.rerank import RerankJob, RerankResult
 from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from bestofk.service.adaptive import AdaptiveConfig, Budget, clear_majority
-from bestofk.service.engines.base import Prompt, SamplingConfig, TokenLogprob
+from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.metrics import Metrics
 from bestofk.service.pipeline import Pipeline
 from bestofk.service.selection import SelectionConfig
 from bestofk.service.settings import Settings
 from bestofk.tooling.procs import Server
-from bestofk.verifiers.base import VerifierResources
+from bestofk.verifiers.base import TokenLogprob, VerifierResources
 from tests.conftest import post
 from tests.test_pipeline import EXACT, ScriptedEngine, job
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pydantic
 import pytest
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.testclient import TestClient
 
+from bestofk.service.routes.common import post_json
 from bestofk.tooling.procs import Server
 
 CASES = [
@@ -102,6 +106,68 @@ def test_a_body_nested_too_deeply_says_so(server: Server, path: str, raw: str) -
     if path == "/v1/messages":
         assert body["type"] == "error", body  # Anthropic's envelope
     assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+
+
+NOT_JSON = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+JSON = ["application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/generate", b'{"prompt": "x", "kk": 1}'), ("/verify", b'{"candidates": ["1"], "kk": 1}')],
+    ids=["generate", "verify"],
+)
+def test_a_body_sent_as_something_else_than_json(server: Server, path: str, body: bytes) -> None:
+    """FastAPI reads a body as JSON only when its content type says JSON: the native routes
+    refuse the rest as FastAPI did, with a 400 in the envelope. Without a content type the
+    body is read as JSON (``body`` is wrong at ``kk``, and the 400 names it)."""
+    for content_type in NOT_JSON:
+        reply = httpx.post(
+            server.url + path, content=body, headers={"content-type": content_type}, timeout=10
+        )
+        assert reply.status_code == 400, (content_type, reply.text)
+        assert reply.json()["error"] == {
+            "message": "Input should be a valid dictionary or object to extract fields from",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_value",
+        }, content_type
+    for headers in [{"content-type": c} for c in JSON] + [{}]:
+        reply = httpx.post(server.url + path, content=body, headers=headers, timeout=10)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "kk", headers
+
+
+class Body(pydantic.BaseModel):
+    """One required field: the model both routes of the parity test read."""
+
+    prompt: str
+
+
+async def ours(body: Body, request: Request) -> Response:
+    return Response(body.prompt)
+
+
+async def fastapis(body: Body) -> Response:  # FastAPI's own body handling, as the routes had
+    return Response(body.prompt)
+
+
+@pytest.mark.parametrize("content_type", [*NOT_JSON, *JSON, "application/json", "text/json"])
+@pytest.mark.parametrize("raw", [b'{"prompt": "x"}', b""], ids=["body", "empty"])
+def test_json_body_route_reads_a_content_type_as_fastapi_does(
+    content_type: str, raw: bytes
+) -> None:
+    """What FastAPI's own body handling answers, ``JsonBodyRoute`` answers, error and all."""
+    router = APIRouter()
+    post_json(router, "/ours")(ours)
+    router.add_api_route("/fastapi", fastapis, methods=["POST"])
+    app = FastAPI()
+    app.include_router(router)
+    client = TestClient(app)
+    mine, theirs = (
+        client.post(path, content=raw, headers={"content-type": content_type})
+        for path in ("/ours", "/fastapi")
+    )
+    assert (mine.status_code, mine.text) == (theirs.status_code, theirs.text)
 
 
 def test_body_too_large(server: Server) -> None:

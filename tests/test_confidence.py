@@ -14,6 +14,7 @@ import html
 import json
 import math
 import sys
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,20 @@ from bestofk.service.confidence import (
     token_confidence,
 )
 from bestofk.service.defaults import switched
-from bestofk.service.engines.base import STREAM_INTERVAL, TokenLogprob
+from bestofk.service.engines.base import (
+    STREAM_INTERVAL,
+    CandidateWatch,
+    EngineHealth,
+    Prompt,
+    SamplingConfig,
+)
+from bestofk.service.pipeline import Pipeline
+from bestofk.service.rerank import RerankJob
 from bestofk.service.routes.openai import client_top
 from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile
 from bestofk.tooling.procs import Server
+from bestofk.verifiers.base import Candidate, TokenLogprob, VerifierResources
 
 DATA = Path(__file__).parent / "data" / "confidence_logprobs.json"
 SEEDS = (1, 2, 3, 4)
@@ -152,6 +162,94 @@ def test_streamed_deltas_give_the_offline_lowest() -> None:
         assert not any(watch.delta(index, chunk) for chunk in deltas(tokens))
         assert watch.lowest(index) == pytest.approx(lowest_group_confidence(tokens))
     assert watch.cut == set() and watch.lowest(999) is None
+
+
+def test_a_finished_candidate_s_confidence_completes_what_the_watch_saw() -> None:
+    """The delta that finishes a candidate is not offered to a watch: ``finish`` adds it to
+    what the watch computed, for the very figure the whole trace gives (the response's
+    ``confidence``), whichever delta the candidate finished on, or none watched at all."""
+    watch = ConfidenceWatch(threshold=None)
+    for index, trace in enumerate(traces()):
+        tokens = logprobs(trace)
+        chunks = deltas(tokens)
+        for chunk in chunks[: index % (len(chunks) + 1)]:
+            watch.delta(index, chunk)
+        assert watch.finish(index, tokens) == lowest_group_confidence(tokens)
+        assert watch.finish(index, tokens) == lowest_group_confidence(tokens)  # adds nothing
+
+
+class TraceEngine:
+    """An engine over the recorded traces, streamed in deltas through the watch as the real
+    engines do: the delta that finishes a candidate is not offered to it, and a cut candidate
+    ends with the delta that cut it."""
+
+    model_name = "traces"
+    health = EngineHealth("ready")
+
+    def __init__(self, tokens: list[list[TokenLogprob]]) -> None:
+        self.tokens = tokens
+
+    def sample(
+        self,
+        prompt: Prompt,
+        k: int,
+        sampling: SamplingConfig,
+        request_id: str,
+        first_index: int = 0,
+        watch: CandidateWatch | None = None,
+    ) -> TraceStream:
+        return TraceStream(self.tokens[first_index : first_index + k], first_index, watch)
+
+
+class TraceStream:
+    def __init__(
+        self, tokens: list[list[TokenLogprob]], first: int, watch: CandidateWatch | None
+    ) -> None:
+        self.prompt_tokens = 3
+        self.completion_tokens = sum(len(t) for t in tokens)
+        self._gen = self._run(tokens, first, watch)
+
+    def __aiter__(self) -> AsyncIterator[Candidate]:
+        return self._gen
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+    async def _run(
+        self, traces: list[list[TokenLogprob]], first: int, watch: CandidateWatch | None
+    ) -> AsyncGenerator[Candidate, None]:
+        for index, tokens in enumerate(traces, start=first):
+            chunks, seen, cut = deltas(tokens), list[TokenLogprob](), False
+            for n, chunk in enumerate(chunks, start=1):
+                seen += chunk
+                if n < len(chunks) and watch is not None and watch.delta(index, chunk):
+                    cut = True
+                    break
+            yield Candidate(
+                index, "x", "abort" if cut else "stop", len(seen), logprobs=seen, cut=cut
+            )
+
+
+async def test_every_candidate_s_confidence_is_its_whole_trace_s() -> None:
+    """The response's ``confidence`` is each candidate's lowest group confidence over all its
+    tokens, whether the warm-up's calibration, the watch or neither computed it first."""
+    ordered = sorted(traces(), key=lambda t: t["seed"] != 1)  # the seed-1 wave warms up
+    tokens = [logprobs(t) for t in ordered]
+    warmup = sum(t["seed"] == 1 for t in ordered)
+    job = RerankJob(
+        request_id="c",
+        prompt=Prompt(text="q"),
+        k=len(tokens),
+        sampling=SamplingConfig(),
+        specs=[],
+        confidence=ConfidenceConfig(warmup=warmup),
+    )
+    result = await Pipeline(TraceEngine(tokens), VerifierResources()).run(job)
+    lowest = [lowest_group_confidence(t) for t in tokens]
+    assert result.threshold == calibrate([v for v in lowest[:warmup] if v is not None], "high")
+    assert result.waves == 2 and result.cut and len(result.candidates) > result.cut + warmup
+    for s in result.candidates:
+        assert s.confidence == lowest_group_confidence(s.candidate.logprobs), s.candidate.index
 
 
 THINK = "Think step by step, then give the factorial of 8 as a number."

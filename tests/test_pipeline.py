@@ -19,7 +19,8 @@ from bestofk.service.engines.base import (
     SamplingConfig,
 )
 from bestofk.service.errors import DeadlineExceededError
-from bestofk.service.pipeline import Pipeline, RerankJob
+from bestofk.service.pipeline import Pipeline
+from bestofk.service.rerank import RerankJob
 from bestofk.verifiers.base import (
     Candidate,
     RequestContext,

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 
 from bestofk.service.engines.base import EngineHealth, Prompt, SamplingConfig
 from bestofk.service.metrics import Metrics
-from bestofk.service.pipeline import Pipeline, RerankJob
+from bestofk.service.pipeline import Pipeline
 from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
+from bestofk.service.rerank import RerankJob
 from bestofk.service.settings import Settings
 from bestofk.tooling.fake_backend import THOUGHT
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk

@@ -28,10 +28,10 @@ import pytest
 
 from bestofk.service import results
 from bestofk.service.engines.base import Prompt, SamplingConfig
-from bestofk.service.pipeline import RerankJob, RerankResult, Timing
 from bestofk.service.records.format import Record, RecordFormatError, build
 from bestofk.service.records.reader import complete_lines, read_records, record_files
 from bestofk.service.records.recorder import Recorder
+from bestofk.service.rerank import RerankJob, RerankResult, Timing
 from bestofk.service.schemas.output import RerankResponse
 from bestofk.service.selection import Scored
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bestofk.service.pipeline import timed
+from bestofk.service.job_run import timed
 from bestofk.verifiers import registry
 from bestofk.verifiers.base import (
     Candidate,

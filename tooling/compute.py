@@ -246,20 +246,14 @@ def bench(
     configuration on the task set, stop it."""
     import asyncio
 
-    from bestofk.tooling.bench.stack import LOCAL_ENV, SERVICE_ENV, logs_dir
+    from bestofk.tooling.bench.stack import logs_dir, start_local_bestofk
     from bestofk.tooling.evaluation import load_tasks
-    from bestofk.tooling.procs import engine_env, start_bestofk
 
     tasks = load_tasks(tasks_path)
     directory = logs_dir(logs)
     directory.mkdir(parents=True, exist_ok=True)
     log(f"starting bestofk with an in-process engine on {model} (logs in {directory})")
-    server = start_bestofk(
-        directory / "bestofk-adaptive.log",
-        "--model",
-        model,
-        env=engine_env(**SERVICE_ENV, **LOCAL_ENV),
-    )
+    server = start_local_bestofk(directory / "bestofk-adaptive.log", model)
     try:
         server.wait_ready(600)
 

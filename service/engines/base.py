@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from bestofk.verifiers.base import Candidate as Candidate
-from bestofk.verifiers.base import TokenLogprob as TokenLogprob
+from bestofk.verifiers.base import Candidate, TokenLogprob
 
 STREAM_INTERVAL = 16
 """Tokens vLLM batches into one delta of a candidate (``SamplingParams.stream_interval``, also

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bestofk.service.engines.base import Candidate, Engine, Prompt, SamplingConfig
-from bestofk.verifiers.base import Completion
+from bestofk.service.engines.base import Engine, Prompt, SamplingConfig
+from bestofk.verifiers.base import Candidate, Completion
 
 
 class EngineCompleter:

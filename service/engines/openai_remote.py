@@ -24,13 +24,11 @@ from typing import TYPE_CHECKING, Any
 from bestofk.service.engines.backends import Backend, BackendPool
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
-    Candidate,
     CandidateWatch,
     EngineHealth,
     PartialSample,
     Prompt,
     SamplingConfig,
-    TokenLogprob,
     candidate_id,
     candidate_sampling,
 )
@@ -40,6 +38,7 @@ from bestofk.service.engines.errors import (
     RequestRejectedError,
 )
 from bestofk.service.engines.stream import EngineStream
+from bestofk.verifiers.base import Candidate, TokenLogprob
 from bestofk.verifiers.openai_http import (
     ErrorReply,
     LogprobEntry,

@@ -14,13 +14,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Generic, TypeVar
 
 from bestofk.service.engines.base import (
-    Candidate,
     CandidateWatch,
     PartialSample,
     Prompt,
     SamplingConfig,
     max_candidate_bytes,
 )
+from bestofk.verifiers.base import Candidate
 
 E = TypeVar("E")
 

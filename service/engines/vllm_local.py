@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from bestofk.service.engines.base import (
     STREAM_INTERVAL,
-    Candidate,
     CandidateWatch,
     EngineHealth,
     HealthStatus,
     PartialSample,
     Prompt,
     SamplingConfig,
-    TokenLogprob,
     candidate_id,
     candidate_sampling,
 )
@@ -40,6 +38,7 @@ from bestofk.service.engines.errors import (
     RequestRejectedError,
 )
 from bestofk.service.engines.stream import EngineStream
+from bestofk.verifiers.base import Candidate, TokenLogprob
 
 if TYPE_CHECKING:
     from bestofk.service.metrics import Metrics

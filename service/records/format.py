@@ -35,7 +35,7 @@ from bestofk.service import results
 from bestofk.service.schemas.output import CandidateOut, Stats, TimingOut, Usage, VerdictOut
 
 if TYPE_CHECKING:
-    from bestofk.service.pipeline import RerankJob, RerankResult
+    from bestofk.service.rerank import RerankJob, RerankResult
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"

@@ -53,7 +53,7 @@ from bestofk.service.metrics import Metrics
 from bestofk.service.records.format import MAX_RECORD_BYTES, build, compile_redactions
 
 if TYPE_CHECKING:
-    from bestofk.service.pipeline import RerankJob, RerankResult
+    from bestofk.service.rerank import RerankJob, RerankResult
     from bestofk.service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.pipeline import RerankJob, RerankResult
+from bestofk.service.rerank import RerankJob, RerankResult
 from bestofk.service.results import as_data
 from bestofk.service.routes.common import client_gone, runtime
 from bestofk.service.runtime import Runtime

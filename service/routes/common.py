@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import request_response
 
 from bestofk.service import results
-from bestofk.service.pipeline import RerankResult
+from bestofk.service.rerank import RerankResult
 from bestofk.service.runtime import ClientGone, Runtime
 
 
@@ -60,6 +60,24 @@ def render_json(
 
 
 MISSING = "Field required"
+NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
+"""What FastAPI says of a body it does not read as JSON: its model meets the body's bytes."""
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a ``content-type`` names JSON as FastAPI decides it: ``application/json`` or
+    ``application/*+json``, in any case, parameters (``; charset=utf-8``) aside."""
+    kind, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    return (
+        kind == "application"
+        and "/" not in subtype
+        and (subtype == "json" or subtype.endswith("+json"))
+    )
+
+
+def _body_error(kind: str, message: str, raw: bytes | None) -> RequestValidationError:
+    """FastAPI's error for a body that cannot be the model at all, located at ``body``."""
+    return RequestValidationError([{"type": kind, "loc": ("body",), "msg": message, "input": raw}])
 
 
 class JsonBodyRoute(APIRoute):
@@ -69,7 +87,10 @@ class JsonBodyRoute(APIRoute):
     OpenAPI schema still comes from the endpoint's signature and ``response_model``.
 
     What FastAPI would answer for a bad body is kept: a ``RequestValidationError`` whose
-    locations start with ``body``, which the app's handler turns into the API's 400.
+    locations start with ``body``, which the app's handler turns into the API's 400. A body
+    whose ``content-type`` is not JSON (:func:`is_json`) is refused as FastAPI refuses it;
+    one without a ``content-type`` is read as JSON (FastAPI's ``strict_content_type=False``),
+    as clients that send none have always been served.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -83,9 +104,10 @@ class JsonBodyRoute(APIRoute):
         async def handle(request: Request) -> Response:
             raw = await request.body()
             if not raw:  # as FastAPI words a missing required body
-                raise RequestValidationError(
-                    [{"type": "missing", "loc": ("body",), "msg": MISSING}]
-                )
+                raise _body_error("missing", MISSING, None)
+            content_type = request.headers.get("content-type")
+            if content_type and not is_json(content_type):
+                raise _body_error("model_attributes_type", NOT_AN_OBJECT, raw)
             try:
                 body = validate(raw)
             except pydantic.ValidationError as exc:

@@ -16,16 +16,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from bestofk.service.engines.base import Prompt, TokenLogprob
+from bestofk.service.engines.base import Prompt
 from bestofk.service.errors import BestOfKError, InvalidRequestError
 from bestofk.service.jobs import JobRequest, new_request_id
-from bestofk.service.pipeline import RerankJob, RerankResult
+from bestofk.service.rerank import RerankJob, RerankResult
 from bestofk.service.results import as_data, openai_tool_calls
 from bestofk.service.routes.common import client_gone, runtime, trace_link
 from bestofk.service.runtime import Runtime
 from bestofk.service.schemas.openai import BestOfKFields, ChatCompletionRequest, CompletionRequest
 from bestofk.service.selection import Scored
-from bestofk.verifiers.base import ToolCall
+from bestofk.verifiers.base import TokenLogprob, ToolCall
 
 router = APIRouter(prefix="/v1")
 

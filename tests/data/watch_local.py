@@ -8,10 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from bestofk.service.engines.base import Prompt, SamplingConfig, TokenLogprob
+from bestofk.service.engines.base import Prompt, SamplingConfig
 from bestofk.service.engines.vllm_local import VllmEngine
 from bestofk.service.metrics import Metrics
 from bestofk.service.settings import Settings
+from bestofk.verifiers.base import TokenLogprob
 
 
 class CutFive:

@@ -54,6 +54,15 @@ LOCAL_ENV = {
 }
 
 
+def start_local_bestofk(log: Path, model: str, port: int | None = None, **env: str) -> Server:
+    """bestofk with its own in-process engine on ``model``, configured as the benchmarks
+    measure it (:data:`SERVICE_ENV`, :data:`LOCAL_ENV`, then ``env``), on ``port`` (default: a
+    free one); started, not yet ready."""
+    return start_bestofk(
+        log, "--model", model, env=engine_env(**SERVICE_ENV, **LOCAL_ENV, **env), port=port
+    )
+
+
 @dataclass(slots=True)
 class Stack:
     """The running servers."""
@@ -137,24 +146,17 @@ def started(
         in_process = None
         if local:
             log(f"starting bestofk with an in-process engine on {model}")
-            in_process = start_bestofk(
-                logs / "bestofk-local.log",
-                "--model",
-                model,
-                env=engine_env(**SERVICE_ENV, **LOCAL_ENV),
-                port=local_port,
-            )
+            in_process = start_local_bestofk(logs / "bestofk-local.log", model, local_port)
             stack.callback(in_process.stop)
             in_process.wait_ready(VLLM_START_S)
         local_joint_server = None
         if local_joint:
             log(f"starting bestofk with an in-process engine on {model}, split_candidates off")
-            local_joint_server = start_bestofk(
+            local_joint_server = start_local_bestofk(
                 logs / "bestofk-local-joint.log",
-                "--model",
                 model,
-                env=engine_env(**SERVICE_ENV, **LOCAL_ENV, BESTOFK_SPLIT_CANDIDATES="false"),
-                port=next(ports),
+                next(ports),
+                BESTOFK_SPLIT_CANDIDATES="false",
             )
             stack.callback(local_joint_server.stop)
             local_joint_server.wait_ready(VLLM_START_S)
