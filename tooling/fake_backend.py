@@ -174,7 +174,9 @@ def build_app(state: State) -> Starlette:
     async def models(request: Request) -> Response:
         if state.mode == "down":
             return _error(503, "the fake backend is down")
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        # vLLM's mark: bestofk sends it vLLM's extensions (return_token_ids, stream_interval).
+        model = {"id": MODEL, "object": "model", "owned_by": "vllm"}
+        return JSONResponse({"object": "list", "data": [model]})
 
     async def control(request: Request) -> Response:
         if request.method == "POST":
