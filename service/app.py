@@ -70,6 +70,14 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             return _error_response(request, _nested_too_deeply(why))
         message = f"the body is not valid JSON: {why}"
         param = None
+    elif err.get("type") == "model_attributes_type" and not loc:
+        # The framework reads a body as JSON only when its content-type says so (curl -d
+        # without -H sends a form): say what to send, not what the model met.
+        sent = request.headers.get("content-type", "none")
+        message = (
+            f"the body must be a JSON object sent with content-type: application/json "
+            f"(this one came as {sent})"
+        )
     elif param:
         message = f"{param}: {message}"
     return _error_response(request, InvalidRequestError(message, param=param))

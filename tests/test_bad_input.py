@@ -119,15 +119,16 @@ JSON = ["application/json; charset=utf-8", "Application/JSON", "application/vnd.
 )
 def test_a_body_sent_as_something_else_than_json(server: Server, path: str, body: bytes) -> None:
     """FastAPI reads a body as JSON only when its content type says JSON: the native routes
-    refuse the rest as FastAPI did, with a 400 in the envelope. Without a content type the
-    body is read as JSON (``body`` is wrong at ``kk``, and the 400 names it)."""
+    refuse the rest as FastAPI did, with a 400 in the envelope that says what to send. Without
+    a content type the body is read as JSON (``body`` is wrong at ``kk``, and the 400 names it)."""
     for content_type in NOT_JSON:
         reply = httpx.post(
             server.url + path, content=body, headers={"content-type": content_type}, timeout=10
         )
         assert reply.status_code == 400, (content_type, reply.text)
         assert reply.json()["error"] == {
-            "message": "Input should be a valid dictionary or object to extract fields from",
+            "message": "the body must be a JSON object sent with content-type: "
+            f"application/json (this one came as {content_type})",
             "type": "invalid_request_error",
             "param": None,
             "code": "invalid_value",
