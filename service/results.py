@@ -3,11 +3,12 @@
 The output family is one set of fields, declared once by its models (``schemas/output.py``:
 ``RerankResponse``, ``CandidateOut``, ``VerdictOut``, ``Stats``, ``Usage``, ``TimingOut``).
 :func:`as_data` gives exactly that shape, key for key, so the OpenAI and Anthropic routes embed
-it as their ``bestofk`` block with nothing to validate, and the native route validates it into
-the models once at its edge. With ``record=True`` it adds what only a record keeps (a
-verdict's ``tokens``, a candidate's ``required_ok``, ``ready_ms``, ``verified_ms``, its
-``vote`` ``answer`` and its whole ``output``): the fields the record's models
-(``records/format.py``) add to the family's, validated into them once by ``format.build``.
+it as their ``bestofk`` block and the native route serializes it as its response, with
+nothing to validate (``tests/test_records.py`` holds the data to the models). With
+``record=True`` it adds what only a record keeps (a verdict's ``tokens``, a candidate's
+``required_ok``, ``ready_ms``, ``verified_ms``, its ``vote`` ``answer`` and its whole
+``output``): the fields the record's models (``records/format.py``) add to the family's,
+validated into them once by ``format.build``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The output family: a finished request's fields, declared once.
 
 :func:`results.as_data <bestofk.service.results.as_data>` gives a result in these models'
-shape, key for key. The native API answers with :class:`RerankResponse` (validated from it at
-the edge), the OpenAI and Anthropic routes embed the same data as their ``bestofk`` block, and
+shape, key for key. The native API answers with it in :class:`RerankResponse`'s shape (its
+``response_model``, serialized without a second validation), the OpenAI and Anthropic routes
+embed the same data as their ``bestofk`` block, and
 the record (:mod:`records.format <bestofk.service.records.format>`) extends the models with
 the few fields only a record keeps.
 
