@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bestofk.service.settings import Settings
-from bestofk.tooling.procs import VENV_BIN, Server
+from bestofk.tooling.procs import VENV_BIN, Server, free_port, start
 from tests.conftest import model_path
 
 
@@ -99,3 +99,21 @@ def test_cli_verifier_shorthand() -> None:
     }  # fmt: skip
     assert parse_verifier('{"type": "regex", "pattern": "a"}') == {"type": "regex", "pattern": "a"}
     assert json.loads(json.dumps(parse_verifier("regex:pattern=^x$")))["pattern"] == "^x$"
+
+
+def test_vllm_server_keeps_its_sockets_in_a_temp_dir_of_its_own(vllm_backend: Server) -> None:
+    # vLLM leaves its ZMQ sockets behind when it stops; in the shared temp dir they pile up.
+    assert vllm_backend.temp is not None
+    sockets = [p.name for p in vllm_backend.temp.iterdir() if p.is_socket()]
+    assert sockets, f"no vLLM sockets in {vllm_backend.temp}: VLLM_RPC_BASE_PATH was not used"
+
+
+def test_stopping_a_server_removes_its_temp_dir(tmp_path: Path) -> None:
+    temp = tmp_path / "own"
+    temp.mkdir()
+    (temp / "socket-stand-in").touch()
+    server = start(["sleep", "60"], tmp_path / "sleep.log", {}, free_port())
+    server.temp = temp
+    server.stop()
+    assert server.process.returncode is not None
+    assert not temp.exists()

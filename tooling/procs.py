@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    temp: Path | None = None
+    """A directory of the server's own, removed once it has stopped."""
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of the server's log, for failure messages."""
@@ -67,7 +71,7 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL what is left."""
+        """SIGTERM the process group, then SIGKILL what is left; remove its ``temp``."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -75,6 +79,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def start(
@@ -137,7 +143,12 @@ def start_vllm_openai(
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-num-seqs", "64", *extra,
     ]  # fmt: skip
-    return start(cmd, log, engine_env(), port)
+    # vLLM names its ZMQ sockets in the temp directory and leaves them there when it stops (a
+    # few per start); a directory of its own goes with the server, as `bestofk serve` does.
+    temp = Path(tempfile.mkdtemp(prefix="vllm-serve-"))
+    server = start(cmd, log, engine_env(VLLM_RPC_BASE_PATH=str(temp), TMPDIR=str(temp)), port)
+    server.temp = temp
+    return server
 
 
 @contextlib.contextmanager
