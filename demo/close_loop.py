@@ -24,12 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# `measure` here is the sibling module: run as a script, this directory is on sys.path.
+import measure as demo_measure
 
-from bestofk.tooling import measure  # noqa: E402
-from bestofk.tooling.procs import VENV_BIN, Server, running, start_bestofk  # noqa: E402
-from demo import measure as demo_measure  # noqa: E402
+from bestofk.tooling import measure
+from bestofk.tooling.procs import VENV_BIN, Server, running, start_bestofk
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = ROOT / "demo" / "model"
 TASKS = ROOT / "demo" / "tasks.jsonl"
