@@ -1,8 +1,9 @@
 """The OpenAI wire, once: request bodies, the event stream, chunks, logprobs, error replies.
 
 Both clients of OpenAI-compatible servers speak through this module: the remote engine
-(``engines/openai_remote.py`` of the server, streamed sampling) and the model-based verifiers
-(:mod:`bestofk.verifiers.endpoint` for a judge, :mod:`bestofk.verifiers.reward_model`).
+(``engines/remote_stream.py`` and ``remote_call.py`` of the server, streamed sampling) and the
+model-based verifiers (:mod:`bestofk.verifiers.endpoint` for a judge,
+:mod:`bestofk.verifiers.reward_model`).
 
 It lives under ``verifiers/`` because that is the package both sides may import: the service
 imports the verifiers, never the reverse. The other seam, the endpoint completer moving to the
