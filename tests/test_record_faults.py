@@ -32,8 +32,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bestofk.service.records.drops import WARN_EVERY_S
 from bestofk.service.records.reader import RecordReader, read_records
-from bestofk.service.records.recorder import RETRY_MAX_S, SYNC_EVERY_S, WARN_EVERY_S, Recorder
+from bestofk.service.records.record_file import SYNC_EVERY_S
+from bestofk.service.records.recorder import RETRY_MAX_S, Recorder
 from bestofk.tooling.procs import ROOT, VENV_BIN, Server, engine_env, start_bestofk
 from tests.conftest import CONFIG
 from tests.test_records import make, record
@@ -383,7 +385,7 @@ def test_a_record_file_deleted_under_the_writer_is_written_again(
     """A tmp cleaner deletes the open file; the directory stays: nothing is lost after it."""
     recorder = Recorder(tmp_path)
     recorder.start()
-    with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
+    with caplog.at_level(logging.WARNING, "bestofk.service.records.record_file"):
         try:
             _submit(recorder, range(5))
             _wait_saved(recorder, 5)
@@ -404,7 +406,7 @@ def test_a_replaced_directory_is_noticed(tmp_path: Path, caplog: pytest.LogCaptu
     directory = tmp_path / "records"
     recorder = Recorder(directory)
     recorder.start()
-    with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
+    with caplog.at_level(logging.WARNING, "bestofk.service.records.record_file"):
         try:
             _submit(recorder, range(3))
             _wait_saved(recorder, 3)

@@ -148,7 +148,7 @@ def test_full_queue_drops_counts_and_never_blocks(
     recorder = Recorder(tmp_path, queue_size=2)  # not started: nothing drains the queue
     job, result = make("q", [("1", True, 1.0)])
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, "bestofk.service.records.recorder"):
+    with caplog.at_level(logging.WARNING, "bestofk.service.records.drops"):
         outcomes = [recorder.submit(job, result) for _ in range(500)]
     elapsed = time.perf_counter() - start
     assert outcomes[:2] == [True, True] and not any(outcomes[2:])

@@ -1,7 +1,8 @@
 """Request records: every candidate, verdict and choice, kept as JSONL.
 
-``recorder`` appends records off the request path (``--record-dir``); ``format`` is the record
-schema; ``reader`` reads files back while they are written. Turning them into datasets and
+``recorder`` appends records off the request path (``--record-dir``), to the files of
+``record_file``, counting what it loses in ``drops``; ``format`` is the record schema;
+``reader`` reads files back while they are written. Turning them into datasets and
 statistics is tooling: :mod:`bestofk.tooling.records`.
 """
 

@@ -36,8 +36,6 @@ several worker processes can share one directory without sharing a file.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import queue
@@ -45,12 +43,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bestofk.service.metrics import Metrics
+from bestofk.service.records.drops import WARN_EVERY_S, DropLog, Failure, drop_reason
 from bestofk.service.records.format import MAX_RECORD_BYTES, build, compile_redactions
+from bestofk.service.records.record_file import SYNC_EVERY_S, RecordFile
 
 if TYPE_CHECKING:
     from bestofk.service.rerank import RerankJob, RerankResult
@@ -58,38 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SYNC_EVERY_S = 1.0
-"""Written lines are fsync'd at most this long after they are written (a crash or a disk that
-fails loses at most this much), and at rotation and shutdown."""
-WARN_EVERY_S = 10.0
-"""Drops are logged at most this often (with the count since), so a flood cannot fill the log."""
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 2.0
 """After a failed write the writer tries again after 0.25 s, then 0.5, 1 and every 2 s: at most
 this long after the fault clears (space freed, remounted), recording resumes. A try costs a few
 system calls (create, write, remove the empty file), so trying often costs nothing."""
-
-_REASONS = {
-    errno.ENOSPC: "no_space",
-    errno.EDQUOT: "no_space",
-    errno.EROFS: "read_only",
-    errno.EACCES: "permission",
-    errno.EPERM: "permission",
-}
-
-
-def drop_reason(exc: BaseException) -> str:
-    """The ``reason`` label a record lost to ``exc`` is counted under."""
-    if isinstance(exc, FileDeletedError):
-        return "deleted"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return _REASONS.get(exc.errno, "error")
-    return "error"
-
-
-class FileDeletedError(OSError):
-    """Two fresh files in a row lost their name while a line was written: something deletes
-    record files as fast as they are made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,52 +70,6 @@ class _Pending:
     result: RerankResult
     profile: str | None
     finished_at: float
-
-
-@dataclass(slots=True)
-class _Failure:
-    """Recording is failing: since when, why, and when to try again."""
-
-    reason: str
-    error: str
-    since: float
-    retry_at: float
-    delay: float
-    dropped: int = 0
-
-
-class _DropLog:
-    """Counts drops by reason and logs them at most once per ``WARN_EVERY_S``; thread-safe
-    (the request path drops on a full queue, the writer on a failed write)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._errors: dict[str, str] = {}
-        self._last = -WARN_EVERY_S
-
-    def drop(self, reason: str, error: str) -> None:
-        """Count one record dropped for ``reason`` (``error`` says why, in words)."""
-        self._metrics.record_dropped(reason)
-        with self._lock:
-            self._counts[reason] = self._counts.get(reason, 0) + 1
-            self._errors[reason] = error
-        self.report(force=False)
-
-    def report(self, force: bool = True) -> None:
-        """Log the drops not logged yet: now if ``force``, else only once the interval passed."""
-        with self._lock:
-            now = time.monotonic()
-            if not self._counts or (not force and now - self._last < WARN_EVERY_S):
-                return
-            counts, errors = self._counts, self._errors
-            self._counts, self._errors, self._last = {}, {}, now
-        log.warning(
-            "dropped %d request record(s): %s",
-            sum(counts.values()),
-            "; ".join(f"{n} {reason} ({errors[reason]})" for reason, n in counts.items()),
-        )
 
 
 _STOP = object()
@@ -163,22 +89,13 @@ class Recorder:
         self.directory = directory
         self.metrics = metrics or Metrics()
         """Where writes, drops and health are counted: the app's; a recorder's own if None."""
-        self.max_bytes = max_bytes
         self.redactions = compile_redactions(redact)
         self._queue: queue.Queue[_Pending | object] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._fd: int | None = None
-        self._size = 0
-        self._lines = 0
-        self._unsynced = False
-        self._sync_due = 0.0
-        self._sequence = 0
-        self._directory_id: tuple[int, int] | None = None
-        self.path: Path | None = None
-        """The file being written now (None before the first record)."""
-        self._drops = _DropLog(self.metrics)
-        self._failure: _Failure | None = None
+        self._file = RecordFile(directory, max_bytes)
+        self._drops = DropLog(self.metrics)
+        self._failure: Failure | None = None
         self._traced = False
 
     @classmethod
@@ -193,6 +110,16 @@ class Recorder:
             redact=settings.record_redact,
             metrics=metrics,
         )
+
+    @property
+    def max_bytes(self) -> int:
+        """A file is rotated before a line would take it past this."""
+        return self._file.max_bytes
+
+    @property
+    def path(self) -> Path | None:
+        """The file being written now (None before the first record)."""
+        return self._file.path
 
     def start(self) -> None:
         """Create the directory and start the writer; fails now if it cannot be written."""
@@ -248,9 +175,11 @@ class Recorder:
         try:
             while True:
                 try:
-                    item = self._queue.get(timeout=SYNC_EVERY_S if self._unsynced else WARN_EVERY_S)
+                    item = self._queue.get(
+                        timeout=SYNC_EVERY_S if self._file.unsynced else WARN_EVERY_S
+                    )
                 except queue.Empty:  # idle: the last lines go to the disk, pending drops to the log
-                    self._sync(force=True)
+                    self._file.sync(force=True)
                     self._drops.report(force=False)
                     continue
                 if item is _STOP:
@@ -259,7 +188,7 @@ class Recorder:
                 self._save(item)
         finally:
             self._drops.report()
-            self._abandon_file()
+            self._file.abandon()
 
     def _save(self, item: _Pending) -> None:
         failure = self._failure
@@ -279,8 +208,8 @@ class Recorder:
             self._drops.drop("error", f"{type(exc).__name__}: {exc}")
             return
         try:
-            self._append(line)
-            self._sync(force=False)
+            self._file.append(line)
+            self._file.sync(force=False)
         except OSError as exc:
             self._fail(exc)
             return
@@ -302,7 +231,7 @@ class Recorder:
         now = time.monotonic()
         failure = self._failure
         if failure is None:
-            failure = self._failure = _Failure(reason, error, now, now, RETRY_FIRST_S)
+            failure = self._failure = Failure(reason, error, now, now, RETRY_FIRST_S)
             self._set_healthy(False)
         else:
             failure.reason, failure.error = reason, error
@@ -323,126 +252,3 @@ class Recorder:
             redactions=self.redactions,
         )
         return record.to_line()
-
-    def _append(self, line: bytes) -> None:
-        """Write ``line`` to a file that still has its name, or raise."""
-        for _ in range(2):
-            self._open_for(len(line))
-            assert self._fd is not None
-            self._write(self._fd, line)
-            if os.fstat(self._fd).st_nlink > 0:
-                self._lines += 1
-                self._unsynced = True
-                return
-            # Deleted while we wrote (or before): the line is lost with it, so it goes again.
-            log.warning(
-                "the record file %s was deleted from outside bestofk with %d record(s) written "
-                "to it; recording goes on in a fresh file",
-                self.path,
-                self._lines,
-            )
-            self._abandon_file()
-        raise FileDeletedError(errno.ENOENT, "record files are deleted as they are written")
-
-    def _sync(self, force: bool) -> None:
-        """fsync what was written since the last sync, at most every ``SYNC_EVERY_S`` unless
-        ``force``: a crash or a disk error then loses at most that much of what was counted
-        written, not the page cache's half minute. An idle sync that fails is left to the next
-        write, which meets the same fault and counts it."""
-        now = time.monotonic()
-        if self._fd is None or not self._unsynced or (not force and now < self._sync_due):
-            return
-        try:
-            os.fsync(self._fd)
-        except OSError:
-            if not force:
-                raise
-            self._abandon_file()
-        self._unsynced = False
-        self._sync_due = now + SYNC_EVERY_S
-
-    def _open_for(self, size: int) -> None:
-        """Make ``self._fd`` a file in the directory as it is now, with room for ``size``."""
-        try:
-            stat = os.stat(self.directory)
-        except FileNotFoundError:
-            stat = None
-        found = None if stat is None else (stat.st_dev, stat.st_ino)
-        if self._directory_id is not None and found != self._directory_id:
-            log.warning(
-                "the record directory %s was %s while recording (the last file, %s, has %d "
-                "record(s)); recording goes on in a fresh file in %s",
-                self.directory,
-                "deleted" if stat is None else "replaced",
-                self.path,
-                self._lines,
-                "it, recreated" if stat is None else "the new one",
-            )
-            self._abandon_file()
-            self._directory_id = None
-        if stat is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            stat = os.stat(self.directory)
-            found = (stat.st_dev, stat.st_ino)
-        if self._fd is None or (self._size > 0 and self._size + size > self.max_bytes):
-            self._rotate()
-        self._directory_id = found
-
-    def _write(self, fd: int, line: bytes) -> None:
-        view = memoryview(line)
-        try:
-            while view:  # a regular file takes it all in one write unless the disk is full
-                written = os.write(fd, view)
-                view = view[written:]
-                self._size += written
-        except OSError:
-            # Part of the line may be in the file: the next record goes to a fresh file, so a
-            # partial line stays the last one here, where readers skip it.
-            self._abandon_file()
-            raise
-
-    def _rotate(self) -> None:
-        self._finish_file()
-        while True:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            path = self.directory / f"records-{stamp}Z-{os.getpid()}-{self._sequence:04d}.jsonl"
-            self._sequence += 1
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-            except FileExistsError:
-                continue
-            break
-        self._fd, self._size, self._lines, self.path = fd, 0, 0, path
-        _fsync_dir(self.directory)  # the new name survives a crash along with its contents
-
-    def _finish_file(self) -> None:
-        """fsync and close the current file; a failure to do so raises (after closing)."""
-        if self._fd is None:
-            return
-        fd, self._fd, self._unsynced = self._fd, None, False
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _abandon_file(self) -> None:
-        """Close the current file whatever the disk says; an empty one is removed."""
-        if self._fd is None:
-            return
-        empty, path = self._size == 0, self.path
-        try:
-            self._finish_file()
-        except OSError as exc:
-            log.debug("closing %s: %s", path, exc)
-        if empty and path is not None:
-            # Gone with its directory, or on a read-only disk: then there is nothing to tidy.
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
