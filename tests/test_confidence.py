@@ -43,7 +43,7 @@ from bestofk.service.engines.base import (
 )
 from bestofk.service.pipeline import Pipeline
 from bestofk.service.rerank import RerankJob
-from bestofk.service.routes.openai import client_top
+from bestofk.service.routes.openai_choices import client_top
 from bestofk.service.schemas.confidence import Confidence
 from bestofk.service.settings import Profile
 from bestofk.tooling.procs import Server

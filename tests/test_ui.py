@@ -37,8 +37,8 @@ from bestofk.service.records.format import (
 from bestofk.service.records.reader import complete_lines, complete_lines_reversed, read_records
 from bestofk.service.routes.common import trace_link
 from bestofk.service.settings import Settings
-from bestofk.service.ui import views
 from bestofk.service.ui.routes import _next
+from bestofk.service.ui.trace import trace
 from bestofk.tooling.procs import Server, engine_env, start_bestofk
 from bestofk.tooling.records import stats
 from tests.conftest import CONFIG, post
@@ -392,31 +392,31 @@ def _record(scores: list[float], logprobs: list[float | None], **selection: Any)
 
 
 def test_the_explanation_names_the_tie_break() -> None:
-    by_logprob = views.trace(_record([1.0, 1.0, 0.5], [-0.9, -0.2, -0.1], chosen=1))
+    by_logprob = trace(_record([1.0, 1.0, 0.5], [-0.9, -0.2, -0.1], chosen=1))
     assert [c.index for c in by_logprob.candidates] == [1, 0, 2]
     assert any("mean token logprob (-0.200 against -0.900)" in line for line in by_logprob.why)
-    by_index = views.trace(_record([1.0, 1.0], [-0.9, -0.2], chosen=0, tie_break="index"))
+    by_index = trace(_record([1.0, 1.0], [-0.9, -0.2], chosen=0, tie_break="index"))
     assert [c.index for c in by_index.candidates] == [0, 1]
     assert any("lower index" in line for line in by_index.why)
 
 
 def test_the_explanation_names_required_verifiers_only_when_there_are_some() -> None:
-    unrequired = views.trace(_record([1.0, 0.5], [None, None], chosen=0))
+    unrequired = trace(_record([1.0, 0.5], [None, None], chosen=0))
     assert not any("required" in line for line in unrequired.why), unrequired.why
     record = _record([1.0, 0.5], [None, None], chosen=0)
     record.verifiers = [{"type": "exact", "reference": "x", "required": True}]
-    required = views.trace(record)
+    required = trace(record)
     assert any("passes every required verifier" in line for line in required.why), required.why
 
 
 def test_sample_chances_and_vote_clusters_come_from_the_selection_code() -> None:
-    sample = views.trace(_record([1.0, 0.0], [None, None], chosen=0, policy="sample", beta=2.0))
+    sample = trace(_record([1.0, 0.0], [None, None], chosen=0, policy="sample", beta=2.0))
     chances = {c.index: c.chance for c in sample.candidates}
     assert chances == {
         0: pytest.approx(1 / (1 + math.exp(-2.0))),
         1: pytest.approx(1 / (1 + math.exp(2.0))),
     }
-    vote = views.trace(
+    vote = trace(
         _record(
             [0.5, 0.5, 0.9],
             [None, None, None],

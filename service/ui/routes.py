@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from bestofk.service.middleware import UI_COOKIE, UI_LOGIN, UI_PREFIX, is_ui_path, ui_token
 from bestofk.service.records.format import compile_redactions
 from bestofk.service.routes.common import runtime
-from bestofk.service.ui import views
+from bestofk.service.ui import diff, listing, trace
 from bestofk.service.ui.source import PAGE_SIZE, SCAN_LIMIT, Origin, Scan, Source
 from bestofk.verifiers.base import run_blocking
 
@@ -85,12 +85,12 @@ async def requests_page(
     origin: Origin | None = None,
     profile: str | None = Query(default=None, max_length=200),
     model: str | None = Query(default=None, max_length=500),
-    outcome: views.Outcome | None = None,
+    outcome: listing.Outcome | None = None,
     page: int = Query(default=0, ge=0, le=10_000),
 ) -> HTMLResponse:
     """The recent requests, newest first, filtered and paged."""
     where = _origin(request, origin)
-    filters = views.Filters(profile or None, model or None, outcome)
+    filters = listing.Filters(profile or None, model or None, outcome)
     source = _source(request)
 
     def render() -> HTMLResponse:
@@ -124,9 +124,9 @@ async def request_page(
         record = source.find(request_id)
         if record is None:
             return _page("missing.html", 404, request_id=request_id, **_context(request))
-        trace = views.trace(record, patterns)
-        diff = views.diff(trace, a, b) if a is not None and b is not None else None
-        return _page("request.html", trace=trace, diff=diff, **_context(request))
+        shown = trace.trace(record, patterns)
+        compared = diff.diff(shown, a, b) if a is not None and b is not None else None
+        return _page("request.html", trace=shown, diff=compared, **_context(request))
 
     return await run_blocking(render)
 
@@ -147,7 +147,7 @@ async def stats_page(request: Request, origin: Origin | None = None) -> HTMLResp
             "stats.html",
             origin=where,
             report=report,
-            bars=views.chart(report.rows),
+            bars=listing.chart(report.rows),
             scan=scan,
             scan_limit=SCAN_LIMIT,
             advice={r.profile: r.advice for r in report.rows if r.verifier == stats.ALL},

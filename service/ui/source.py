@@ -16,7 +16,7 @@ from typing import Literal
 from bestofk.service.history import History
 from bestofk.service.records.format import Record, RecordFormatError
 from bestofk.service.records.reader import complete_lines_reversed, parse_line, record_files
-from bestofk.service.ui.views import Filters, Summary, summary
+from bestofk.service.ui.listing import Filters, Summary, summary
 
 Origin = Literal["recent", "records"]
 PAGE_SIZE = 50

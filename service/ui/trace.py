@@ -1,4 +1,7 @@
-"""Records → what the trace pages show: plain data for the templates, no HTML here.
+"""A record → what its request page (``/ui/requests/{id}``) shows: the prompt, the candidate
+cards best first, and why the winner won. Plain data for the templates, no HTML here; the
+page's timeline is :mod:`.waterfall`'s, its summary row :mod:`.listing`'s, the word diff of two
+candidates :mod:`.diff`'s.
 
 The ranking, the sampling chances and the vote clusters come from :mod:`service.selection`
 itself (a record's candidates are turned back into :class:`Scored`), so a page explains a
@@ -8,11 +11,9 @@ patterns again: a prompt the model echoed, or a verdict quoting it, stays hidden
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from bestofk.service.records.format import CandidateRecord, Record, VerdictRecord, redact
 from bestofk.service.selection import (
@@ -22,84 +23,9 @@ from bestofk.service.selection import (
     ranked,
     vote_clusters,
 )
+from bestofk.service.ui.listing import Summary, summary
+from bestofk.service.ui.waterfall import Waterfall, waterfall
 from bestofk.verifiers.base import Candidate
-
-Outcome = Literal["passed", "failed"]
-NO_PROFILE = "-"
-DIFF_MAX_TOKENS = 4000
-"""Words per text past which two candidates are not diffed (difflib is quadratic at worst)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """What the request list shows: all of it, or one profile, model or outcome."""
-
-    profile: str | None = None
-    """A profile's name, or ``-`` for requests that named none."""
-    model: str | None = None
-    outcome: Outcome | None = None
-    """``passed``: the chosen candidate passed every verifier; ``failed``: it did not."""
-
-    def match(self, record: Record) -> bool:
-        """Whether ``record`` passes every filter set."""
-        if self.profile is not None and (record.profile or NO_PROFILE) != self.profile:
-            return False
-        if self.model is not None and record.model != self.model:
-            return False
-        return self.outcome is None or _winner(record).passed == (self.outcome == "passed")
-
-    def query(self) -> dict[str, str]:
-        """The filters as query parameters (for links that keep them)."""
-        fields = {"profile": self.profile, "model": self.model, "outcome": self.outcome}
-        return {k: v for k, v in fields.items() if v is not None}
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """One row of the request list."""
-
-    id: str
-    timestamp: str
-    model: str
-    profile: str
-    source: str
-    k: int
-    generated: int
-    passing: int
-    winner_index: int
-    winner_score: float
-    winner_passed: bool
-    total_ms: float | None
-    policy: str
-    early_exit: bool
-    partial: bool
-
-
-def _winner(record: Record) -> CandidateRecord:
-    chosen = record.selection.chosen
-    return next(c for c in record.candidates if c.index == chosen)
-
-
-def summary(record: Record) -> Summary:
-    """The list row of ``record``."""
-    winner = _winner(record)
-    return Summary(
-        id=record.id,
-        timestamp=record.timestamp,
-        model=record.model,
-        profile=record.profile or NO_PROFILE,
-        source=record.source,
-        k=record.stats.k,
-        generated=record.stats.generated,
-        passing=record.stats.passing,
-        winner_index=winner.index,
-        winner_score=winner.score,
-        winner_passed=winner.passed,
-        total_ms=record.timing.total_ms if record.timing is not None else None,
-        policy=record.selection.policy,
-        early_exit=record.stats.early_exit,
-        partial=record.stats.partial,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,37 +68,6 @@ class ClusterView:
     members: list[int]
     weight: float
     chosen: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A bar in the timing waterfall, in ms since the request arrived."""
-
-    kind: Literal["queue", "generate", "verify"]
-    start_ms: float
-    end_ms: float
-    title: str
-
-
-@dataclass(frozen=True, slots=True)
-class Lane:
-    """A row of the waterfall."""
-
-    label: str
-    segments: list[Segment]
-
-
-@dataclass(frozen=True, slots=True)
-class Waterfall:
-    """The request's timeline: its lanes, the scale, and the early exit if there was one."""
-
-    lanes: list[Lane]
-    total_ms: float
-    early_exit_ms: float | None
-
-    def pct(self, ms: float) -> float:
-        """A time as a share of the scale, in percent (for CSS)."""
-        return max(0.0, min(100.0, 100.0 * ms / self.total_ms)) if self.total_ms > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -372,89 +267,3 @@ def _ties(record: Record, order: list[Scored], winner: Scored) -> list[str]:
     else:
         how = "the lower index" + ("" if by_logprob else " (tie_break: index)")
     return [f"Tied at {winner.score:.3f} with {others}; {how} broke the tie."]
-
-
-def waterfall(record: Record) -> Waterfall | None:
-    """The timeline: queue, generation, each candidate's generation and verification."""
-    t = record.timing
-    if t is None or not t.total_ms:
-        return None
-    queue = t.queue_ms
-    lanes = [Lane("queue", [Segment("queue", 0.0, queue, f"queue {queue:.1f} ms")])]
-    generate = t.generate_ms
-    if record.source == "generate":
-        end = queue + generate
-        lanes.append(
-            Lane("generation", [Segment("generate", queue, end, f"generation {generate:.1f} ms")])
-        )
-    ready = [c.ready_ms for c in record.candidates if c.ready_ms is not None]
-    verify = t.verify_ms
-    if ready:
-        start = min(ready)
-        title = f"verification, set-level verifiers included: {verify:.1f} ms"
-        lanes.append(Lane("verification", [Segment("verify", start, start + verify, title)]))
-    for c in sorted(record.candidates, key=lambda c: c.index):
-        if c.ready_ms is None or c.verified_ms is None:
-            continue
-        segments = []
-        if record.source == "generate":
-            took = c.ready_ms - queue
-            segments.append(
-                Segment("generate", queue, c.ready_ms, f"#{c.index} generated in {took:.1f} ms")
-            )
-        took = c.verified_ms - c.ready_ms
-        segments.append(
-            Segment("verify", c.ready_ms, c.verified_ms, f"#{c.index} verified in {took:.1f} ms")
-        )
-        lanes.append(Lane(f"#{c.index}", segments))
-    early = queue + generate if record.stats.early_exit else None
-    return Waterfall(lanes, t.total_ms, early)
-
-
-@dataclass(frozen=True, slots=True)
-class Diff:
-    """Two candidates' texts word by word: ``equal``, ``delete`` (only in a), ``insert``."""
-
-    a: int
-    b: int
-    parts: list[tuple[str, str]]
-    too_long: bool = False
-
-
-def diff(trace: Trace, a: int, b: int) -> Diff | None:
-    """The word diff of candidates ``a`` and ``b`` of ``trace`` (None if either is unknown)."""
-    texts = {c.index: c.text for c in trace.candidates}
-    if a not in texts or b not in texts:
-        return None
-    left, right = _words(texts[a]), _words(texts[b])
-    if max(len(left), len(right)) > DIFF_MAX_TOKENS:
-        return Diff(a, b, [], too_long=True)
-    parts: list[tuple[str, str]] = []
-    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag in ("equal", "delete", "replace"):
-            parts.append(("equal" if tag == "equal" else "delete", "".join(left[i1:i2])))
-        if tag in ("insert", "replace"):
-            parts.append(("insert", "".join(right[j1:j2])))
-    return Diff(a, b, parts)
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"(\s+)", text) if w]
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """The stats chart: one profile's pass@1 and pass@K."""
-
-    profile: str
-    pass_at_1: float
-    pass_at_k: float
-    requests: int
-
-
-def chart(rows: Sequence[Any]) -> list[Bar]:
-    """One bar pair per profile, from the stats report's ``all`` rows."""
-    return [
-        Bar(r.profile, r.pass_at_1, r.pass_at_k, r.requests) for r in rows if r.verifier == "all"
-    ]
