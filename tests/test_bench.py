@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bestofk.tooling.bench import BenchConfig, measure, shown_path
-from bestofk.tooling.bench.load import percentile, ratio, with_ratios
-from bestofk.tooling.bench.modes import Endpoints
+from bestofk.tooling.bench.load import ModeRun, percentile, ratio, summaries, with_ratios
+from bestofk.tooling.bench.modes import Endpoints, Outcome
 from bestofk.tooling.bench.targets import tree_rss_mb
 from bestofk.tooling.procs import ROOT, Server
 
@@ -33,6 +33,23 @@ def test_ratios_are_against_b() -> None:
     modes = with_ratios({"b": dict(figures), "c": {k: v * 2 for k, v in figures.items()}})
     assert modes["b"]["vs_b"] == dict.fromkeys(figures, 1.0)
     assert modes["c"]["vs_b"] == dict.fromkeys(figures, 2.0)
+
+
+def test_paired_ratio_compares_the_same_request_numbers() -> None:
+    def run(latencies: dict[int, float]) -> ModeRun:
+        return ModeRun(
+            outcomes=[Outcome(s, 10) for s in latencies.values()], wall_s=1.0, latency_s=latencies
+        )
+
+    # Every request costs 10 % more in (c), whose request 3 failed: the p50s' ratio says 0.88
+    # (the medians fall on different requests), the pairs say 1.1.
+    base = run({0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0})
+    routed = run({0: 1.1, 1: 2.2, 2: 3.3})
+    figures = summaries({"b": base, "c": routed})
+    assert figures["c"]["vs_b"]["paired_p50"] == pytest.approx(1.1)
+    assert figures["c"]["vs_b"]["p50_ms"] == pytest.approx(2.2 / 2.5)
+    assert figures["b"]["vs_b"]["paired_p50"] == 1.0
+    assert summaries({"c": routed})["c"]["vs_b"]["paired_p50"] is None  # no (b) in the cell
 
 
 def test_big_cells_are_capped_but_keep_one_full_burst() -> None:
@@ -77,10 +94,13 @@ async def test_tiny_grid_against_the_session_servers(
         assert summary["p50_ms"] > 0 and summary["p95_ms"] >= summary["p50_ms"]
         assert summary["requests_per_s"] > 0 and summary["tokens_per_s"] > 0
     b = modes["b"]
-    assert b["vs_b"] == {"p50_ms": 1.0, "p95_ms": 1.0, "requests_per_s": 1.0, "tokens_per_s": 1.0}
+    assert b["vs_b"] == dict.fromkeys(
+        ("p50_ms", "paired_p50", "p95_ms", "requests_per_s", "tokens_per_s"), 1.0
+    )
     for mode in ("c", "i"):
         for name in ("p50_ms", "p95_ms", "requests_per_s", "tokens_per_s"):
             assert modes[mode]["vs_b"][name] == pytest.approx(modes[mode][name] / b[name])
+        assert modes[mode]["vs_b"]["paired_p50"] > 0
         # Two candidates per request of (b), (c) and (i), one of (a).
         assert modes[mode]["tokens_per_request"] >= 2
     assert b["tokens_per_request"] >= 2

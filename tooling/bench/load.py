@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class ModeRun:
     outcomes: list[Outcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    latency_s: dict[int, float] = field(default_factory=dict)
+    """Each answered request's latency, by its number in the cell."""
 
     def summary(self) -> dict[str, Any]:
         """Latency percentiles (ms), requests/s, generated tokens/s, and the counts."""
@@ -72,6 +75,29 @@ class ModeRun:
 
 
 RATIO_FIELDS = ("p50_ms", "p95_ms", "requests_per_s", "tokens_per_s")
+
+
+def paired_ratio(run: ModeRun, base: ModeRun) -> float | None:
+    """The median, over the requests both answered, of ``run``'s latency over ``base``'s for
+    the same request number. Where requests are seeded each pair generates the very same
+    tokens, so this leaves out how long one request is against another, which the ratio of
+    the two p50s keeps: it is the steadier figure of a route's cost."""
+    ratios = [
+        run.latency_s[i] / base.latency_s[i]
+        for i in sorted(run.latency_s.keys() & base.latency_s.keys())
+        if base.latency_s[i] > 0
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def summaries(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
+    """Each mode's summary with its ratios to (b): :func:`with_ratios`, plus ``paired_p50``
+    (:func:`paired_ratio`)."""
+    out = with_ratios({name: run.summary() for name, run in runs.items()})
+    base = runs.get(BASELINE)
+    for name, run in runs.items():
+        out[name]["vs_b"]["paired_p50"] = paired_ratio(run, base) if base else None
+    return out
 
 
 def with_ratios(modes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -121,11 +147,12 @@ async def run_cell(
                 *(_one(calls[name], client, k, first + i) for i in range(size))
             )
             run.wall_s += time.perf_counter() - start
-            for result in results:
+            for i, result in enumerate(results):
                 if isinstance(result, str):
                     run.errors.append(result)
                 else:
                     run.outcomes.append(result)
+                    run.latency_s[first + i] = result.latency_s
             if on_burst is not None:
                 on_burst(name)
     return runs

@@ -57,8 +57,8 @@ class Report:
         """The results table, the targets, and what was skipped."""
         lines = [
             "| conc. | K | mode | ok/err | p50 ms | p95 ms | req/s | gen tok/s "
-            "| p50 ÷ (b) | p95 ÷ (b) | req/s ÷ (b) | tok/s ÷ (b) |",
-            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| p50 ÷ (b) | paired ÷ (b) | p95 ÷ (b) | req/s ÷ (b) | tok/s ÷ (b) |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for (c, k), cell in sorted(self.cells.items()):
             for mode, s in cell["modes"].items():
@@ -67,7 +67,7 @@ class Report:
                     f"| {c} | {k} | ({mode}) {MODE_LABELS[mode]} | {s['ok']}/{s['errors']} "
                     f"| {_num(s['p50_ms'], '.0f')} | {_num(s['p95_ms'], '.0f')} "
                     f"| {_num(s['requests_per_s'], '.2f')} | {_num(s['tokens_per_s'], '.0f')} "
-                    f"| {_num(r['p50_ms'])} | {_num(r['p95_ms'])} "
+                    f"| {_num(r['p50_ms'])} | {_num(r.get('paired_p50'))} | {_num(r['p95_ms'])} "
                     f"| {_num(r['requests_per_s'])} | {_num(r['tokens_per_s'])} |"
                 )
         lines += ["", "| target | wanted | reached | met | detail |", "|---|---|---|---|---|"]

@@ -367,6 +367,13 @@ def _mode_ratio(cells: Cells, c: int, k: int, mode: str, base: str, field: str) 
     return None if pair is None else ratio(*pair)
 
 
+def _paired(cells: Cells, c: int, k: int, mode: str) -> float | None:
+    """The mode's median paired ratio to (b) in cell (c, k) (:func:`load.paired_ratio`)."""
+    cell = cells.get((c, k))
+    summary = cell["modes"].get(mode) if cell else None
+    return summary["vs_b"].get("paired_p50") if summary else None
+
+
 def _mode_difference(
     cells: Cells, c: int, k: int, mode: str, base: str, field: str
 ) -> float | None:
@@ -422,13 +429,14 @@ def evaluate(
         lat = {k: _mode_ratio(cells, 1, k, mode, "b", "p50_ms") for k in ks}
         ms = {k: _mode_difference(cells, 1, k, mode, "b", "p50_ms") for k in ks}
         added = ", ".join(f"K={k}: {_fmt(v, '+.1f')} ms" for k, v in ms.items())
+        paired = ", ".join(f"K={k}: {_fmt(_paired(cells, 1, k, mode))}" for k in ks)
         targets.append(
             Target(
                 f"service overhead, latency ({topology})",
                 f"({mode})/(b) p50 latency <= 1.05 at concurrency 1",
                 ", ".join(f"K={k}: {_fmt(v)}" for k, v in lat.items()),
                 _all_met(lat, lambda v: v <= 1.05),
-                f"p50 difference: {added}",
+                f"p50 difference: {added}; paired ratio: {paired}",
             )
         )
     for mode, topology in TOPOLOGIES.items():
