@@ -45,11 +45,12 @@ def test_paired_ratio_compares_the_same_request_numbers() -> None:
     # (the medians fall on different requests), the pairs say 1.1.
     base = run({0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0})
     routed = run({0: 1.1, 1: 2.2, 2: 3.3})
-    figures = summaries({"b": base, "c": routed})
+    figures = summaries({"b": base, "c": routed}, seeded=True)
     assert figures["c"]["vs_b"]["paired_p50"] == pytest.approx(1.1)
     assert figures["c"]["vs_b"]["p50_ms"] == pytest.approx(2.2 / 2.5)
     assert figures["b"]["vs_b"]["paired_p50"] == 1.0
-    assert summaries({"c": routed})["c"]["vs_b"]["paired_p50"] is None  # no (b) in the cell
+    assert summaries({"c": routed}, seeded=True)["c"]["vs_b"]["paired_p50"] is None  # no (b)
+    assert summaries({"b": base, "c": routed}, seeded=False)["c"]["vs_b"]["paired_p50"] is None
 
 
 def test_big_cells_are_capped_but_keep_one_full_burst() -> None:

@@ -176,7 +176,7 @@ async def measure(
                     calls = {name: (seeded if c == 1 else modes).call(name) for name in names}
                     with sampler.labelled(label) if sampler else contextlib.nullcontext():
                         runs = await load.run_cell(client, calls, c, k, n)
-                    summaries = load.summaries(runs)
+                    summaries = load.summaries(runs, seeded=c == 1)
                     cell: dict[str, Any] = {"requests": n, "modes": summaries}
                     if "d" in runs:
                         cell["overlap"] = targets.overlap(runs["d"].outcomes)

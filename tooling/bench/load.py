@@ -90,13 +90,15 @@ def paired_ratio(run: ModeRun, base: ModeRun) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def summaries(runs: dict[str, ModeRun]) -> dict[str, dict[str, Any]]:
+def summaries(runs: dict[str, ModeRun], seeded: bool) -> dict[str, dict[str, Any]]:
     """Each mode's summary with its ratios to (b): :func:`with_ratios`, plus ``paired_p50``
-    (:func:`paired_ratio`)."""
+    (:func:`paired_ratio`) where the cell was ``seeded`` (else None: unseeded pairs generate
+    different tokens, and their ratio says less than the p50s')."""
     out = with_ratios({name: run.summary() for name, run in runs.items()})
     base = runs.get(BASELINE)
     for name, run in runs.items():
-        out[name]["vs_b"]["paired_p50"] = paired_ratio(run, base) if base else None
+        paired = paired_ratio(run, base) if base and seeded else None
+        out[name]["vs_b"]["paired_p50"] = paired
     return out
 
 
