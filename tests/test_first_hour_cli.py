@@ -523,3 +523,21 @@ def test_serve_refuses_a_busy_port_a_missing_config_and_a_missing_model_at_once(
     one_line_error(bestofk("serve", "--config", str(wrong), timeout=30), "limits.max_k")
     one_line_error(bestofk("serve", "--model", str(tmp_path / "no-model"), timeout=30),
                    "does not exist")  # fmt: skip
+
+
+def test_serve_without_vllm_says_what_to_do_in_one_line(tmp_path: Path) -> None:
+    """As in the ``remote`` image, which has no vLLM: the in-process engine (no --backend) and
+    vLLM's reasoning parsers are refused before anything starts, each in one line."""
+    hide = tmp_path / "no-vllm"
+    hide.mkdir()
+    # Imported at start-up from PYTHONPATH: vLLM then looks uninstalled to find_spec and import.
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['vllm'] = None\n")
+    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": path}
+    one_line_error(bestofk("serve", "--port", "0", env=env, timeout=30),
+                   "vLLM is not installed", "--backend URL")  # fmt: skip
+    one_line_error(
+        bestofk("serve", "--backend", "http://127.0.0.1:9", "--reasoning-parser", "qwen3",
+                "--port", "0", env=env, timeout=30),
+        "--reasoning-parser qwen3", "vLLM is not installed", "vllm serve",
+    )  # fmt: skip
