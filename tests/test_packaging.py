@@ -53,6 +53,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True, text=True,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
+    # setuptools warns of a data folder that is not a package of its own: a later one drops it.
+    assert "would be ignored" not in build.stderr, build.stderr[-3000:]
     [built] = out.glob("bestofk-*.whl")
     return built
 
@@ -62,6 +64,11 @@ def test_the_wheel_holds_the_demo_model_and_only_bestofk(wheel: Path) -> None:
         names = archive.namelist()
         shipped = {n.removeprefix("bestofk/demo_model/") for n in names if "/demo_model/" in n}
         assert shipped == {"__init__.py", *MODEL_FILES}
+        templates = {p.name for p in (ROOT / "service" / "ui" / "templates").glob("*.html")}
+        prefix = "bestofk/service/ui/templates/"
+        assert templates and {n.removeprefix(prefix) for n in names if n.startswith(prefix)} == {
+            "__init__.py", *templates
+        }
         for name in MODEL_FILES:
             data = archive.read(f"bestofk/demo_model/{name}")
             assert data == (ROOT / "demo" / "model" / name).read_bytes(), name
