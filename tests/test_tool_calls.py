@@ -23,7 +23,7 @@ from bestofk.service.jobs import JobFactory, JobRequest
 from bestofk.service.settings import Settings
 from bestofk.service.tools import ToolParsing
 from bestofk.tooling.procs import ROOT, Server, engine_env, start_bestofk
-from bestofk.verifiers.tool_calls import call_key, check_calls
+from bestofk.verifiers.tool_calls import INVALID_CALLS_SCORE, call_key, check_calls
 
 WEATHER = {
     "type": "function",
@@ -71,8 +71,9 @@ def verdict(choice: Any, *calls: tuple[str, Any]) -> tuple[bool, float, str]:
 def test_checks_name_arguments_schema_and_tool_choice() -> None:
     assert verdict("auto", ("get_weather", {"city": "Paris"}))[:2] == (True, 1.0)
     assert verdict("auto") == (True, 1.0, "no tool call")
-    passed, _, detail = verdict("auto", ("get_wether", {"city": "Paris"}))
+    passed, score, detail = verdict("auto", ("get_wether", {"city": "Paris"}))
     assert not passed and "not a function of tools" in detail
+    assert score == INVALID_CALLS_SCORE  # a call, if a bad one, above none where one is needed
     passed, _, detail = verdict("auto", ("get_weather", {"days": 2}))
     assert not passed and "'city' is a required property" in detail
     passed, _, detail = verdict("auto", ("get_weather", {"city": "Paris", "days": "two"}))
@@ -301,6 +302,25 @@ def test_required_and_named_tool_choice(tool_server: Server, fake_backend: Serve
         extra_body={"best_of": 1},
     )  # fmt: skip
     assert reply.choices[0].message.content == GOOD and not reply.choices[0].message.tool_calls
+
+
+def test_required_with_no_valid_call_still_answers_with_a_call(
+    tool_server: Server, fake_backend: Server
+) -> None:
+    """All candidates fail: the one that made a call, if a bad one, wins over text and over a
+    call the parser could not read, as ``vllm serve`` answers ``required`` with a call."""
+    script(fake_backend, TEXT, BAD_JSON, MISSING)
+    reply = client(tool_server).chat.completions.create(
+        model="demo", messages=MESSAGES, tools=TOOLS, tool_choice="required",
+        extra_body={"best_of": 3},
+    )  # fmt: skip
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (tool_call,) = choice.message.tool_calls or []
+    assert json.loads(tool_call.function.arguments) == {"days": 2}
+    native = (reply.model_extra or {})["bestofk"]
+    assert native["index"] == 2
+    assert [c["verdicts"][0]["passed"] for c in native["candidates"]] == [False] * 3
 
 
 def test_vote_over_canonical_calls(tool_server: Server, fake_backend: Server) -> None:

@@ -31,6 +31,11 @@ from bestofk.verifiers.base import (
 from bestofk.verifiers.json_schema import SMALL_SCHEMA_NODES, count_nodes, is_linear
 
 NAME = "tool_calls"
+INVALID_CALLS_SCORE = 0.1
+"""The least a candidate with parsed calls scores, valid or not: when no candidate passes, one
+that made a call ranks above one that made none or one the parser could not read, so under
+``tool_choice: "required"`` the reply holds a call whenever any candidate made one, as
+``vllm serve``'s always does."""
 
 
 class ToolCallsSpec(VerifierSpec):
@@ -90,7 +95,8 @@ def check_calls(
     if forced is not None and any(name != forced for name, _ in calls):
         problems.append(f"tool_choice names {forced!r}")
     if problems:
-        return Verdict(NAME, 0.5 * valid / len(calls), False, "; ".join(problems))
+        score = max(INVALID_CALLS_SCORE, 0.5 * valid / len(calls))
+        return Verdict(NAME, score, False, "; ".join(problems))
     names = ", ".join(name for name, _ in calls)
     return Verdict(NAME, 1.0, True, f"{len(calls)} valid call(s): {names}")
 
@@ -115,7 +121,8 @@ def _problem(name: str, arguments: str, parameters: dict[str, Any]) -> str | Non
 
 class ToolCallsVerifier:
     """Score 1 for valid calls (or none, where none is allowed); a share of 0.5 for the calls
-    that are valid when any is not; 0 for a call that did not parse or a missing one."""
+    that are valid when any is not, at least :data:`INVALID_CALLS_SCORE`; 0 for a call that did
+    not parse or a missing one."""
 
     Spec: ClassVar[type[VerifierSpec]] = ToolCallsSpec
 
