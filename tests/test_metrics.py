@@ -328,6 +328,16 @@ def _workers(directory: Path) -> set[int]:
     return {int(f.stem.rpartition("_")[2]) for f in directory.glob("gauge_livesum_*.db")}
 
 
+def _wait_workers(server: Server, directory: Path, count: int, gone: int | None = None) -> None:
+    """Wait until ``count`` workers other than ``gone`` have their live files. The server is
+    ready as soon as one worker answers; on a loaded 2-core machine the other can start seconds
+    later (a CI run saw one of two when /health first answered)."""
+    deadline = time.monotonic() + 60
+    while len(_workers(directory) - {gone}) < count:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.5)
+
+
 def test_two_workers_count_every_request_once(
     vllm_backend: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -345,6 +355,7 @@ def test_two_workers_count_every_request_once(
                               "verifiers": SCORING[:1]})  # fmt: skip
     try:
         server.wait_ready(90)
+        _wait_workers(server, directory, 2)
         assert len(_workers(directory)) == 2, server.log_tail()
         sent = {"/verify": 0, "/generate": 0}
         # Concurrent requests on fresh connections spread over both workers; send another
@@ -386,10 +397,7 @@ def test_two_workers_count_every_request_once(
         # stay in the totals.
         victim = min(_workers(directory))
         os.kill(victim, 15)
-        deadline = time.monotonic() + 60
-        while len(_workers(directory) - {victim}) < 2:
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.5)
+        _wait_workers(server, directory, 2, gone=victim)
         server.wait_ready(30)
         check_totals()
         assert victim not in _workers(directory)
