@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -274,6 +275,25 @@ def test_bad_request(server: Server) -> None:
             n=5,
             extra_body={"best_of": 2},
         )
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"prompt": [1, 2, 3]}, "prompt as token ids is not supported"),
+        ({"prompt": [[1, 2], [3]]}, "prompt as token ids is not supported"),
+        ({"prompt": "x", "echo": True}, "echo is not supported"),
+        ({"prompt": "x", "suffix": "y"}, "suffix is not supported"),
+    ],
+    ids=["token ids", "batch of token ids", "echo", "suffix"],
+)
+def test_refused_completion_fields_say_why(
+    server: Server, fields: dict[str, Any], needle: str
+) -> None:
+    """README's "Request fields still refused": a 400 that says which field and why (a token-id
+    prompt used to read "prompt.str: Input should be a valid string")."""
+    with pytest.raises(openai.BadRequestError, match=needle):
+        client(server).completions.create(model="demo", max_tokens=4, **fields)
 
 
 def test_unknown_model_and_profile(server: Server) -> None:

@@ -194,6 +194,15 @@ class CompletionRequest(BestOfKFields):
     echo: bool = False
     suffix: str | None = None
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompt(cls, value: Any) -> Any:
+        # OpenAI and vLLM take token ids too; without this the union's error reads
+        # "prompt.str: Input should be a valid string".
+        if isinstance(value, list) and any(isinstance(p, int | list) for p in value):
+            raise ValueError("prompt as token ids is not supported by bestofk; send the text")
+        return value
+
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
         if self.echo:
